@@ -1,0 +1,64 @@
+//! File formats: what a model file holds before it becomes a typed model.
+//!
+//! Every reader (safetensors, Lightning checkpoints, the nnfabrik ensemble files) produces the same
+//! [`RawModel`]: PyTorch state-dict tensors by name, the model class name and the hyper parameters as
+//! JSON (the layout of `../shared/fixtures/*/model.safetensors`). `model::load` turns that into a model.
+
+pub mod safetensors;
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Values of one stored tensor, in the dtype it was stored with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawTensor {
+    pub shape: Vec<usize>,
+    pub data: TensorData,
+}
+
+impl RawTensor {
+    pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        RawTensor { shape, data: TensorData::F32(data) }
+    }
+
+    pub fn numel(&self) -> usize {
+        match &self.data {
+            TensorData::F32(v) => v.len(),
+            TensorData::F64(v) => v.len(),
+            TensorData::I64(v) => v.len(),
+        }
+    }
+
+    /// The values as floats of type `F` (f32 or f64); integer tensors are refused by name.
+    pub fn to_float<F: crate::model::Float>(&self, name: &str) -> Result<Tensor<F>> {
+        let data: Vec<F> = match &self.data {
+            TensorData::F32(v) => v.iter().map(|&x| F::from_f64(x as f64)).collect(),
+            TensorData::F64(v) => v.iter().map(|&x| F::from_f64(x)).collect(),
+            TensorData::I64(_) => {
+                return Err(Error::new(format!("tensor {name} holds integers where floats are needed")))
+            }
+        };
+        Tensor::new(self.shape.clone(), data)
+    }
+}
+
+/// A model as stored: state dict + class name + hyper parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawModel {
+    /// openretina's class name, e.g. `ExampleCoreReadout`, `UnifiedCoreReadout`,
+    /// `SFB3d_core_SxF3d_readout`.
+    pub model_class: String,
+    /// The hyper parameters as JSON, modules left out (the fixtures' `hparams.json` layout).
+    pub hyper_parameters: serde_json::Value,
+    /// PyTorch state-dict tensors by name.
+    pub tensors: BTreeMap<String, RawTensor>,
+}

@@ -1,0 +1,111 @@
+//! Reading and writing safetensors files: models (with `model_class` / `hyper_parameters` metadata)
+//! and plain named tensors (stimuli, responses, MEIs).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use super::{RawModel, RawTensor, TensorData};
+use crate::error::{Error, Result};
+
+/// Parse safetensors bytes into named tensors and the metadata map. `what` names the source in errors.
+pub fn parse(bytes: &[u8], what: &str) -> Result<(BTreeMap<String, RawTensor>, HashMap<String, String>)> {
+    let (_, metadata) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::new(format!("{what}: not a valid safetensors file ({e})")))?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::new(format!("{what}: not a valid safetensors file ({e})")))?;
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let tensor = decode(&view).map_err(|e| Error::new(format!("{what}: tensor {name}: {e}")))?;
+        tensors.insert(name, tensor);
+    }
+    Ok((tensors, metadata.metadata().clone().unwrap_or_default()))
+}
+
+fn decode(view: &TensorView) -> std::result::Result<RawTensor, String> {
+    let bytes = view.data();
+    let shape = view.shape().to_vec();
+    let data = match view.dtype() {
+        Dtype::F32 => TensorData::F32(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()),
+        Dtype::F64 => TensorData::F64(bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect()),
+        Dtype::I64 => TensorData::I64(bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()),
+        Dtype::F16 => TensorData::F32(bytes.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect()),
+        Dtype::BF16 => TensorData::F32(
+            bytes.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect(),
+        ),
+        other => return Err(format!("unsupported dtype {other:?} (use F32, F64, F16, BF16 or I64)")),
+    };
+    Ok(RawTensor { shape, data })
+}
+
+/// IEEE half to single precision (exact).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, _) => {
+            // Subnormal: value = frac * 2^-24.
+            let v = frac as f32 * f32::from_bits(0x3380_0000);
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, 0) => sign | 0x7f80_0000,
+        (0x1f, _) => sign | 0x7fc0_0000 | (frac << 13),
+        _ => sign | ((exp + 112) << 23) | (frac << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// Read a file, naming it in any error.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read ({e})")))
+}
+
+/// Parse a model stored as safetensors with `model_class` and `hyper_parameters` metadata.
+pub fn parse_model(bytes: &[u8], what: &str) -> Result<RawModel> {
+    let (tensors, metadata) = parse(bytes, what)?;
+    let model_class = metadata.get("model_class").cloned().ok_or_else(|| {
+        Error::new(format!("{what}: no `model_class` metadata; this safetensors file holds tensors but not a retina model"))
+    })?;
+    let hp = metadata.get("hyper_parameters").ok_or_else(|| {
+        Error::new(format!("{what}: no `hyper_parameters` metadata; this safetensors file holds tensors but not a retina model"))
+    })?;
+    let hyper_parameters: serde_json::Value = serde_json::from_str(hp)
+        .map_err(|e| Error::new(format!("{what}: `hyper_parameters` metadata is not JSON ({e})")))?;
+    Ok(RawModel { model_class, hyper_parameters, tensors })
+}
+
+/// Serialise named tensors (+ optional metadata) to safetensors bytes.
+pub fn serialize(tensors: &BTreeMap<String, RawTensor>, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+    let encoded: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let (dtype, bytes) = match &t.data {
+                TensorData::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                TensorData::F64(v) => (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                TensorData::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            };
+            (name.clone(), dtype, t.shape.clone(), bytes)
+        })
+        .collect();
+    let views = encoded
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::new(format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, &metadata).map_err(|e| Error::new(format!("cannot encode safetensors ({e})")))
+}
+
+/// Serialise a model in the native format (`model_class` + `hyper_parameters` metadata).
+pub fn serialize_model(model: &RawModel) -> Result<Vec<u8>> {
+    let metadata = HashMap::from([
+        ("model_class".to_string(), model.model_class.clone()),
+        ("hyper_parameters".to_string(), model.hyper_parameters.to_string()),
+    ]);
+    serialize(&model.tensors, Some(metadata))
+}

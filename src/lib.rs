@@ -1,0 +1,19 @@
+//! `retina`: open trained openretina Core + Readout retina models in Rust and show what each of their
+//! neurons computes.
+//!
+//! The pipeline, one module per stage:
+//! - [`formats`]: model files (safetensors, Lightning checkpoints, ensemble files) and downloads;
+//! - [`model`]: the Core + Readout model (conv, core, readout, loading), numerically as openretina;
+//! - [`mei`]: most exciting inputs (objectives, optimiser, constraints);
+//! - [`plot`]: figures and videos;
+//! - [`visualize`]: the `visualize` command that ties them together.
+
+pub mod cli;
+pub mod error;
+pub mod formats;
+pub mod model;
+pub mod output;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use tensor::Tensor;
