@@ -13,6 +13,7 @@ pub mod error;
 pub mod formats;
 pub mod model;
 pub mod output;
+pub mod plot;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -4,7 +4,12 @@
 //! [`RawModel`]: PyTorch state-dict tensors by name, the model class name and the hyper parameters as
 //! JSON (the layout of `../shared/fixtures/*/model.safetensors`). `model::load` turns that into a model.
 
+pub mod checkpoint;
+pub mod download;
+pub mod pickle;
+pub mod registry;
 pub mod safetensors;
+pub mod torch;
 
 use std::collections::BTreeMap;
 
