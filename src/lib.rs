@@ -8,8 +8,11 @@
 //! - [`plot`]: figures and videos;
 //! - [`visualize`]: the `visualize` command that ties them together.
 
-pub mod cli;
+// First, so that its `bail!` macro is in scope for the modules below.
+#[macro_use]
 pub mod error;
+
+pub mod cli;
 pub mod formats;
 pub mod model;
 pub mod output;

@@ -1,0 +1,186 @@
+//! The Gaussian mask readout of one session (`GaussianMaskReadout`, and the legacy `SpatialXFeature3d`
+//! which computes the same): each neuron weights the core output in space by a normalised 2D Gaussian,
+//! then across channels by its feature weights, then applies scale, bias and softplus.
+
+use super::linalg::{gemm, Layout};
+use super::Float;
+
+#[derive(Debug, Clone)]
+pub struct GaussianReadout<F> {
+    pub neurons: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// `(neurons, 2)`, in grid units before `gaussian_mean_scale`.
+    pub mask_mean: Vec<F>,
+    /// `(neurons)`, before `gaussian_var_scale`.
+    pub mask_log_var: Vec<F>,
+    /// `(neurons, height, width, 2)`: the stored `grid` buffer.
+    pub grid: Vec<F>,
+    pub gaussian_mean_scale: F,
+    pub gaussian_var_scale: F,
+    /// `(channels, neurons)`; already clamped at 0 for `positive` readouts, as openretina's forward does.
+    pub features: Vec<F>,
+    /// `(neurons)`: 1 where the model has no scale.
+    pub scale: Vec<F>,
+    /// `(neurons)`: 0 where the model has no bias.
+    pub bias: Vec<F>,
+    /// `(neurons, height * width)`, from `masks()`; refreshed by `update_masks`.
+    masks: Vec<F>,
+}
+
+/// What the readout keeps for its backward pass: the pre-softplus values `(t, neurons)`.
+pub struct ReadoutTape<F> {
+    pre_activation: Vec<F>,
+}
+
+impl<F: Float> GaussianReadout<F> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        channels: usize,
+        height: usize,
+        width: usize,
+        mask_mean: Vec<F>,
+        mask_log_var: Vec<F>,
+        grid: Vec<F>,
+        gaussian_mean_scale: F,
+        gaussian_var_scale: F,
+        features: Vec<F>,
+        scale: Vec<F>,
+        bias: Vec<F>,
+    ) -> Self {
+        let mut r = GaussianReadout {
+            neurons: bias.len(),
+            channels,
+            height,
+            width,
+            mask_mean,
+            mask_log_var,
+            grid,
+            gaussian_mean_scale,
+            gaussian_var_scale,
+            features,
+            scale,
+            bias,
+            masks: Vec::new(),
+        };
+        r.update_masks();
+        r
+    }
+
+    /// The masks `(neurons, height * width)`.
+    pub fn masks(&self) -> &[F] {
+        &self.masks
+    }
+
+    /// Move every mask mean to `target` (openretina's `Center`), then recompute the masks.
+    pub fn center(&mut self, target: [F; 2]) {
+        for m in self.mask_mean.chunks_exact_mut(2) {
+            m.copy_from_slice(&target);
+        }
+        self.update_masks();
+    }
+
+    /// openretina's `get_mask`: a Gaussian pdf on the grid, normalised to sum 1 per neuron.
+    fn update_masks(&mut self) {
+        let hw = self.height * self.width;
+        let clamp = |x: F, lo: F, hi: F| if x < lo { lo } else if x > hi { hi } else { x };
+        let (c20, half, eps) = (F::from_f64(20.0), F::from_f64(0.5), F::from_f64(1e-8));
+        self.masks = vec![F::zero(); self.neurons * hw];
+        for n in 0..self.neurons {
+            let var = clamp(self.mask_log_var[n] * self.gaussian_var_scale, -c20, c20).exp();
+            let mean = [self.mask_mean[2 * n] * self.gaussian_mean_scale, self.mask_mean[2 * n + 1] * self.gaussian_mean_scale];
+            let mask = &mut self.masks[n * hw..(n + 1) * hw];
+            for (p, m) in mask.iter_mut().enumerate() {
+                let g = &self.grid[(n * hw + p) * 2..][..2];
+                let (d0, d1) = (g[0] - mean[0], g[1] - mean[1]);
+                let dist = (d0 * d0 + d1 * d1) / (var + eps);
+                let dist = if dist > c20 { c20 } else { dist };
+                *m = (-half * dist).exp();
+            }
+            let total: F = mask.iter().copied().sum();
+            for m in mask.iter_mut() {
+                *m = nan_to_num(*m / total);
+            }
+        }
+    }
+
+    /// Responses `(t, neurons)` for one core output `(channels, t, height, width)`.
+    pub fn forward(&self, core_out: &[F], t: usize) -> (Vec<F>, ReadoutTape<F>) {
+        let (c_n, n_n, hw) = (self.channels, self.neurons, self.height * self.width);
+        // a[c, t, n] = sum_p core[c, t, p] * mask[n, p]
+        let mut a = vec![F::zero(); c_n * t * n_n];
+        gemm(core_out, Layout::row_major(c_n * t, hw), &self.masks, Layout::row_major(n_n, hw).t(), F::zero(), &mut a, Layout::row_major(c_n * t, n_n));
+        let mut pre = vec![F::zero(); t * n_n];
+        for c in 0..c_n {
+            let f = &self.features[c * n_n..(c + 1) * n_n];
+            for ti in 0..t {
+                let src = &a[(c * t + ti) * n_n..][..n_n];
+                let dst = &mut pre[ti * n_n..][..n_n];
+                for n in 0..n_n {
+                    dst[n] += src[n] * f[n];
+                }
+            }
+        }
+        for row in pre.chunks_exact_mut(n_n) {
+            for n in 0..n_n {
+                row[n] = row[n] * self.scale[n] + self.bias[n];
+            }
+        }
+        let out = pre.iter().map(|&x| softplus(x)).collect();
+        (out, ReadoutTape { pre_activation: pre })
+    }
+
+    /// Gradient with respect to the core output, given the gradient of the responses `(t, neurons)`.
+    pub fn backward(&self, tape: &ReadoutTape<F>, grad_out: &[F], t: usize) -> Vec<F> {
+        let (c_n, n_n, hw) = (self.channels, self.neurons, self.height * self.width);
+        let g_y: Vec<F> = grad_out
+            .iter()
+            .zip(&tape.pre_activation)
+            .enumerate()
+            .map(|(i, (&g, &x))| g * softplus_derivative(x) * self.scale[i % n_n])
+            .collect();
+        let mut g_a = vec![F::zero(); c_n * t * n_n];
+        for c in 0..c_n {
+            let f = &self.features[c * n_n..(c + 1) * n_n];
+            for ti in 0..t {
+                for n in 0..n_n {
+                    g_a[(c * t + ti) * n_n + n] = g_y[ti * n_n + n] * f[n];
+                }
+            }
+        }
+        let mut g_core = vec![F::zero(); c_n * t * hw];
+        gemm(&g_a, Layout::row_major(c_n * t, n_n), &self.masks, Layout::row_major(n_n, hw), F::zero(), &mut g_core, Layout::row_major(c_n * t, hw));
+        g_core
+    }
+}
+
+/// PyTorch's softplus (beta 1, threshold 20).
+pub fn softplus<F: Float>(x: F) -> F {
+    if x > F::from_f64(20.0) {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+fn softplus_derivative<F: Float>(x: F) -> F {
+    if x > F::from_f64(20.0) {
+        F::one()
+    } else {
+        let z = x.exp();
+        z / (z + F::one())
+    }
+}
+
+/// `torch.nan_to_num`: NaN → 0, ±inf → the largest finite value of the type.
+fn nan_to_num<F: Float>(x: F) -> F {
+    let v = x.to_f64();
+    if v.is_nan() {
+        F::zero()
+    } else if v.is_infinite() {
+        F::from_f64(if v > 0.0 { F::MAX } else { -F::MAX })
+    } else {
+        x
+    }
+}
