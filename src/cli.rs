@@ -1,16 +1,87 @@
-//! Command-line parsing and dispatch. The work itself lives in the library modules.
+//! Command-line parsing and dispatch. The work itself lives in the library modules; this file only
+//! turns flags into calls and errors into one line on stderr with exit code 2.
 
-use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::{Error, Result};
+use crate::formats::{self, RawTensor};
+use crate::model::Model;
+use crate::output::write_atomic;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
 
 #[derive(Parser, Debug)]
-#[command(name = "retina", version, about = "Open trained openretina retina models and show what each neuron computes")]
+#[command(
+    name = "retina",
+    version,
+    about = "Open trained openretina retina models and show what each of their neurons computes",
+    after_help = "Start with:  retina info --model-path demo"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Print a model's architecture, stimulus shape, sessions and neuron counts.
+    Info(InfoArgs),
+    /// Run a model on stimuli and write the responses and every core layer's output.
+    Predict(PredictArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// The model: `demo` (built in) or a path to a .safetensors model file.
+    #[arg(long, value_name = "NAME_OR_PATH")]
+    pub model_path: String,
+    /// Move every readout's Gaussian mean to (0, 0), as openretina does for ensemble output MEIs.
+    #[arg(long)]
+    pub center_readouts: bool,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<Model<f32>> {
+        let raw = formats::read_model(&self.model_path)?;
+        let mut model = Model::from_raw(&raw)
+            .map_err(|e| Error::new(format!("{}: {e}", formats::describe_source(&self.model_path))))?;
+        if self.center_readouts {
+            model.center_readouts();
+        }
+        Ok(model)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  retina predict --model-path demo --output responses.safetensors\n  retina predict --model-path model.safetensors --input stimulus.safetensors --output responses.safetensors --session SESSION")]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A safetensors file with a tensor `stimulus` of shape (batch, channels, time, height, width).
+    /// Without it, one uniform random stimulus in [0, 1) of `--time-steps` frames (seed 0).
+    #[arg(long, value_name = "IN.safetensors")]
+    pub input: Option<PathBuf>,
+    /// Frames of the random stimulus used when no `--input` is given.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub time_steps: usize,
+    /// Where to write `stimulus`, `responses.<session>` (batch, time, neurons) and
+    /// `layer.core_features_layer<i>` (batch, channels, time, height, width).
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub output: PathBuf,
+    /// Only this session (default: every session). Layer outputs use its temporal log speed; without
+    /// it, the first session's, as openretina's hooks do.
+    #[arg(long, value_name = "KEY")]
+    pub session: Option<String>,
+}
 
 /// Run the command line; returns the process exit code (0 ok, 2 for any user-facing error).
 pub fn main() -> i32 {
@@ -22,5 +93,119 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    match cli.command {}
+    match run(cli.command) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}
+
+pub fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Info(args) => info(&args),
+        Command::Predict(args) => predict(&args),
+    }
+}
+
+fn info(args: &InfoArgs) -> Result<()> {
+    let model = args.model.load()?;
+    print!("{}", describe(&model));
+    Ok(())
+}
+
+/// A human-readable summary of a model.
+pub fn describe(model: &Model<f32>) -> String {
+    let c = &model.config;
+    let mut s = String::new();
+    s += &format!("model class:    {}\n", c.model_class);
+    s += &format!(
+        "stimulus:       {} channel(s) x time x {} x {} (height x width); shape for 50 frames: {:?}\n",
+        c.input_channels,
+        c.height,
+        c.width,
+        c.stimulus_shape(50, 1)
+    );
+    if let Some(t) = c.train_time_steps {
+        s += &format!("trained on:     {t} frames\n");
+    }
+    let shapes = c.layer_output_shapes(c.train_time_steps.unwrap_or(50)).unwrap_or_default();
+    s += "core:\n";
+    for (i, l) in c.layers.iter().enumerate() {
+        let pad = l.padding.map(|(a, b)| if a == b { a.to_string() } else { format!("{a}+{b}") });
+        s += &format!(
+            "  core_features_layer{i}: {} -> {} channels, kernel {}x{}x{} (time x space), padding ({}){}{}\n",
+            l.in_channels,
+            l.out_channels,
+            l.temporal_kernel,
+            l.spatial_kernel,
+            l.spatial_kernel,
+            pad.join(", "),
+            if l.max_pool { ", max-pool 1x2x2" } else { "" },
+            shapes.get(i).map(|o| format!(", output {o:?}")).unwrap_or_default()
+        );
+    }
+    if c.cut_first_n_frames > 0 {
+        s += &format!("  first {} output frames cut\n", c.cut_first_n_frames);
+    }
+    let total: usize = c.sessions.iter().map(|(_, n)| n).sum();
+    s += &format!("sessions:       {} ({} neurons in all)\n", c.sessions.len(), total);
+    for (name, n) in &c.sessions {
+        s += &format!("  {name}: {n} neurons\n");
+    }
+    s
+}
+
+fn predict(args: &PredictArgs) -> Result<()> {
+    let model = args.model.load()?;
+    let stimulus = match &args.input {
+        Some(path) => {
+            let s = read_stimulus(path)?;
+            model.check_stimulus(&s.shape).map_err(|e| Error::file(path, e))?;
+            s
+        }
+        None => {
+            let shape = model.config.stimulus_shape(args.time_steps, 1).to_vec();
+            model.check_stimulus(&shape)?;
+            let mut rng = Rng::new(0);
+            let n = shape.iter().product();
+            Tensor::new(shape, (0..n).map(|_| rng.uniform() as f32).collect())?
+        }
+    };
+    let sessions: Vec<String> = match &args.session {
+        Some(s) => {
+            model.readout(s)?;
+            vec![s.clone()]
+        }
+        None => model.sessions().map(String::from).collect(),
+    };
+    let mut tensors = BTreeMap::new();
+    for (i, session) in sessions.iter().enumerate() {
+        let out = model.forward(&stimulus, session)?;
+        if i == 0 {
+            for (name, layer) in model.layer_names().iter().zip(out.layers) {
+                tensors.insert(format!("layer.{name}"), RawTensor::f32(layer.shape, layer.data));
+            }
+        }
+        tensors.insert(format!("responses.{session}"), RawTensor::f32(out.responses.shape, out.responses.data));
+    }
+    tensors.insert("stimulus".into(), RawTensor::f32(stimulus.shape.clone(), stimulus.data.clone()));
+    write_atomic(&args.output, &formats::safetensors::serialize(&tensors, None)?)?;
+    let shapes: Vec<String> = sessions
+        .iter()
+        .map(|s| format!("responses.{s} {:?}", tensors[&format!("responses.{s}")].shape))
+        .collect();
+    println!("wrote {}: {}", args.output.display(), shapes.join(", "));
+    Ok(())
+}
+
+/// Read the tensor `stimulus` from a safetensors file.
+pub fn read_stimulus(path: &std::path::Path) -> Result<Tensor<f32>> {
+    let bytes = formats::safetensors::read_file(path)?;
+    let (tensors, _) = formats::safetensors::parse(&bytes, &path.display().to_string())?;
+    let raw = tensors
+        .get("stimulus")
+        .ok_or_else(|| Error::file(path, "has no tensor named `stimulus`"))?;
+    raw.to_float("stimulus").map_err(|e| Error::file(path, e))
 }

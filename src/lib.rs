@@ -17,6 +17,7 @@ pub mod formats;
 pub mod model;
 pub mod output;
 pub mod plot;
+pub mod rng;
 pub mod tensor;
 
 pub use error::{Error, Result};

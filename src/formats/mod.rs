@@ -67,3 +67,39 @@ pub struct RawModel {
     /// PyTorch state-dict tensors by name.
     pub tensors: BTreeMap<String, RawTensor>,
 }
+
+/// The built-in `demo` model: openretina's `ExampleCoreReadout` fixture with the architecture of
+/// `hoefling_2024_base_low_res` (2 colours, 18x16 pixels, two layers of 16 channels, 3 sessions).
+pub const DEMO_MODEL: &[u8] = include_bytes!("../../assets/demo.safetensors");
+
+/// Where a model comes from, for messages.
+pub fn describe_source(spec: &str) -> String {
+    if spec == "demo" {
+        "built-in model `demo`".to_string()
+    } else {
+        spec.to_string()
+    }
+}
+
+/// Read a model given as `demo` or a local file. The kind of file is told by its content, not its name.
+pub fn read_model(spec: &str) -> Result<RawModel> {
+    if spec == "demo" {
+        return safetensors::parse_model(DEMO_MODEL, "built-in model `demo`");
+    }
+    let path = std::path::Path::new(spec);
+    if path.is_dir() {
+        return Err(Error::file(path, "is a folder; ensemble folders are not supported yet, give a .safetensors file"));
+    }
+    let bytes = safetensors::read_file(path)?;
+    let what = path.display().to_string();
+    if bytes.is_empty() {
+        return Err(Error::file(path, "is empty; expected a model file (.safetensors)"));
+    }
+    if bytes.starts_with(b"PK\x03\x04") {
+        return Err(Error::file(
+            path,
+            "is a PyTorch/Lightning checkpoint (.ckpt), which this build cannot read yet; convert it to safetensors",
+        ));
+    }
+    safetensors::parse_model(&bytes, &what)
+}
