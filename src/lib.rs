@@ -14,6 +14,7 @@ pub mod error;
 
 pub mod cli;
 pub mod formats;
+pub mod mei;
 pub mod model;
 pub mod output;
 pub mod plot;

@@ -73,6 +73,11 @@ impl<F: Float> Core<F> {
 
     /// Run every layer on one stimulus of shape `shape` `(channels, t, h, w)`.
     pub fn forward(&self, kernels: &CoreKernels<F>, stimulus: &[F], shape: [usize; 4]) -> CoreTape<F> {
+        self.forward_layers(kernels, stimulus, shape, self.layers.len())
+    }
+
+    /// Run the first `n_layers` layers only (enough for an objective on an inner layer).
+    pub fn forward_layers(&self, kernels: &CoreKernels<F>, stimulus: &[F], shape: [usize; 4], n_layers: usize) -> CoreTape<F> {
         let (mut x, mut x_shape) = self.preprocess(stimulus, shape);
         let preprocessed_shape = x_shape;
         let n = self.layers.len();
@@ -85,7 +90,7 @@ impl<F: Float> Core<F> {
             preprocessed_shape,
             stimulus_shape: shape,
         };
-        for (layer, k) in self.layers.iter().zip(&kernels.0) {
+        for (layer, k) in self.layers.iter().zip(&kernels.0).take(n_layers) {
             let [_, t, h, w] = x_shape;
             let [to, ho, wo] = layer.conv.output_shape([t, h, w]).expect("shapes checked by the config");
             let mut y = layer.conv.forward(k, &x, [t, h, w]);

@@ -1,0 +1,161 @@
+//! What an MEI maximises, as openretina's objectives: the mean response of one output neuron over a
+//! window of time (`IncreaseObjective` + `SliceMeanReducer`), or the response of one channel's centre
+//! unit in an inner layer over its last frames (`InnerNeuronVisualizationObjective`).
+
+use crate::error::{Error, Result};
+use crate::model::core::CoreKernels;
+use crate::model::{Float, Model};
+
+/// Frames the reducer averages over (openretina's `SliceMeanReducer(length=10)`).
+pub const WINDOW_LENGTH: usize = 10;
+/// First output frame of the window for output neurons (`SliceMeanReducer(start=10)`).
+pub const OUTPUT_WINDOW_START: usize = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MeiTarget {
+    /// Output neuron `neuron` of a session's readout.
+    OutputNeuron { session: String, neuron: usize },
+    /// The centre unit of channel `channel` of core layer `layer` (`core_features_layer<layer>`).
+    InnerChannel { layer: usize, channel: usize },
+}
+
+impl MeiTarget {
+    /// A stable name: `output.<session>.<neuron>` or `core_features_layer<l>.<c>` (as the fixtures).
+    pub fn id(&self) -> String {
+        match self {
+            MeiTarget::OutputNeuron { session, neuron } => format!("output.{session}.{neuron}"),
+            MeiTarget::InnerChannel { layer, channel } => format!("core_features_layer{layer}.{channel}"),
+        }
+    }
+}
+
+/// An objective bound to a model: evaluates and differentiates with respect to one stimulus.
+pub struct Objective<'m, F> {
+    model: &'m Model<F>,
+    pub target: MeiTarget,
+    kernels: CoreKernels<F>,
+    session: String,
+    stimulus_shape: [usize; 4],
+    /// Frames of the objective's time series (output responses or layer output).
+    pub series_len: usize,
+    /// Window `[start, start + len)` of the series that is averaged.
+    pub window: (usize, usize),
+}
+
+/// One evaluation: the objective, its time series and (if asked) the gradient.
+pub struct Evaluation<F> {
+    pub objective: f64,
+    /// The full time series the window is taken from (for figures).
+    pub series: Vec<F>,
+    pub gradient: Option<Vec<F>>,
+}
+
+/// openretina's `SliceMeanReducer`: `[start, start + length)` clipped to the series, or, when `start`
+/// is past the end, the first `length` frames.
+pub fn slice_window(series_len: usize, start: usize, length: usize) -> (usize, usize) {
+    let available = series_len as isize - start as isize;
+    if available <= 0 {
+        (0, length.min(series_len))
+    } else {
+        (start, (available as usize).min(length))
+    }
+}
+
+impl<'m, F: Float> Objective<'m, F> {
+    pub fn new(model: &'m Model<F>, target: MeiTarget, time_steps: usize) -> Result<Self> {
+        let shape = model.config.stimulus_shape(time_steps, 1);
+        let stimulus_shape = model.check_stimulus(&shape)?;
+        let first_session = model.sessions().next().expect("a model has sessions").to_string();
+        let (session, series_len, start) = match &target {
+            MeiTarget::OutputNeuron { session, neuron } => {
+                let readout = model.readout(session)?;
+                if *neuron >= readout.neurons {
+                    return Err(Error::new(format!(
+                        "neuron {neuron} does not exist: session {session} has {} neurons (0 … {})",
+                        readout.neurons,
+                        readout.neurons - 1
+                    )));
+                }
+                let t_out = model.config.core_output_shape(time_steps)?[1];
+                (session.clone(), t_out, OUTPUT_WINDOW_START)
+            }
+            MeiTarget::InnerChannel { layer, channel } => {
+                let shapes = model.config.layer_output_shapes(time_steps)?;
+                let s = shapes.get(*layer).ok_or_else(|| {
+                    Error::new(format!("layer {layer} does not exist: the model has {} core layers", shapes.len()))
+                })?;
+                if *channel >= s[0] {
+                    return Err(Error::new(format!(
+                        "channel {channel} does not exist: core_features_layer{layer} has {} channels",
+                        s[0]
+                    )));
+                }
+                // openretina uses the first session's data key and the layer's last frames.
+                (first_session, s[1], s[1].saturating_sub(WINDOW_LENGTH))
+            }
+        };
+        Ok(Objective {
+            model,
+            kernels: model.core.kernels(Some(&session)),
+            target,
+            session,
+            stimulus_shape,
+            series_len,
+            window: slice_window(series_len, start, WINDOW_LENGTH),
+        })
+    }
+
+    /// The stimulus frames `[first, last]` (inclusive) whose responses the window averages: what the
+    /// MEI figure shades.
+    pub fn highlighted_frames(&self) -> (usize, usize) {
+        let offset = self.stimulus_shape[1] - self.series_len;
+        (offset + self.window.0, offset + self.window.0 + self.window.1 - 1)
+    }
+
+    pub fn evaluate(&self, x: &[F], with_gradient: bool) -> Evaluation<F> {
+        let (start, len) = self.window;
+        let inv_len = F::one() / F::from_f64(len as f64);
+        match &self.target {
+            MeiTarget::OutputNeuron { neuron, .. } => {
+                let readout = &self.model.readouts[&self.session];
+                let tape = self.model.core.forward(&self.kernels, x, self.stimulus_shape);
+                let (core_out, [_, t, _, _]) = self.model.core.output(&tape);
+                let (responses, readout_tape) = readout.forward(&core_out, t);
+                let n_n = readout.neurons;
+                let series: Vec<F> = (0..t).map(|ti| responses[ti * n_n + neuron]).collect();
+                let objective = mean(&series[start..start + len]);
+                let gradient = with_gradient.then(|| {
+                    let mut g_resp = vec![F::zero(); responses.len()];
+                    for ti in start..start + len {
+                        g_resp[ti * n_n + neuron] = inv_len;
+                    }
+                    let g_core = readout.backward(&readout_tape, &g_resp, t);
+                    self.model.core.backward(&self.kernels, &tape, vec![], Some(&g_core))
+                });
+                Evaluation { objective, series, gradient }
+            }
+            MeiTarget::InnerChannel { layer, channel } => {
+                let tape = self.model.core.forward_layers(&self.kernels, x, self.stimulus_shape, layer + 1);
+                let [c, t, h, w] = tape.output_shapes[*layer];
+                let centre = (h / 2) * w + w / 2;
+                let out = &tape.outputs[*layer];
+                let series: Vec<F> = (0..t).map(|ti| out[(channel * t + ti) * h * w + centre]).collect();
+                let objective = mean(&series[start..start + len]);
+                let gradient = with_gradient.then(|| {
+                    let mut g = vec![F::zero(); c * t * h * w];
+                    for ti in start..start + len {
+                        g[(channel * t + ti) * h * w + centre] = inv_len;
+                    }
+                    let mut layer_grads = vec![None; layer + 1];
+                    layer_grads[*layer] = Some(g);
+                    self.model.core.backward(&self.kernels, &tape, layer_grads, None)
+                });
+                Evaluation { objective, series, gradient }
+            }
+        }
+    }
+}
+
+fn mean<F: Float>(v: &[F]) -> f64 {
+    v.iter().map(|x| x.to_f64()).sum::<f64>() / v.len() as f64
+}
