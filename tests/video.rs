@@ -260,3 +260,12 @@ fn bad_stimuli_and_options_give_errors() {
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no file written");
 }
+
+#[test]
+fn same_stimulus_gives_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.mp4"), dir.path().join("b.mp4"));
+    write_mei_video(&moving_bar(2), &a, &VideoOptions::default()).unwrap();
+    write_mei_video(&moving_bar(2), &b, &VideoOptions::default()).unwrap();
+    assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+}
