@@ -6,11 +6,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::bench;
 use crate::error::{Error, Result};
+use crate::mei::{self, MeiSettings, MeiTarget};
 use crate::formats::{self, RawTensor};
 use crate::model::Model;
 use crate::output::write_atomic;
-use crate::rng::Rng;
 use crate::tensor::Tensor;
 
 #[derive(Parser, Debug)]
@@ -31,6 +32,10 @@ pub enum Command {
     Info(InfoArgs),
     /// Run a model on stimuli and write the responses and every core layer's output.
     Predict(PredictArgs),
+    /// Optimise one most exciting input (MEI) for an output neuron or an inner channel.
+    Mei(MeiArgs),
+    /// Measure speed: forward/backward per stimulus and all MEIs of a model, against openretina.
+    Bench(BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -83,6 +88,108 @@ pub struct PredictArgs {
     pub session: Option<String>,
 }
 
+/// How MEIs are optimised: openretina's procedure by default.
+#[derive(Args, Debug, Clone)]
+pub struct OptimizationArgs {
+    /// Seed of the initial noise; each MEI's own seed derives from it and the MEI's name.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// SGD steps per MEI.
+    #[arg(long, default_value_t = 10)]
+    pub iterations: usize,
+    /// SGD learning rate.
+    #[arg(long, default_value_t = 100.0)]
+    pub lr: f64,
+    /// Frames of the stimulus to optimise.
+    #[arg(long = "time-steps-stimulus", default_value_t = 50, value_name = "N")]
+    pub time_steps: usize,
+    /// L2 norm the stimulus is held at, or `none`. Default: 30 for 2-channel models (openretina's
+    /// Hoefling 2024 constraint), none otherwise.
+    #[arg(long, value_name = "X|none")]
+    pub norm: Option<String>,
+    /// Value range of one colour channel as MIN,MAX (or `none`), once per channel in order. Default:
+    /// -0.654,6.269 and -0.913,6.269 for 2-channel models (green, UV), none otherwise.
+    #[arg(long = "channel-range", value_name = "MIN,MAX|none")]
+    pub channel_ranges: Vec<String>,
+}
+
+impl OptimizationArgs {
+    pub fn settings(&self, channels: usize) -> Result<MeiSettings> {
+        let mut settings = MeiSettings::openretina(channels);
+        settings.seed = self.seed;
+        settings.iterations = self.iterations;
+        settings.time_steps = self.time_steps;
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr must be a positive number, got {}", self.lr);
+        }
+        settings.learning_rate = self.lr;
+        if let Some(norm) = &self.norm {
+            settings.constraints.norm = match norm.as_str() {
+                "none" => None,
+                v => Some(v.parse::<f64>().ok().filter(|x| x.is_finite() && *x > 0.0).ok_or_else(|| {
+                    Error::new(format!("--norm must be a positive number or `none`, got `{v}`"))
+                })?),
+            };
+        }
+        if !self.channel_ranges.is_empty() {
+            if self.channel_ranges.len() != channels {
+                bail!("--channel-range given {} times; this model has {channels} colour channels", self.channel_ranges.len());
+            }
+            settings.constraints.ranges = self.channel_ranges.iter().map(|r| parse_range(r)).collect::<Result<_>>()?;
+        }
+        Ok(settings)
+    }
+}
+
+fn parse_range(text: &str) -> Result<Option<(f64, f64)>> {
+    if text == "none" {
+        return Ok(None);
+    }
+    let parsed = text.split_once(',').and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)));
+    match parsed {
+        Some((lo, hi)) if lo.is_finite() && hi.is_finite() && lo < hi => Ok(Some((lo, hi))),
+        _ => bail!("--channel-range must be MIN,MAX with MIN < MAX, or `none`; got `{text}`"),
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  retina mei --model-path demo --session session_1_ventral1_20200226 --neuron 5 --output mei.safetensors\n  retina mei --model-path demo --layer core_features_layer1 --channel 3 --output mei.safetensors")]
+pub struct MeiArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Session of the output neuron.
+    #[arg(long, value_name = "KEY", requires = "neuron", conflicts_with_all = ["layer", "channel"])]
+    pub session: Option<String>,
+    /// Output neuron index within the session.
+    #[arg(long, value_name = "N", requires = "session")]
+    pub neuron: Option<usize>,
+    /// Inner layer, as `core_features_layer<i>` or `<i>`.
+    #[arg(long, value_name = "NAME", requires = "channel")]
+    pub layer: Option<String>,
+    /// Channel of the inner layer (its centre unit is optimised).
+    #[arg(long, value_name = "C", requires = "layer")]
+    pub channel: Option<usize>,
+    /// Start from the tensor `stimulus` of this safetensors file, as is, instead of seeded noise.
+    #[arg(long, value_name = "IN.safetensors")]
+    pub init: Option<PathBuf>,
+    #[command(flatten)]
+    pub optimization: OptimizationArgs,
+    /// Where to write `mei` (1, channels, time, height, width), `loss` (one value per step) and
+    /// `response` (the objective's time series for the MEI).
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The model to measure.
+    #[arg(long, value_name = "NAME_OR_PATH", default_value = "demo")]
+    pub model_path: String,
+    /// Frames per stimulus.
+    #[arg(long = "time-steps-stimulus", default_value_t = 50, value_name = "N")]
+    pub time_steps: usize,
+}
+
 /// Run the command line; returns the process exit code (0 ok, 2 for any user-facing error).
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -106,6 +213,14 @@ pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Info(args) => info(&args),
         Command::Predict(args) => predict(&args),
+        Command::Mei(args) => mei_command(&args),
+        Command::Bench(args) => {
+            let model = ModelArgs { model_path: args.model_path.clone(), center_readouts: false }.load()?;
+            for line in bench::run(&model, args.time_steps)?.lines {
+                println!("{line}");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -166,11 +281,9 @@ fn predict(args: &PredictArgs) -> Result<()> {
             s
         }
         None => {
-            let shape = model.config.stimulus_shape(args.time_steps, 1).to_vec();
+            let shape = model.config.stimulus_shape(args.time_steps, 1);
             model.check_stimulus(&shape)?;
-            let mut rng = Rng::new(0);
-            let n = shape.iter().product();
-            Tensor::new(shape, (0..n).map(|_| rng.uniform() as f32).collect())?
+            bench::random_stimulus(shape, 0)
         }
     };
     let sessions: Vec<String> = match &args.session {
@@ -208,4 +321,34 @@ pub fn read_stimulus(path: &std::path::Path) -> Result<Tensor<f32>> {
         .get("stimulus")
         .ok_or_else(|| Error::file(path, "has no tensor named `stimulus`"))?;
     raw.to_float("stimulus").map_err(|e| Error::file(path, e))
+}
+
+fn mei_command(args: &MeiArgs) -> Result<()> {
+    let model = args.model.load()?;
+    let settings = args.optimization.settings(model.config.input_channels)?;
+    let target = match (&args.session, args.neuron, &args.layer, args.channel) {
+        (Some(session), Some(neuron), None, None) => MeiTarget::OutputNeuron { session: session.clone(), neuron },
+        (None, None, Some(layer), Some(channel)) => MeiTarget::InnerChannel { layer: model.layer_index(layer)?, channel },
+        _ => bail!("say which MEI: --session KEY --neuron N, or --layer NAME --channel C"),
+    };
+    let init = match &args.init {
+        Some(path) => read_stimulus(path)?,
+        None => mei::initial_stimulus(&model, &target, &settings),
+    };
+    let result = mei::optimize(&model, &target, init, &settings)?;
+    let mut tensors = BTreeMap::new();
+    tensors.insert("mei".to_string(), RawTensor::f32(result.stimulus.shape.clone(), result.stimulus.data.clone()));
+    tensors.insert("loss".to_string(), RawTensor { shape: vec![result.losses.len()], data: formats::TensorData::F64(result.losses.clone()) });
+    tensors.insert("response".to_string(), RawTensor::f32(vec![result.response.len()], result.response.clone()));
+    write_atomic(&args.output, &formats::safetensors::serialize(&tensors, None)?)?;
+    println!(
+        "{}: objective {:.6} after {} steps (loss {:.6} -> {:.6}); wrote {}",
+        target.id(),
+        result.objective,
+        settings.iterations,
+        result.losses.first().copied().unwrap_or(f64::NAN),
+        result.losses.last().copied().unwrap_or(f64::NAN),
+        args.output.display()
+    );
+    Ok(())
 }
