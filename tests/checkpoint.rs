@@ -208,6 +208,17 @@ fn broken_files_are_refused() {
         assert_one_line_error(read_model_file(&path), "truncated.ckpt");
     }
 
+    // A flipped byte inside a storage: the zip CRC catches it.
+    let storage_start = {
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&valid)).unwrap();
+        let entry = archive.by_name("archive/data/3").unwrap();
+        entry.data_start() as usize
+    };
+    let mut corrupt = valid.clone();
+    corrupt[storage_start + 10] ^= 0xff;
+    let path = write(dir.path(), "corrupt.ckpt", &corrupt);
+    assert_one_line_error(read_lightning_checkpoint(&path), "corrupt.ckpt");
+
     // Deterministic pseudo-random bytes (xorshift), once plain and once behind a zip magic.
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let random: Vec<u8> = (0..4096)
@@ -249,4 +260,146 @@ fn every_prefix_of_a_pickle_is_refused_cleanly() {
         assert!(pickle::parse(&bytes[..cut], "cut").is_err(), "a pickle cut at {cut} was accepted");
     }
     assert!(pickle::parse(&bytes, "whole").is_ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hand-built torch archives: views, shared storages, dtypes, the legacy `bias_param` name.
+
+/// Emits pickle opcodes (protocol 2), enough to write a small Lightning checkpoint by hand.
+struct PickleWriter(Vec<u8>);
+
+impl PickleWriter {
+    fn new() -> Self {
+        PickleWriter(b"\x80\x02".to_vec())
+    }
+    fn op(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.extend(bytes);
+        self
+    }
+    fn str(&mut self, s: &str) -> &mut Self {
+        self.op(b"X").op(&(s.len() as u32).to_le_bytes()).op(s.as_bytes())
+    }
+    fn int(&mut self, i: i32) -> &mut Self {
+        self.op(b"J").op(&i.to_le_bytes())
+    }
+    fn global(&mut self, module: &str, name: &str) -> &mut Self {
+        self.op(b"c").op(module.as_bytes()).op(b"\n").op(name.as_bytes()).op(b"\n")
+    }
+    fn int_tuple(&mut self, values: &[i32]) -> &mut Self {
+        self.op(b"(");
+        for &v in values {
+            self.int(v);
+        }
+        self.op(b"t")
+    }
+    /// `_rebuild_tensor_v2(storage(kind, key, numel), offset, shape, stride, False, OrderedDict())`.
+    fn tensor(&mut self, kind: &str, key: &str, numel: i32, offset: i32, shape: &[i32], stride: &[i32]) -> &mut Self {
+        self.global("torch._utils", "_rebuild_tensor_v2").op(b"(");
+        self.op(b"(").str("storage").global("torch", kind).str(key).str("cpu").int(numel).op(b"tQ");
+        self.int(offset).int_tuple(shape).int_tuple(stride).op(b"\x89");
+        self.global("collections", "OrderedDict").op(b")R").op(b"tR")
+    }
+}
+
+#[test]
+fn strided_views_shared_storages_and_dtypes() {
+    let mut p = PickleWriter::new();
+    p.op(b"}(").str("state_dict").global("collections", "OrderedDict").op(b")R(");
+    p.str("a").tensor("FloatStorage", "0", 6, 0, &[2, 3], &[3, 1]);
+    p.str("a_transposed").tensor("FloatStorage", "0", 6, 0, &[3, 2], &[1, 3]);
+    p.str("a_offset").tensor("FloatStorage", "0", 6, 2, &[2], &[2]);
+    p.str("half").tensor("HalfStorage", "1", 2, 0, &[2], &[1]);
+    p.str("half_broadcast").tensor("HalfStorage", "1", 2, 1, &[3], &[0]);
+    p.str("bfloat").tensor("BFloat16Storage", "2", 1, 0, &[], &[]);
+    p.str("int32").tensor("IntStorage", "3", 2, 0, &[2], &[1]);
+    p.str("bool").tensor("BoolStorage", "4", 2, 0, &[2], &[1]);
+    p.str("num_batches_tracked").tensor("LongStorage", "5", 1, 0, &[], &[]);
+    p.str("readout.s1.bias_param").tensor("DoubleStorage", "6", 2, 0, &[2], &[1]);
+    p.str("empty").tensor("FloatStorage", "0", 6, 0, &[0, 3], &[3, 1]);
+    p.op(b"u");
+    // ExampleCoreReadout-style hyper parameters, with a module that must be left out.
+    p.str("hyper_parameters").op(b"}(");
+    p.str("in_shape").int_tuple(&[2, 50, 18, 16]);
+    p.str("hidden_channels").int_tuple(&[16]);
+    p.str("temporal_kernel_sizes").int_tuple(&[21]);
+    p.str("spatial_kernel_sizes").int_tuple(&[11]);
+    p.str("n_neurons_dict").op(b"}(").str("s1").int(2).op(b"u");
+    p.str("core").global("some.module", "Core").op(b")\x81}(").str("training").op(b"\x89ub");
+    p.str("learning_rate").op(b"G").op(&0.01f64.to_be_bytes());
+    p.op(b"uu.");
+
+    let f32s: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let halfs: Vec<u8> = [0x3c00u16, 0xc000].iter().flat_map(|h| h.to_le_bytes()).collect();
+    let bf16 = 0x3f80u16.to_le_bytes();
+    let i32s: Vec<u8> = [-5i32, 7].iter().flat_map(|i| i.to_le_bytes()).collect();
+    let longs = 42i64.to_le_bytes();
+    let f64s: Vec<u8> = [0.5f64, 1.5].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let bytes = zip_with(&[
+        ("archive/data.pkl", &p.0),
+        ("archive/byteorder", b"little"),
+        ("archive/data/0", &f32s),
+        ("archive/data/1", &halfs),
+        ("archive/data/2", &bf16),
+        ("archive/data/3", &i32s),
+        ("archive/data/4", &[1u8, 0]),
+        ("archive/data/5", &longs),
+        ("archive/data/6", &f64s),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "handmade.ckpt", &bytes);
+    let model = read_model_file(&path).unwrap();
+    assert_eq!(model.model_class, "ExampleCoreReadout");
+    assert_eq!(
+        model.hyper_parameters,
+        serde_json::json!({
+            "in_shape": [2, 50, 18, 16], "hidden_channels": [16], "temporal_kernel_sizes": [21],
+            "spatial_kernel_sizes": [11], "n_neurons_dict": {"s1": 2}, "learning_rate": 0.01
+        })
+    );
+    let t = |name: &str| model.tensors.get(name).unwrap_or_else(|| panic!("no tensor {name}")).clone();
+    assert_eq!(t("a").data, TensorData::F32(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]));
+    assert_eq!(t("a").shape, vec![2, 3]);
+    assert_eq!(t("a_transposed").data, TensorData::F32(vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]));
+    assert_eq!(t("a_transposed").shape, vec![3, 2]);
+    assert_eq!(t("a_offset").data, TensorData::F32(vec![2.0, 4.0]));
+    assert_eq!(t("half").data, TensorData::F32(vec![1.0, -2.0]));
+    assert_eq!(t("half_broadcast").data, TensorData::F32(vec![-2.0, -2.0, -2.0]));
+    assert_eq!(t("bfloat").data, TensorData::F32(vec![1.0]));
+    assert_eq!(t("bfloat").shape, Vec::<usize>::new());
+    assert_eq!(t("int32").data, TensorData::I64(vec![-5, 7]));
+    assert_eq!(t("bool").data, TensorData::I64(vec![1, 0]));
+    assert_eq!(t("num_batches_tracked").data, TensorData::I64(vec![42]));
+    assert_eq!(t("readout.s1.bias").data, TensorData::F64(vec![0.5, 1.5]));
+    assert!(!model.tensors.contains_key("readout.s1.bias_param"));
+    assert_eq!(t("empty").data, TensorData::F32(vec![]));
+    assert_eq!(t("empty").shape, vec![0, 3]);
+}
+
+#[test]
+fn views_beyond_their_storage_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let f32s: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let cases: [(&str, i32, &[i32], &[i32], &[u8]); 5] = [
+        ("shared storage declared larger by a second view", 0, &[6], &[1], &f32s[..12]),
+        ("too long", 0, &[7], &[1], &f32s),
+        ("offset past the end", 6, &[1], &[1], &f32s),
+        ("stride past the end", 0, &[2, 3], &[4, 1], &f32s),
+        ("storage shorter than declared", 0, &[6], &[1], &f32s[..8]),
+    ];
+    for (what, offset, shape, stride, storage) in cases {
+        let mut p = PickleWriter::new();
+        p.op(b"}(").str("state_dict").op(b"}(");
+        if what.starts_with("shared") {
+            // A first view that fits the 3-element record, then a 6-element one on the same record.
+            p.str("v").tensor("FloatStorage", "0", 3, 0, &[3], &[1]);
+        }
+        p.str("w").tensor("FloatStorage", "0", 6, offset, shape, stride);
+        p.op(b"u").str("hyper_parameters").op(b"}(").str("in_shape").int_tuple(&[1]);
+        p.str("hidden_channels").int_tuple(&[1]).str("temporal_kernel_sizes").int_tuple(&[1]);
+        p.str("spatial_kernel_sizes").int_tuple(&[1]).str("n_neurons_dict").op(b"}uu.");
+        let bytes = zip_with(&[("archive/data.pkl", &p.0), ("archive/data/0", storage)]);
+        let path = write(dir.path(), "view.ckpt", &bytes);
+        let message = assert_one_line_error(read_model_file(&path), "view.ckpt");
+        assert!(message.contains("state dict entry w"), "{what}: {message}");
+    }
 }

@@ -63,7 +63,7 @@ impl<R: Read + Seek> TorchFile<R> {
             .and_then(|len| reader.rewind().map(|_| len))
             .map_err(|e| err(format!("cannot read ({e})")))?;
         let mut archive = zip::ZipArchive::new(reader)
-            .map_err(|e| err(format!("not a torch.save zip archive ({e})")))?;
+            .map_err(|e| err(format!("not a readable torch.save zip archive, truncated or corrupt? ({e})")))?;
         let mut pickle_entries = Vec::new();
         for name in archive.file_names() {
             check_entry_name(name).map_err(&err)?;
@@ -129,32 +129,33 @@ impl<R: Read + Seek> TorchFile<R> {
         Ok(tensors)
     }
 
+    /// The bytes of a storage, read once and shared by every tensor viewing it. Each use checks that
+    /// the record holds the `numel` elements that use declares.
     fn storage_bytes(&mut self, storage: &StorageRef) -> std::result::Result<&[u8], String> {
+        let expected =
+            storage.numel.checked_mul(storage.dtype.size_in_bytes() as u64).ok_or("storage size overflows")?;
+        if expected > self.archive_len {
+            return Err(format!("storage {} claims {expected} bytes, more than the whole file", storage.key));
+        }
+        let name = format!("{}data/{}", self.prefix, storage.key);
         if !self.storages.contains_key(&storage.key) {
             check_entry_name(&storage.key)?;
-            let expected = storage
-                .numel
-                .checked_mul(storage.dtype.size_in_bytes() as u64)
-                .ok_or("storage size overflows")?;
-            if expected > self.archive_len {
-                return Err(format!("storage {} claims {expected} bytes, more than the whole file", storage.key));
-            }
-            let name = format!("{}data/{}", self.prefix, storage.key);
-            let bytes = read_entry(&mut self.archive, &name, expected, self.archive_len)?
+            let bytes = read_entry(&mut self.archive, &name, self.archive_len, self.archive_len)?
                 .ok_or_else(|| format!("storage record {name} is missing"))?;
-            if (bytes.len() as u64) < expected {
-                return Err(format!("storage record {name} holds {} bytes, {expected} expected", bytes.len()));
-            }
             self.storages.insert(storage.key.clone(), bytes);
         }
-        Ok(self.storages.get(&storage.key).map(Vec::as_slice).unwrap_or_default())
+        let bytes = self.storages.get(&storage.key).map(Vec::as_slice).unwrap_or_default();
+        if (bytes.len() as u64) < expected {
+            return Err(format!("storage record {name} holds {} bytes, {expected} expected", bytes.len()));
+        }
+        Ok(bytes)
     }
 
     fn materialise(&mut self, t: &TensorRef) -> std::result::Result<RawTensor, String> {
         let dtype = t.storage.dtype;
+        // Load the storage first: it proves the declared storage size is really in the file.
+        self.storage_bytes(&t.storage)?;
         let numel = t.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d)).ok_or("tensor size overflows")?;
-        // Offsets of every element (in storage elements), walking the view in C order.
-        let mut offsets = Vec::new();
         if numel > 0 {
             let last = t
                 .shape
@@ -168,50 +169,79 @@ impl<R: Read + Seek> TorchFile<R> {
             if numel > t.storage.numel.max(MAX_BROADCAST_ELEMENTS) {
                 return Err(format!("tensor of {numel} elements on a storage of {}", t.storage.numel));
             }
-            offsets.reserve(numel as usize);
-            let mut index = vec![0u64; t.shape.len()];
-            let mut offset = t.offset;
-            for _ in 0..numel {
-                offsets.push(offset as usize);
-                // Odometer step: bump the last axis, carry into earlier ones.
-                for axis in (0..t.shape.len()).rev() {
-                    index[axis] += 1;
-                    offset += t.stride[axis];
-                    if index[axis] < t.shape[axis] {
-                        break;
-                    }
-                    offset -= t.stride[axis] * t.shape[axis];
-                    index[axis] = 0;
-                }
-            }
         }
         let big_endian = self.big_endian;
         let bytes = self.storage_bytes(&t.storage)?;
+        let offsets = ViewOffsets::new(t, numel);
         let data = match dtype {
-            StorageDtype::F32 => TensorData::F32(offsets.iter().map(|i| f32::from_le_bytes(element(bytes, *i, big_endian))).collect()),
-            StorageDtype::F64 => TensorData::F64(offsets.iter().map(|i| f64::from_le_bytes(element(bytes, *i, big_endian))).collect()),
+            StorageDtype::F32 => TensorData::F32(offsets.map(|i| f32::from_le_bytes(element(bytes, i, big_endian))).collect()),
+            StorageDtype::F64 => TensorData::F64(offsets.map(|i| f64::from_le_bytes(element(bytes, i, big_endian))).collect()),
             StorageDtype::F16 => {
-                TensorData::F32(offsets.iter().map(|i| f16_to_f32(u16::from_le_bytes(element(bytes, *i, big_endian)))).collect())
+                TensorData::F32(offsets.map(|i| f16_to_f32(u16::from_le_bytes(element(bytes, i, big_endian)))).collect())
             }
             StorageDtype::BF16 => TensorData::F32(
                 offsets
-                    .iter()
-                    .map(|i| f32::from_bits((u16::from_le_bytes(element(bytes, *i, big_endian)) as u32) << 16))
+                    .map(|i| f32::from_bits((u16::from_le_bytes(element(bytes, i, big_endian)) as u32) << 16))
                     .collect(),
             ),
-            StorageDtype::I64 => TensorData::I64(offsets.iter().map(|i| i64::from_le_bytes(element(bytes, *i, big_endian))).collect()),
+            StorageDtype::I64 => TensorData::I64(offsets.map(|i| i64::from_le_bytes(element(bytes, i, big_endian))).collect()),
             StorageDtype::I32 => {
-                TensorData::I64(offsets.iter().map(|i| i32::from_le_bytes(element(bytes, *i, big_endian)) as i64).collect())
+                TensorData::I64(offsets.map(|i| i32::from_le_bytes(element(bytes, i, big_endian)) as i64).collect())
             }
             StorageDtype::I16 => {
-                TensorData::I64(offsets.iter().map(|i| i16::from_le_bytes(element(bytes, *i, big_endian)) as i64).collect())
+                TensorData::I64(offsets.map(|i| i16::from_le_bytes(element(bytes, i, big_endian)) as i64).collect())
             }
-            StorageDtype::I8 => TensorData::I64(offsets.iter().map(|&i| bytes[i] as i8 as i64).collect()),
-            StorageDtype::U8 => TensorData::I64(offsets.iter().map(|&i| bytes[i] as i64).collect()),
-            StorageDtype::Bool => TensorData::I64(offsets.iter().map(|&i| (bytes[i] != 0) as i64).collect()),
+            StorageDtype::I8 => TensorData::I64(offsets.map(|i| bytes[i] as i8 as i64).collect()),
+            StorageDtype::U8 => TensorData::I64(offsets.map(|i| bytes[i] as i64).collect()),
+            StorageDtype::Bool => TensorData::I64(offsets.map(|i| (bytes[i] != 0) as i64).collect()),
         };
         let shape = t.shape.iter().map(|&d| d as usize).collect();
         Ok(RawTensor { shape, data })
+    }
+}
+
+/// Storage element indices of a view's elements in C order (an odometer over the shape).
+/// The caller has checked that every index lies inside the storage.
+struct ViewOffsets<'t> {
+    shape: &'t [u64],
+    stride: &'t [u64],
+    index: Vec<u64>,
+    offset: u64,
+    remaining: u64,
+}
+
+impl<'t> ViewOffsets<'t> {
+    fn new(t: &'t TensorRef, numel: u64) -> Self {
+        ViewOffsets { shape: &t.shape, stride: &t.stride, index: vec![0; t.shape.len()], offset: t.offset, remaining: numel }
+    }
+}
+
+impl Iterator for ViewOffsets<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let current = self.offset as usize;
+        // Bump the last axis, carrying into earlier ones. Wrapping arithmetic: the intermediate
+        // position past an axis' end may not fit, the result always does.
+        for axis in (0..self.shape.len()).rev() {
+            self.index[axis] += 1;
+            self.offset = self.offset.wrapping_add(self.stride[axis]);
+            if self.index[axis] < self.shape[axis] {
+                break;
+            }
+            self.offset = self.offset.wrapping_sub(self.stride[axis].wrapping_mul(self.shape[axis]));
+            self.index[axis] = 0;
+        }
+        Some(current)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.remaining as usize;
+        (n, Some(n))
     }
 }
 
@@ -248,11 +278,9 @@ fn read_entry<R: Read + Seek>(
     if size > max_len {
         return Err(format!("zip entry {name} holds {size} bytes, at most {max_len} expected"));
     }
+    // Read to the entry's end (bounded by its declared size) so the zip reader checks its CRC.
     let mut bytes = Vec::with_capacity(size as usize);
-    (&mut entry)
-        .take(size)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read zip entry {name} ({e})"))?;
+    entry.read_to_end(&mut bytes).map_err(|e| format!("cannot read zip entry {name} ({e})"))?;
     if (bytes.len() as u64) != size {
         return Err(format!("zip entry {name} is truncated"));
     }
