@@ -575,6 +575,13 @@ mod tests {
     }
 
     #[test]
+    fn cyclic_values_are_refused_not_overflowed() {
+        // l = []; l.append(l)
+        let p = pickle::parse(b"\x80\x02]q\x00h\x00a.", "cycle").unwrap();
+        assert!(to_json(&p, &p.root, 0).is_err());
+    }
+
+    #[test]
     fn ensemble_class_names() {
         assert_eq!(ensemble_model_class("nnfabrik_euler.models.models.SFB3d_core_SxF3d_readout").unwrap(), "SFB3d_core_SxF3d_readout");
         assert!(ensemble_model_class("os.system").is_err());

@@ -37,7 +37,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_depth: 1000, max_stack: 1 << 20, max_memo: 1 << 22, max_nodes: 1 << 22 }
+        Limits { max_depth: 1000, max_stack: 1 << 20, max_memo: 1 << 20, max_nodes: 1 << 20 }
     }
 }
 
@@ -265,6 +265,10 @@ struct Machine<'a> {
     nodes: Vec<Node>,
     /// Nesting depth of each node (1 + deepest child when it was last filled).
     depths: Vec<u32>,
+    /// Values copied so far (into containers, or out of argument tuples). An honest pickle spends at
+    /// least one byte per value it stores, so this stays below a few times the input length; a
+    /// hostile one that reuses a big memoised tuple over and over is stopped instead.
+    work: std::cell::Cell<u64>,
 }
 
 type Step<T> = std::result::Result<T, String>;
@@ -281,7 +285,16 @@ impl<'a> Machine<'a> {
             memo: HashMap::new(),
             nodes: Vec::new(),
             depths: Vec::new(),
+            work: std::cell::Cell::new(0),
         }
+    }
+
+    fn charge(&self, values: usize) {
+        self.work.set(self.work.get().saturating_add(values as u64));
+    }
+
+    fn work_budget(&self) -> u64 {
+        4 * self.input.len() as u64 + 4096
     }
 
     fn run(&mut self) -> Step<Pickle> {
@@ -466,6 +479,7 @@ impl<'a> Machine<'a> {
                 0x90 => {
                     let items = self.pop_mark()?;
                     let target = self.top_id()?;
+                    self.charge(items.len());
                     match self.nodes.get_mut(target) {
                         Some(Node::Set(set)) => set.extend(items.iter().cloned()),
                         _ => return Err("ADDITEMS on something that is not a set".into()),
@@ -596,6 +610,9 @@ impl<'a> Machine<'a> {
                 }
                 0x82..=0x84 => return Err("copyreg extension codes are not supported".into()),
                 other => return Err(format!("unknown pickle opcode 0x{other:02x}")),
+            }
+            if self.work.get() > self.work_budget() {
+                return Err("the pickle copies far more values than its size allows".into());
             }
         }
     }
@@ -736,6 +753,7 @@ impl<'a> Machine<'a> {
 
     /// A list, tuple or set node holding `items`.
     fn new_container(&mut self, empty: Node, items: Vec<Value>) -> Step<Value> {
+        self.charge(items.len());
         let depth = 1 + items.iter().map(|v| self.depth_of(v)).max().unwrap_or(0);
         let node = match empty {
             Node::List(_) => Node::List(items),
@@ -758,6 +776,7 @@ impl<'a> Machine<'a> {
     }
 
     fn append(&mut self, target: NodeId, items: Vec<Value>) -> Step<()> {
+        self.charge(items.len());
         self.deepen(target, &items)?;
         match self.nodes.get_mut(target) {
             Some(Node::List(list)) => list.extend(items),
@@ -772,6 +791,7 @@ impl<'a> Machine<'a> {
         if items.len() % 2 != 0 {
             return Err("SETITEMS with an odd number of values".into());
         }
+        self.charge(items.len());
         self.deepen(target, &items)?;
         let mut it = items.into_iter();
         let pairs = std::iter::from_fn(|| Some((it.next()?, it.next()?)));
@@ -796,7 +816,10 @@ impl<'a> Machine<'a> {
     fn tuple_items(&self, v: &Value) -> Option<Vec<Value>> {
         match v {
             Value::Node(id) => match self.nodes.get(*id)? {
-                Node::Tuple(items) | Node::List(items) => Some(items.clone()),
+                Node::Tuple(items) | Node::List(items) => {
+                    self.charge(items.len());
+                    Some(items.clone())
+                }
                 _ => None,
             },
             _ => None,
@@ -843,27 +866,25 @@ impl<'a> Machine<'a> {
 
     /// REDUCE: interpret the allow-listed callables, record everything else inertly.
     fn reduce(&mut self, callable: Value, args: Value) -> Step<Value> {
-        if let Some((module, name)) = self.class_name(&callable) {
-            let arg_items = self.tuple_items(&args).unwrap_or_default();
+        let allowed = self.class_name(&callable).filter(|(module, name)| is_interpreted(module, name));
+        if let Some((module, name)) = allowed {
+            let arg_items = self.tuple_items(&args).ok_or("REDUCE arguments are not a tuple")?;
             match (&*module, &*name) {
-                ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
-                    return self.rebuild_tensor(&arg_items)
-                }
-                // `_rebuild_parameter(data, requires_grad, backward_hooks)`: the parameter is its data.
-                ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => {
+                // `_rebuild_tensor` (old) takes the same first four arguments.
+                (_, "_rebuild_tensor_v2" | "_rebuild_tensor") => return self.rebuild_tensor(&arg_items),
+                // `_rebuild_parameter(data, requires_grad, backward_hooks[, state])`: the parameter is its data.
+                (_, "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
                     return arg_items.into_iter().next().ok_or_else(|| "_rebuild_parameter without data".into())
                 }
                 ("collections", "OrderedDict") => return self.new_ordered_dict(&args),
-                ("numpy.core.multiarray" | "numpy._core.multiarray", "_reconstruct") => {
-                    return self.new_node(Node::NdArrayPending, 1)
-                }
+                (_, "_reconstruct") => return self.new_node(Node::NdArrayPending, 1),
                 ("numpy", "dtype") => {
                     if let Some(Value::Str(descr)) = arg_items.first() {
                         let dtype = NumpyDtype { descr: descr.to_string(), byte_order: '|' };
                         return self.new_node(Node::NumpyDtype(dtype), 1);
                     }
                 }
-                ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => {
+                (_, "scalar") => {
                     if let Some(v) = self.numpy_scalar(&arg_items) {
                         return Ok(v);
                     }
@@ -1014,6 +1035,17 @@ impl<'a> Machine<'a> {
     }
 }
 
+/// The callables REDUCE interprets instead of recording.
+fn is_interpreted(module: &str, name: &str) -> bool {
+    matches!(
+        (module, name),
+        ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor" | "_rebuild_parameter" | "_rebuild_parameter_with_state")
+            | ("collections", "OrderedDict")
+            | ("numpy", "dtype")
+            | ("numpy.core.multiarray" | "numpy._core.multiarray", "_reconstruct" | "scalar")
+    )
+}
+
 fn non_negative(v: &Value) -> Option<u64> {
     match v {
         Value::Int(i) => u64::try_from(*i).ok(),
@@ -1064,7 +1096,8 @@ mod tests {
     #[test]
     fn long_integers() {
         assert_eq!(long_from_bytes(&[0xff]), Value::Int(-1));
-        assert_eq!(long_from_bytes(&[0x00, 0x80]), Value::Int(32768));
+        assert_eq!(long_from_bytes(&[0x00, 0x80, 0x00]), Value::Int(32768));
+        assert_eq!(long_from_bytes(&[0x00, 0x80]), Value::Int(-32768));
         assert!(matches!(long_from_bytes(&[0; 9]), Value::BigInt(_)));
     }
 
