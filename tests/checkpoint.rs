@@ -34,12 +34,8 @@ fn assert_same_model(got: &RawModel, want: &RawModel, what: &str) {
         let g = &got.tensors[name];
         assert_eq!(g.shape, w.shape, "{what}: {name} shape");
         let same_bits = match (&g.data, &w.data) {
-            (TensorData::F32(a), TensorData::F32(b)) => {
-                a.iter().map(|x| x.to_bits()).eq(b.iter().map(|x| x.to_bits()))
-            }
-            (TensorData::F64(a), TensorData::F64(b)) => {
-                a.iter().map(|x| x.to_bits()).eq(b.iter().map(|x| x.to_bits()))
-            }
+            (TensorData::F32(a), TensorData::F32(b)) => a.iter().map(|x| x.to_bits()).eq(b.iter().map(|x| x.to_bits())),
+            (TensorData::F64(a), TensorData::F64(b)) => a.iter().map(|x| x.to_bits()).eq(b.iter().map(|x| x.to_bits())),
             (TensorData::I64(a), TensorData::I64(b)) => a == b,
             _ => false,
         };
@@ -379,7 +375,9 @@ fn strided_views_shared_storages_and_dtypes() {
 fn views_beyond_their_storage_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let f32s: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
-    let cases: [(&str, i32, &[i32], &[i32], &[u8]); 5] = [
+    // (what, storage offset, shape, stride, storage record bytes)
+    type ViewCase<'a> = (&'a str, i32, &'a [i32], &'a [i32], &'a [u8]);
+    let cases: [ViewCase; 5] = [
         ("shared storage declared larger by a second view", 0, &[6], &[1], &f32s[..12]),
         ("too long", 0, &[7], &[1], &f32s),
         ("offset past the end", 6, &[1], &[1], &f32s),

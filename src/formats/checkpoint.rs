@@ -130,7 +130,8 @@ fn lightning_model_class(p: &Pickle, hparams: &Value) -> std::result::Result<&'s
     if is_config("core") && is_config("readout") && has("in_shape") && has("n_neurons_dict") {
         return Ok("UnifiedCoreReadout");
     }
-    let example_args = ["in_shape", "hidden_channels", "temporal_kernel_sizes", "spatial_kernel_sizes", "n_neurons_dict"];
+    let example_args =
+        ["in_shape", "hidden_channels", "temporal_kernel_sizes", "spatial_kernel_sizes", "n_neurons_dict"];
     if example_args.iter().all(|k| has(k)) {
         return Ok("ExampleCoreReadout");
     }
@@ -276,8 +277,8 @@ pub fn read_ensemble_member(dir: &Path, model_id: i64) -> Result<RawModel> {
     let state_dict_path = dir.join(format!("state_dict_{seed:05}.pth.tar"));
 
     // config: model_fn names the builder (its last part is the class), model_config its arguments.
-    let config_text = String::from_utf8(read_side_file(&config_path)?)
-        .map_err(|_| Error::file(&config_path, "not UTF-8 text"))?;
+    let config_text =
+        String::from_utf8(read_side_file(&config_path)?).map_err(|_| Error::file(&config_path, "not UTF-8 text"))?;
     let config = yaml_to_json(&config_text).map_err(|problem| Error::file(&config_path, problem))?;
     let model_fn = config
         .get("model_fn")
@@ -330,16 +331,18 @@ fn ensemble_model_class(model_fn: &str) -> std::result::Result<String, String> {
     }
 }
 
+/// Per-session input dimensions and neuron counts.
+type SessionMaps = (Map<String, Json>, Map<String, Json>);
+
 /// `{session: {"input_dimensions": (...), "output_dimension": n, ...}}` -> the two per-session maps.
-fn ensemble_data_info(p: &Pickle) -> std::result::Result<(Map<String, Json>, Map<String, Json>), String> {
+fn ensemble_data_info(p: &Pickle) -> std::result::Result<SessionMaps, String> {
     let sessions = p.dict_entries(&p.root).ok_or("data_info is not a dict of sessions")?;
     let mut input_dimensions = Map::new();
     let mut n_neurons = Map::new();
     for (session, info) in sessions {
         let Value::Str(session) = session else { return Err("a data_info session key is not a string".into()) };
-        let dims = p
-            .dict_get(info, "input_dimensions")
-            .ok_or_else(|| format!("session {session} has no input_dimensions"))?;
+        let dims =
+            p.dict_get(info, "input_dimensions").ok_or_else(|| format!("session {session} has no input_dimensions"))?;
         let dims = match to_json(p, dims, 0)? {
             Some(Json::Array(dims)) if dims.iter().all(Json::is_i64) => Json::Array(dims),
             _ => return Err(format!("session {session}: input_dimensions is not a tuple of integers")),
@@ -564,7 +567,8 @@ mod tests {
 
     #[test]
     fn yaml_subset() {
-        let json = yaml_to_json("a: !!python/tuple\n- 1\n- 2\nb: 0.5\nc: ELU\nd: true\ne: null\nf: '3'\ng: 1.0e-05\n").unwrap();
+        let json = yaml_to_json("a: !!python/tuple\n- 1\n- 2\nb: 0.5\nc: ELU\nd: true\ne: null\nf: '3'\ng: 1.0e-05\n")
+            .unwrap();
         assert_eq!(
             json,
             serde_json::json!({"a": [1, 2], "b": 0.5, "c": "ELU", "d": true, "e": null, "f": "3", "g": 1.0e-05})
@@ -583,7 +587,10 @@ mod tests {
 
     #[test]
     fn ensemble_class_names() {
-        assert_eq!(ensemble_model_class("nnfabrik_euler.models.models.SFB3d_core_SxF3d_readout").unwrap(), "SFB3d_core_SxF3d_readout");
+        assert_eq!(
+            ensemble_model_class("nnfabrik_euler.models.models.SFB3d_core_SxF3d_readout").unwrap(),
+            "SFB3d_core_SxF3d_readout"
+        );
         assert!(ensemble_model_class("os.system").is_err());
     }
 }

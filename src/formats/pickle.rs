@@ -170,7 +170,10 @@ pub enum Node {
     Dict(Vec<(Value, Value)>),
     Set(Vec<Value>),
     /// A reference to `module.name`, never imported.
-    Class { module: Arc<str>, name: Arc<str> },
+    Class {
+        module: Arc<str>,
+        name: Arc<str>,
+    },
     Object(Object),
     /// A persistent id the reader does not know (kept as the pid value).
     Persistent(Value),
@@ -208,11 +211,7 @@ impl Pickle {
 
     /// The value under string key `key` of a dict (last occurrence wins).
     pub fn dict_get(&self, value: &Value, key: &str) -> Option<&Value> {
-        self.dict_entries(value)?
-            .iter()
-            .rev()
-            .find(|(k, _)| matches!(k, Value::Str(s) if &**s == key))
-            .map(|(_, v)| v)
+        self.dict_entries(value)?.iter().rev().find(|(k, _)| matches!(k, Value::Str(s) if &**s == key)).map(|(_, v)| v)
     }
 
     /// Items of a list, tuple or set.
@@ -247,9 +246,9 @@ pub fn parse(bytes: &[u8], what: &str) -> Result<Pickle> {
 
 pub fn parse_with_limits(bytes: &[u8], what: &str, limits: Limits) -> Result<Pickle> {
     let mut machine = Machine::new(bytes, limits);
-    machine
-        .run()
-        .map_err(|problem| Error::new(format!("{what}: not a readable pickle: {problem} (at byte {})", machine.op_start)))
+    machine.run().map_err(|problem| {
+        Error::new(format!("{what}: not a readable pickle: {problem} (at byte {})", machine.op_start))
+    })
 }
 
 /// The stack machine. Errors are plain strings; [`parse_with_limits`] adds the source and position.
@@ -457,7 +456,7 @@ impl<'a> Machine<'a> {
                     let v = self.new_container(Node::Set(Vec::new()), items)?;
                     self.push(v)?
                 }
-                0x85 | 0x86 | 0x87 => {
+                0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     if self.stack.len() < n + self.current_mark() {
                         return Err("stack underflow".into());
@@ -964,10 +963,8 @@ impl<'a> Machine<'a> {
                 // Not a layout we understand (object arrays...): keep it as an inert record.
                 let depth = 1 + self.depth_of(&state);
                 self.deepen(target, &[])?;
-                let class = self.new_node(
-                    Node::Class { module: "numpy.core.multiarray".into(), name: "_reconstruct".into() },
-                    0,
-                )?;
+                let class = self
+                    .new_node(Node::Class { module: "numpy.core.multiarray".into(), name: "_reconstruct".into() }, 0)?;
                 let args = self.new_node(Node::Tuple(Vec::new()), 1)?;
                 self.nodes[target] = Node::Object(Object {
                     callable: class,
@@ -1039,8 +1036,10 @@ impl<'a> Machine<'a> {
 fn is_interpreted(module: &str, name: &str) -> bool {
     matches!(
         (module, name),
-        ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor" | "_rebuild_parameter" | "_rebuild_parameter_with_state")
-            | ("collections", "OrderedDict")
+        (
+            "torch._utils",
+            "_rebuild_tensor_v2" | "_rebuild_tensor" | "_rebuild_parameter" | "_rebuild_parameter_with_state"
+        ) | ("collections", "OrderedDict")
             | ("numpy", "dtype")
             | ("numpy.core.multiarray" | "numpy._core.multiarray", "_reconstruct" | "scalar")
     )

@@ -174,17 +174,23 @@ impl<R: Read + Seek> TorchFile<R> {
         let bytes = self.storage_bytes(&t.storage)?;
         let offsets = ViewOffsets::new(t, numel);
         let data = match dtype {
-            StorageDtype::F32 => TensorData::F32(offsets.map(|i| f32::from_le_bytes(element(bytes, i, big_endian))).collect()),
-            StorageDtype::F64 => TensorData::F64(offsets.map(|i| f64::from_le_bytes(element(bytes, i, big_endian))).collect()),
-            StorageDtype::F16 => {
-                TensorData::F32(offsets.map(|i| f16_to_f32(u16::from_le_bytes(element(bytes, i, big_endian)))).collect())
+            StorageDtype::F32 => {
+                TensorData::F32(offsets.map(|i| f32::from_le_bytes(element(bytes, i, big_endian))).collect())
             }
+            StorageDtype::F64 => {
+                TensorData::F64(offsets.map(|i| f64::from_le_bytes(element(bytes, i, big_endian))).collect())
+            }
+            StorageDtype::F16 => TensorData::F32(
+                offsets.map(|i| f16_to_f32(u16::from_le_bytes(element(bytes, i, big_endian)))).collect(),
+            ),
             StorageDtype::BF16 => TensorData::F32(
                 offsets
                     .map(|i| f32::from_bits((u16::from_le_bytes(element(bytes, i, big_endian)) as u32) << 16))
                     .collect(),
             ),
-            StorageDtype::I64 => TensorData::I64(offsets.map(|i| i64::from_le_bytes(element(bytes, i, big_endian))).collect()),
+            StorageDtype::I64 => {
+                TensorData::I64(offsets.map(|i| i64::from_le_bytes(element(bytes, i, big_endian))).collect())
+            }
             StorageDtype::I32 => {
                 TensorData::I64(offsets.map(|i| i32::from_le_bytes(element(bytes, i, big_endian)) as i64).collect())
             }
@@ -212,7 +218,13 @@ struct ViewOffsets<'t> {
 
 impl<'t> ViewOffsets<'t> {
     fn new(t: &'t TensorRef, numel: u64) -> Self {
-        ViewOffsets { shape: &t.shape, stride: &t.stride, index: vec![0; t.shape.len()], offset: t.offset, remaining: numel }
+        ViewOffsets {
+            shape: &t.shape,
+            stride: &t.stride,
+            index: vec![0; t.shape.len()],
+            offset: t.offset,
+            remaining: numel,
+        }
     }
 }
 
