@@ -1108,6 +1108,23 @@ mod tests {
     }
 
     #[test]
+    fn reusing_a_big_memoised_list_cannot_amplify() {
+        // pairs = [(1, 2)] * 5000 (memo 0); OrderedDict (memo 1); then OrderedDict(pairs) 2000 times:
+        // each 7-byte REDUCE would copy 10000 values.
+        let mut bytes = b"\x80\x02]q\x00(".to_vec();
+        for _ in 0..5000 {
+            bytes.extend(b"K\x01K\x02\x86");
+        }
+        bytes.extend(b"e0ccollections\nOrderedDict\nq\x010");
+        for _ in 0..2000 {
+            bytes.extend(b"h\x01h\x00\x85R0");
+        }
+        bytes.extend(b"N.");
+        let error = parse(&bytes, "amplify").unwrap_err();
+        assert!(error.message().contains("copies far more values"), "{error}");
+    }
+
+    #[test]
     fn self_referencing_list_is_bounded() {
         // l = []; l.append(l) -- a cycle. Parsing must finish; walkers guard their own depth.
         let bytes = b"\x80\x02]q\x00h\x00a.";
