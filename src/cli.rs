@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::bench;
+use crate::formats::download::DownloadOptions;
 use crate::error::{Error, Result};
 use crate::mei::{self, MeiSettings, MeiTarget};
 use crate::formats::{self, RawTensor};
@@ -36,21 +37,59 @@ pub enum Command {
     Mei(MeiArgs),
     /// Measure speed: forward/backward per stimulus and all MEIs of a model, against openretina.
     Bench(BenchArgs),
+    /// Write a model (Lightning .ckpt, ensemble member, ...) as a native .safetensors file.
+    Convert(ConvertArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  retina convert model.ckpt model.safetensors\n  retina convert ensemble_folder/ member0.safetensors --model-id 0")]
+pub struct ConvertArgs {
+    /// The model to convert (anything --model-path accepts).
+    #[arg(value_name = "IN")]
+    pub input: String,
+    /// The safetensors file to write (state dict + `model_class` and `hyper_parameters` metadata).
+    #[arg(value_name = "OUT.safetensors")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// Where models come from and where downloads go.
+#[derive(Args, Debug, Clone)]
+pub struct SourceArgs {
+    /// Folder for downloaded models (default: $OPENRETINA_CACHE_DIRECTORY, else the user cache folder).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Never download: use only files already in the cache.
+    #[arg(long)]
+    pub offline: bool,
+    /// Member of an ensemble folder (negative counts from the end).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true, value_name = "ID")]
+    pub model_id: i64,
+}
+
+impl SourceArgs {
+    pub fn download_options(&self, quiet: bool) -> DownloadOptions {
+        DownloadOptions { cache_dir: self.cache_dir.clone(), offline: self.offline, quiet }
+    }
 }
 
 #[derive(Args, Debug)]
 pub struct ModelArgs {
-    /// The model: `demo` (built in) or a path to a .safetensors model file.
+    /// The model: `demo` (built in), a .safetensors / Lightning .ckpt file, a Hoefling ensemble folder,
+    /// an http(s) URL or a pretrained model name (e.g. hoefling_2024_base_low_res).
     #[arg(long, value_name = "NAME_OR_PATH")]
     pub model_path: String,
     /// Move every readout's Gaussian mean to (0, 0), as openretina does for ensemble output MEIs.
     #[arg(long)]
     pub center_readouts: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 impl ModelArgs {
     fn load(&self) -> Result<Model<f32>> {
-        let raw = formats::read_model(&self.model_path)?;
+        let raw = formats::read_model(&self.model_path, self.source.model_id, &self.source.download_options(false))?;
         let mut model = Model::from_raw(&raw)
             .map_err(|e| Error::new(format!("{}: {e}", formats::describe_source(&self.model_path))))?;
         if self.center_readouts {
@@ -182,9 +221,8 @@ pub struct MeiArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// The model to measure.
-    #[arg(long, value_name = "NAME_OR_PATH", default_value = "demo")]
-    pub model_path: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Frames per stimulus.
     #[arg(long = "time-steps-stimulus", default_value_t = 50, value_name = "N")]
     pub time_steps: usize,
@@ -214,8 +252,16 @@ pub fn run(command: Command) -> Result<()> {
         Command::Info(args) => info(&args),
         Command::Predict(args) => predict(&args),
         Command::Mei(args) => mei_command(&args),
+        Command::Convert(args) => {
+            let raw = formats::read_model(&args.input, args.source.model_id, &args.source.download_options(false))?;
+            // Refuse to write what retina could not run.
+            Model::<f32>::from_raw(&raw).map_err(|e| Error::new(format!("{}: {e}", formats::describe_source(&args.input))))?;
+            write_atomic(&args.output, &formats::safetensors::serialize_model(&raw)?)?;
+            println!("wrote {} ({}, {} tensors)", args.output.display(), raw.model_class, raw.tensors.len());
+            Ok(())
+        }
         Command::Bench(args) => {
-            let model = ModelArgs { model_path: args.model_path.clone(), center_readouts: false }.load()?;
+            let model = args.model.load()?;
             for line in bench::run(&model, args.time_steps)?.lines {
                 println!("{line}");
             }

@@ -81,25 +81,12 @@ pub fn describe_source(spec: &str) -> String {
     }
 }
 
-/// Read a model given as `demo` or a local file. The kind of file is told by its content, not its name.
-pub fn read_model(spec: &str) -> Result<RawModel> {
-    if spec == "demo" {
-        return safetensors::parse_model(DEMO_MODEL, "built-in model `demo`");
+/// Read a model given as `demo`, a local file or folder (.safetensors, Lightning .ckpt, Hoefling
+/// ensemble folder; told apart by content), a URL or a registered name (downloaded into the cache).
+/// `model_id` picks the member of an ensemble folder (negative counts from the end).
+pub fn read_model(spec: &str, model_id: i64, download_options: &download::DownloadOptions) -> Result<RawModel> {
+    match download::resolve_model(spec, download_options)? {
+        download::ModelLocation::BuiltIn(_) => safetensors::parse_model(DEMO_MODEL, "built-in model `demo`"),
+        download::ModelLocation::Local { path, .. } => checkpoint::read_model(&path, model_id),
     }
-    let path = std::path::Path::new(spec);
-    if path.is_dir() {
-        return Err(Error::file(path, "is a folder; ensemble folders are not supported yet, give a .safetensors file"));
-    }
-    let bytes = safetensors::read_file(path)?;
-    let what = path.display().to_string();
-    if bytes.is_empty() {
-        return Err(Error::file(path, "is empty; expected a model file (.safetensors)"));
-    }
-    if bytes.starts_with(b"PK\x03\x04") {
-        return Err(Error::file(
-            path,
-            "is a PyTorch/Lightning checkpoint (.ckpt), which this build cannot read yet; convert it to safetensors",
-        ));
-    }
-    safetensors::parse_model(&bytes, &what)
 }
