@@ -1,7 +1,7 @@
 //! Optimise every MEI of a model once (for profiling): `cargo run --release --example all_meis [MODEL]`.
 fn main() -> retina::Result<()> {
     let spec = std::env::args().nth(1).unwrap_or_else(|| "demo".into());
-    let model: retina::model::Model<f32> = retina::model::Model::from_raw(&retina::formats::read_model(&spec)?)?;
+    let model: retina::model::Model<f32> = retina::model::Model::from_raw(&retina::formats::read_model(&spec, -1, &Default::default())?)?;
     let settings = retina::mei::MeiSettings::openretina(model.config.input_channels);
     let targets = retina::mei::all_targets(&model);
     let start = std::time::Instant::now();
