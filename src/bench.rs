@@ -92,12 +92,12 @@ pub fn run(model: &Model<f32>, time_steps: usize) -> crate::Result<BenchReport> 
         let runs = if batch == 1 { 21 } else { 5 };
         let fwd = median_seconds(runs, || {
             stimuli.par_iter().for_each(|x| {
-                objective.evaluate(x, false);
+                objective.evaluate(x);
             })
         }) / batch as f64;
         let step = median_seconds(runs, || {
             stimuli.par_iter().for_each(|x| {
-                objective.evaluate(x, true);
+                objective.gradient(x);
             })
         }) / batch as f64;
         let openretina = if batch == 1 { OPENRETINA_STEP_SECONDS_BATCH1 } else { OPENRETINA_STEP_SECONDS_BATCH32 };

@@ -88,23 +88,23 @@ pub fn optimize<F: Float>(model: &Model<F>, target: &MeiTarget, init: Tensor<F>,
     let mut x = init.data;
     let mut losses = Vec::with_capacity(settings.iterations);
     for _ in 0..settings.iterations {
-        let eval = objective.evaluate(&x, true);
+        let (value, gradient) = objective.gradient(&x);
         // loss = -objective + penalty; its gradient = -d objective + d penalty.
-        let mut grad: Vec<F> = eval.gradient.expect("asked for").into_iter().map(|g| -g).collect();
+        let mut grad: Vec<F> = gradient.into_iter().map(|g| -g).collect();
         let penalty = settings.constraints.penalty(&x, &mut grad);
-        losses.push(-eval.objective + penalty);
+        losses.push(-value + penalty);
         for (v, g) in x.iter_mut().zip(&grad) {
             *v = *v - lr * *g;
         }
         settings.constraints.postprocess(&mut x);
     }
-    let last = objective.evaluate(&x, false);
+    let (final_objective, series) = objective.evaluate(&x);
     Ok(Mei {
         target: target.clone(),
         stimulus: Tensor { shape: expected.to_vec(), data: x.iter().map(|v| v.to_f64() as f32).collect() },
         losses,
-        objective: last.objective,
-        response: last.series.iter().map(|v| v.to_f64() as f32).collect(),
+        objective: final_objective,
+        response: series.iter().map(|v| v.to_f64() as f32).collect(),
         highlighted_frames: objective.highlighted_frames(),
     })
 }

@@ -40,14 +40,18 @@ pub struct Objective<'m, F> {
     pub series_len: usize,
     /// Window `[start, start + len)` of the series that is averaged.
     pub window: (usize, usize),
+    /// The part of the stimulus the objective depends on, where it can be told exactly: gradients are
+    /// computed on that part only (zero elsewhere).
+    region: Region,
 }
 
-/// One evaluation: the objective, its time series and (if asked) the gradient.
-pub struct Evaluation<F> {
-    pub objective: f64,
-    /// The full time series the window is taken from (for figures).
-    pub series: Vec<F>,
-    pub gradient: Option<Vec<F>>,
+/// A box of the stimulus: first frame, row and column, and its shape `(channels, t, h, w)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Region {
+    t0: usize,
+    y0: usize,
+    x0: usize,
+    shape: [usize; 4],
 }
 
 /// openretina's `SliceMeanReducer`: `[start, start + length)` clipped to the series, or, when `start`
@@ -94,6 +98,8 @@ impl<'m, F: Float> Objective<'m, F> {
                 (first_session, s[1], s[1].saturating_sub(WINDOW_LENGTH))
             }
         };
+        let window = slice_window(series_len, start, WINDOW_LENGTH);
+        let region = dependency_region(model, &target, stimulus_shape, window.0);
         Ok(Objective {
             model,
             kernels: model.core.kernels(Some(&session)),
@@ -101,7 +107,8 @@ impl<'m, F: Float> Objective<'m, F> {
             session,
             stimulus_shape,
             series_len,
-            window: slice_window(series_len, start, WINDOW_LENGTH),
+            window,
+            region,
         })
     }
 
@@ -112,13 +119,51 @@ impl<'m, F: Float> Objective<'m, F> {
         (offset + self.window.0, offset + self.window.0 + self.window.1 - 1)
     }
 
-    pub fn evaluate(&self, x: &[F], with_gradient: bool) -> Evaluation<F> {
-        let (start, len) = self.window;
+    /// The objective and its full time series (for figures and reports).
+    pub fn evaluate(&self, x: &[F]) -> (f64, Vec<F>) {
+        let (objective, series, _) = self.run(x, self.stimulus_shape, self.window, false);
+        (objective, series)
+    }
+
+    /// The objective and its gradient with respect to the stimulus, computed on the part of the
+    /// stimulus the objective depends on.
+    pub fn gradient(&self, x: &[F]) -> (f64, Vec<F>) {
+        let r = self.region;
+        let full = self.stimulus_shape;
+        if r.shape == full {
+            let (objective, _, gradient) = self.run(x, full, self.window, true);
+            return (objective, gradient.expect("asked for"));
+        }
+        let [c, t, h, w] = r.shape;
+        let mut sub = Vec::with_capacity(c * t * h * w);
+        for ch in 0..c {
+            for ti in 0..t {
+                for y in 0..h {
+                    let start = ((ch * full[1] + r.t0 + ti) * full[2] + r.y0 + y) * full[3] + r.x0;
+                    sub.extend_from_slice(&x[start..start + w]);
+                }
+            }
+        }
+        let window = (self.window.0 - r.t0, self.window.1);
+        let (objective, _, g_sub) = self.run(&sub, r.shape, window, true);
+        let g_sub = g_sub.expect("asked for");
+        let mut gradient = vec![F::zero(); x.len()];
+        for (row, chunk) in g_sub.chunks_exact(w).enumerate() {
+            let (y, rest) = (row % h, row / h);
+            let (ti, ch) = (rest % t, rest / t);
+            let start = ((ch * full[1] + r.t0 + ti) * full[2] + r.y0 + y) * full[3] + r.x0;
+            gradient[start..start + w].copy_from_slice(chunk);
+        }
+        (objective, gradient)
+    }
+
+    /// Forward (and backward) on a stimulus of `shape`, averaging the series over `window`.
+    fn run(&self, x: &[F], shape: [usize; 4], (start, len): (usize, usize), with_gradient: bool) -> (f64, Vec<F>, Option<Vec<F>>) {
         let inv_len = F::one() / F::from_f64(len as f64);
         match &self.target {
             MeiTarget::OutputNeuron { neuron, .. } => {
                 let readout = &self.model.readouts[&self.session];
-                let tape = self.model.core.forward(&self.kernels, x, self.stimulus_shape);
+                let tape = self.model.core.forward(&self.kernels, x, shape);
                 let (core_out, [_, t, _, _]) = self.model.core.output(&tape);
                 let (responses, readout_tape) = readout.forward(&core_out, t);
                 let n_n = readout.neurons;
@@ -132,10 +177,10 @@ impl<'m, F: Float> Objective<'m, F> {
                     let g_core = readout.backward(&readout_tape, &g_resp, t);
                     self.model.core.backward(&self.kernels, &tape, vec![], Some(&g_core))
                 });
-                Evaluation { objective, series, gradient }
+                (objective, series, gradient)
             }
             MeiTarget::InnerChannel { layer, channel } => {
-                let tape = self.model.core.forward_layers(&self.kernels, x, self.stimulus_shape, layer + 1);
+                let tape = self.model.core.forward_layers(&self.kernels, x, shape, layer + 1);
                 let [c, t, h, w] = tape.output_shapes[*layer];
                 let centre = (h / 2) * w + w / 2;
                 let out = &tape.outputs[*layer];
@@ -150,10 +195,41 @@ impl<'m, F: Float> Objective<'m, F> {
                     layer_grads[*layer] = Some(g);
                     self.model.core.backward(&self.kernels, &tape, layer_grads, None)
                 });
-                Evaluation { objective, series, gradient }
+                (objective, series, gradient)
             }
         }
     }
+}
+
+/// The part of the stimulus an objective depends on, when it can be bounded exactly: with no temporal
+/// padding and no input downsampling, the window starting at series frame `window_start` depends on
+/// stimulus frames from `window_start` on (every conv is "valid" in time, and the cut of the first
+/// frames shifts series and layer frames alike). For an inner channel's centre unit, if no layer up to
+/// it pads or pools in space, only its receptive field matters: a square of side 1 + sum(k - 1) whose
+/// corner sits at the centre unit's position; there the layer output is a single unit. Results are
+/// identical to a full evaluation, which the tests check.
+fn dependency_region<F: Float>(model: &Model<F>, target: &MeiTarget, full: [usize; 4], window_start: usize) -> Region {
+    let config = &model.config;
+    let everything = Region { t0: 0, y0: 0, x0: 0, shape: full };
+    let last_layer = match target {
+        MeiTarget::OutputNeuron { .. } => config.layers.len() - 1,
+        MeiTarget::InnerChannel { layer, .. } => *layer,
+    };
+    let layers = &config.layers[..=last_layer];
+    if config.downsample_input_kernel_size.is_some() || layers.iter().any(|l| l.padding[0] != (0, 0)) {
+        return everything;
+    }
+    let mut region = Region { t0: window_start, shape: [full[0], full[1] - window_start, full[2], full[3]], ..everything };
+    let spatially_valid = layers.iter().all(|l| l.padding[1] == (0, 0) && l.padding[2] == (0, 0) && !l.max_pool);
+    if let (MeiTarget::InnerChannel { .. }, true) = (target, spatially_valid) {
+        let field = 1 + layers.iter().map(|l| l.spatial_kernel - 1).sum::<usize>();
+        let (out_h, out_w) = (full[2] + 1 - field, full[3] + 1 - field);
+        region.y0 = out_h / 2;
+        region.x0 = out_w / 2;
+        region.shape[2] = field;
+        region.shape[3] = field;
+    }
+    region
 }
 
 fn mean<F: Float>(v: &[F]) -> f64 {
