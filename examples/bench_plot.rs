@@ -34,11 +34,10 @@ fn run() -> retina::Result<()> {
     for t in bench_figures(&style, repeats, &dir)? {
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         println!(
-            "{:<15} median {:>7.1} ms (layout {:>5.1}, raster {:>6.1}, encode {:>6.1})   fastest {:>7.1} ms   {:>9} bytes",
+            "{:<15} median {:>7.1} ms (numbers and layout {:>5.1}, pixels and encoding {:>6.1})   fastest {:>7.1} ms   {:>9} bytes",
             t.figure,
             ms(t.median),
             ms(t.median_layout),
-            ms(t.median_raster),
             ms(t.median_encode),
             ms(t.fastest),
             t.file_bytes

@@ -8,7 +8,7 @@ use super::canvas::Canvas;
 use super::conv_weights::conv_weights_canvas;
 use super::mei::mei_canvas;
 use super::readout::readout_canvas;
-use super::{ConvWeightLimits, ConvWeights, FigureStyle, ImageFormat, MeiFigureInput, ReadoutLimits, ReadoutNeuron};
+use super::{ConvWeightLimits, ConvWeights, FigureStyle, MeiFigureInput, ReadoutLimits, ReadoutNeuron};
 use crate::error::{Error, Result};
 use crate::output::write_atomic;
 use crate::tensor::Tensor;
@@ -24,9 +24,7 @@ pub struct FigureTiming {
     pub fastest: Duration,
     /// Numbers and layout (for the MEI figure mostly its composition).
     pub median_layout: Duration,
-    /// Rasterising (zero for SVG).
-    pub median_raster: Duration,
-    /// Encoding the file (JPEG, PNG or SVG text).
+    /// Pixels and file encoding (drawn band by band while encoding), or the SVG text.
     pub median_encode: Duration,
 }
 
@@ -51,18 +49,10 @@ pub fn bench_figures(style: &FigureStyle, repeats: usize, dir: &Path) -> Result<
             let started = Instant::now();
             let canvas = make_canvas()?;
             let laid_out = Instant::now();
-            let (bytes, rastered) = match style.format {
-                ImageFormat::Svg => (canvas.encode(style), laid_out),
-                format => {
-                    let raster = canvas.rasterise(style.dpi).map_err(|e| Error::file(&path, e))?;
-                    let rastered = Instant::now();
-                    (raster.encode(format), rastered)
-                }
-            };
-            let bytes = bytes.map_err(|e| Error::file(&path, e))?;
+            let bytes = canvas.encode(style).map_err(|e| Error::file(&path, e))?;
             let encoded = Instant::now();
             write_atomic(&path, &bytes)?;
-            phases.push([started.elapsed(), laid_out - started, rastered - laid_out, encoded - rastered]);
+            phases.push([started.elapsed(), laid_out - started, encoded - laid_out]);
         }
         let median = |k: usize| {
             let mut times: Vec<Duration> = phases.iter().map(|p| p[k]).collect();
@@ -75,8 +65,7 @@ pub fn bench_figures(style: &FigureStyle, repeats: usize, dir: &Path) -> Result<
             median: median(0),
             fastest: phases.iter().map(|p| p[0]).min().unwrap_or_default(),
             median_layout: median(1),
-            median_raster: median(2),
-            median_encode: median(3),
+            median_encode: median(2),
         });
     }
     Ok(timings)

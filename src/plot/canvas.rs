@@ -3,11 +3,13 @@
 //! DejaVu Sans (matplotlib's default font), so figures look the same on machines without fonts.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
 
 use ab_glyph::{Font, FontRef, OutlineCurve};
-use tiny_skia::{FillRule, LineCap, LineJoin, Paint, PathBuilder, Pixmap, Stroke, Transform};
+use tiny_skia::{FillRule, LineCap, Paint, PathBuilder, Pixmap, Stroke, Transform};
 
+use super::jpeg::{self, Bands, BAND_ROWS};
 use super::{FigureStyle, ImageFormat};
 use crate::error::{Error, Result};
 use crate::output::write_atomic;
@@ -121,7 +123,7 @@ impl Canvas {
                 let (w, h) = self.pixel_size(style.dpi)?;
                 Ok(self.to_svg(w, h).into_bytes())
             }
-            format => self.rasterise(style.dpi)?.encode(format),
+            format => self.rasteriser(style.dpi)?.encode(format),
         }
     }
 
@@ -135,13 +137,11 @@ impl Canvas {
         Ok((w as u32, h as u32))
     }
 
-    /// Draw the figure into pixels at `dpi`.
-    pub fn rasterise(&self, dpi: u32) -> Result<Raster, String> {
-        let (w, h) = self.pixel_size(dpi)?;
+    /// The shapes in pixels at `dpi`, ready to be drawn band by band.
+    pub fn rasteriser(&self, dpi: u32) -> Result<Rasteriser, String> {
+        let (width, height) = self.pixel_size(dpi)?;
         let scale = dpi as f32 / 72.0;
-        let mut pixmap = Pixmap::new(w, h).ok_or_else(|| format!("cannot allocate a {w} x {h} image"))?;
-        pixmap.fill(tiny_skia::Color::WHITE);
-        let to_px = Transform::from_scale(scale, scale);
+        let mut items = Vec::with_capacity(self.shapes.len());
         for shape in &self.shapes {
             match shape {
                 Shape::Rect { x0, y0, x1, y1, fill } => {
@@ -150,38 +150,33 @@ impl Canvas {
                     let (x0, y0, x1, y1) = (snap(*x0), snap(*y0), snap(*x1), snap(*y1));
                     // Never let a thin rectangle vanish.
                     let (x1, y1) = (x1.max(x0 + 1.0), y1.max(y0 + 1.0));
-                    if let Some(r) = tiny_skia::Rect::from_ltrb(x0, y0, x1, y1) {
-                        pixmap.fill_rect(r, &paint(*fill, false), Transform::identity(), None);
-                    }
+                    items.push(Item::Rect { x0, y0, x1, y1, colour: *fill });
                 }
                 Shape::Line { points, width, colour } => {
-                    let mut pb = PathBuilder::new();
-                    pb.move_to(points[0].0, points[0].1);
-                    points[1..].iter().for_each(|&(x, y)| pb.line_to(x, y));
-                    if let Some(path) = pb.finish() {
-                        let stroke = Stroke {
-                            width: *width,
-                            line_cap: LineCap::Butt,
-                            line_join: LineJoin::Round,
-                            ..Default::default()
-                        };
-                        pixmap.stroke_path(&path, &paint(*colour, true), &stroke, to_px, None);
+                    // One stroke per segment, round caps joining them: the rasteriser's cost grows
+                    // with a path's bounding box, and a whole trace's box is most of a panel.
+                    let stroke = Stroke { width: width * scale, line_cap: LineCap::Round, ..Default::default() };
+                    for pair in points.windows(2) {
+                        let mut pb = PathBuilder::new();
+                        pb.move_to(pair[0].0 * scale, pair[0].1 * scale);
+                        pb.line_to(pair[1].0 * scale, pair[1].1 * scale);
+                        if let Some(outline) = pb.finish().and_then(|p| p.stroke(&stroke, 1.0)) {
+                            items.push(Item::Path { path: outline, colour: *colour });
+                        }
                     }
                 }
                 Shape::Text { x, y, size, align, text, colour } => {
                     let left = x - align_offset(*align, self.text_width(text, *size));
-                    if let Some(path) = self.glyph_path(text, left, *y, *size) {
-                        pixmap.fill_path(&path, &paint(*colour, true), FillRule::Winding, to_px, None);
+                    let glyphs = self.glyph_path(text, left, *y, *size);
+                    if let Some(path) = glyphs.and_then(|p| p.transform(Transform::from_scale(scale, scale))) {
+                        items.push(Item::Path { path, colour: *colour });
                     }
                 }
             }
         }
-        // The background is opaque white, so premultiplied RGBA equals plain RGBA: drop alpha.
-        let mut rgb = vec![0u8; (w * h * 3) as usize];
-        for (out, rgba) in rgb.chunks_exact_mut(3).zip(pixmap.data().chunks_exact(4)) {
-            out.copy_from_slice(&rgba[..3]);
-        }
-        Ok(Raster { width: w, height: h, dpi, rgb })
+        let band =
+            Pixmap::new(width, BAND_ROWS).ok_or_else(|| format!("cannot allocate a {width} pixel wide image"))?;
+        Ok(Rasteriser { width, height, dpi, items, band })
     }
 
     /// Outlines of `text` set from `(x, baseline)` at `size` points, as one path in points.
@@ -305,29 +300,85 @@ fn xml_escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-/// A rasterised figure: RGB pixels, row by row.
-pub(crate) struct Raster {
-    pub width: u32,
-    pub height: u32,
-    pub dpi: u32,
-    pub rgb: Vec<u8>,
+/// A shape in pixels.
+enum Item {
+    Rect {
+        x0: f32,
+        y0: f32,
+        x1: f32,
+        y1: f32,
+        colour: Colour,
+    },
+    /// A filled outline (glyphs, stroked line segments), anti-aliased.
+    Path {
+        path: tiny_skia::Path,
+        colour: Colour,
+    },
 }
 
-impl Raster {
+/// A figure in pixels, drawn one band of rows at a time so that a 300 dpi figure never needs a
+/// full-size pixel buffer: each band is drawn into a small reused pixmap and handed to the encoder.
+pub(crate) struct Rasteriser {
+    width: u32,
+    height: u32,
+    dpi: u32,
+    items: Vec<Item>,
+    band: Pixmap,
+}
+
+impl Bands for Rasteriser {
+    fn band(&mut self, top: u32) -> &[u8] {
+        let (top_f, bottom_f) = (top as f32, (top + BAND_ROWS) as f32);
+        self.band.fill(tiny_skia::Color::WHITE);
+        let shift = Transform::from_translate(0.0, -top_f);
+        for item in &self.items {
+            match item {
+                Item::Rect { x0, y0, x1, y1, colour } => {
+                    if *y1 <= top_f || *y0 >= bottom_f {
+                        continue;
+                    }
+                    if let Some(r) = tiny_skia::Rect::from_ltrb(*x0, y0 - top_f, *x1, y1 - top_f) {
+                        self.band.fill_rect(r, &paint(*colour, false), Transform::identity(), None);
+                    }
+                }
+                Item::Path { path, colour } => {
+                    let bounds = path.bounds();
+                    if bounds.bottom() < top_f || bounds.top() > bottom_f {
+                        continue;
+                    }
+                    self.band.fill_path(path, &paint(*colour, true), FillRule::Winding, shift, None);
+                }
+            }
+        }
+        // Rows past the bottom repeat the last row, as encoders pad.
+        let row_bytes = self.width as usize * 4;
+        let rows = self.height.saturating_sub(top).clamp(1, BAND_ROWS) as usize;
+        let data = self.band.data_mut();
+        for r in rows..BAND_ROWS as usize {
+            data.copy_within((rows - 1) * row_bytes..rows * row_bytes, r * row_bytes);
+        }
+        // The background is opaque white, so premultiplied RGBA is plain RGBA.
+        self.band.data()
+    }
+}
+
+impl Rasteriser {
     /// The pixels as a JPEG or PNG file.
-    pub fn encode(&self, format: ImageFormat) -> Result<Vec<u8>, String> {
-        let (rgb, w, h, dpi) = (&self.rgb, self.width, self.height, self.dpi);
+    pub fn encode(mut self, format: ImageFormat) -> Result<Vec<u8>, String> {
+        let (width, height, dpi) = (self.width, self.height, self.dpi);
         match format {
-            ImageFormat::Jpg => encode_jpeg(rgb, w, h, dpi),
-            ImageFormat::Png => encode_png(rgb, w, h, dpi),
+            ImageFormat::Jpg => jpeg::encode(width, height, dpi, JPEG_QUALITY, &mut self),
+            ImageFormat::Png => encode_png(width, height, dpi, &mut self),
             ImageFormat::Svg => Err("an SVG is drawn from shapes, not pixels".to_string()),
         }
     }
 }
 
-fn encode_png(rgb: &[u8], w: u32, h: u32, dpi: u32) -> Result<Vec<u8>, String> {
+/// PNG of a `width x height` image drawn by `image`.
+fn encode_png(width: u32, height: u32, dpi: u32, image: &mut impl Bands) -> Result<Vec<u8>, String> {
+    let failed = |e: &dyn std::fmt::Display| format!("cannot encode PNG: {e}");
     let mut bytes = Vec::new();
-    let mut encoder = png::Encoder::new(&mut bytes, w, h);
+    let mut encoder = png::Encoder::new(&mut bytes, width, height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     // Figures are mostly flat colour: fast compression loses little size and saves most time.
@@ -338,21 +389,20 @@ fn encode_png(rgb: &[u8], w: u32, h: u32, dpi: u32) -> Result<Vec<u8>, String> {
         yppu: pixels_per_metre,
         unit: png::Unit::Meter,
     }));
-    let mut writer = encoder.write_header().map_err(|e| format!("cannot encode PNG: {e}"))?;
-    writer.write_image_data(rgb).map_err(|e| format!("cannot encode PNG: {e}"))?;
-    writer.finish().map_err(|e| format!("cannot encode PNG: {e}"))?;
-    Ok(bytes)
-}
-
-fn encode_jpeg(rgb: &[u8], w: u32, h: u32, dpi: u32) -> Result<Vec<u8>, String> {
-    let mut bytes = Vec::new();
-    let mut encoder = jpeg_encoder::Encoder::new(&mut bytes, JPEG_QUALITY);
-    let dpi = dpi.min(u16::MAX as u32) as u16;
-    encoder.set_density(jpeg_encoder::Density::Inch { x: dpi, y: dpi });
-    // 4:2:0 chroma, as PIL writes for matplotlib: half the work, and figures have few colour edges.
-    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
-    encoder
-        .encode(rgb, w as u16, h as u16, jpeg_encoder::ColorType::Rgb)
-        .map_err(|e| format!("cannot encode JPEG: {e}"))?;
+    let mut writer = encoder.write_header().map_err(|e| failed(&e))?;
+    {
+        let mut stream = writer.stream_writer().map_err(|e| failed(&e))?;
+        let row_bytes = width as usize * 3;
+        let mut band = vec![0u8; row_bytes * BAND_ROWS as usize];
+        for top in (0..height).step_by(BAND_ROWS as usize) {
+            for (rgb, rgba) in band.chunks_exact_mut(3).zip(image.band(top).chunks_exact(4)) {
+                rgb.copy_from_slice(&rgba[..3]);
+            }
+            let rows = (height - top).min(BAND_ROWS) as usize;
+            stream.write_all(&band[..rows * row_bytes]).map_err(|e| failed(&e))?;
+        }
+        stream.finish().map_err(|e| failed(&e))?;
+    }
+    writer.finish().map_err(|e| failed(&e))?;
     Ok(bytes)
 }

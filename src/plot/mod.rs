@@ -11,6 +11,7 @@ pub mod bench;
 mod canvas;
 pub mod composition;
 mod conv_weights;
+mod jpeg;
 mod mei;
 mod readout;
 pub mod video;
