@@ -309,3 +309,58 @@ fn bad_inputs_give_one_line_errors() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(left.is_empty(), "no file should be left behind, found {left:?}");
 }
+
+#[test]
+fn jpeg_matches_png_closely() {
+    let dir = tempfile::tempdir().unwrap();
+    let neuron = sample_readout_neuron();
+    let limits = ReadoutLimits::of_session(std::slice::from_ref(&neuron));
+    let mut images = Vec::new();
+    for format in [ImageFormat::Png, ImageFormat::Jpg] {
+        let path = dir.path().join(format!("n.{}", format.extension()));
+        draw_readout_neuron(&neuron, &limits, &FigureStyle { format, dpi: 77 }, &path).unwrap();
+        images.push(image::open(&path).unwrap().to_rgb8());
+    }
+    let (png, jpg) = (&images[0], &images[1]);
+    assert_eq!(png.dimensions(), jpg.dimensions());
+    let diffs: Vec<i32> = png.as_raw().iter().zip(jpg.as_raw()).map(|(&a, &b)| (a as i32 - b as i32).abs()).collect();
+    let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
+    assert!(mean < 1.0, "mean |png - jpg| = {mean}");
+    // Flat areas come out exactly (DC-only blocks): the corner pixel is pure white.
+    assert_eq!(jpg.get_pixel(0, 0).0, [255, 255, 255]);
+}
+
+#[test]
+fn mei_figures_for_one_three_and_tiny_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    for (c, t, h, w) in [(1, 50, 18, 16), (3, 12, 4, 5), (2, 30, 72, 64)] {
+        let data = (0..c * t * h * w).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+        let input = retina::plot::MeiFigureInput {
+            stimulus: Tensor::new(vec![c, t, h, w], data).unwrap(),
+            response: Some(vec![0.5; 3]),
+            window: (t - 5, t),
+            frame_rate: 30.0,
+        };
+        let compositions = mei_composition(&input.stimulus, 30.0).unwrap();
+        assert_eq!(compositions.len(), c);
+        assert!(compositions.iter().all(|k| k.fft_freqs.len() == t / 2 && k.main_frequency.is_finite()));
+        let path = dir.path().join(format!("mei_{c}.png"));
+        draw_mei(&input, &FigureStyle { format: ImageFormat::Png, dpi: 30 }, &path).unwrap();
+        assert_eq!(image::open(&path).unwrap().to_rgb8().dimensions(), (630, 360));
+    }
+}
+
+#[test]
+fn flat_and_broken_stimuli_draw_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, value) in [("zero", 0.0f32), ("nan", f32::NAN)] {
+        let mut input = sample_mei_input();
+        input.stimulus.data.iter_mut().for_each(|v| *v = value);
+        input.response = Some(vec![value; 30]);
+        let path = dir.path().join(format!("{name}.jpg"));
+        draw_mei(&input, &FigureStyle::default(), &path).unwrap();
+        assert!(image::open(&path).is_ok(), "{name}");
+    }
+    let zero = mei_composition(&Tensor::<f32>::zeros(vec![2, 20, 6, 6]), 30.0).unwrap();
+    assert!(zero.iter().all(|c| c.temporal.iter().all(|&v| v == 0.0) && c.main_frequency == 0.0));
+}
