@@ -43,6 +43,13 @@ pub fn mei_composition<F: Copy + Into<f64>>(stimulus: &Tensor<F>, frame_rate: f6
     if channels * frames * height * width == 0 {
         return Err(Error::new(format!("MEI composition got an empty stimulus of shape {:?}", stimulus.shape)));
     }
+    if stimulus.data.len() != channels * frames * height * width {
+        return Err(Error::new(format!(
+            "MEI stimulus of shape {:?} holds {} values",
+            stimulus.shape,
+            stimulus.data.len()
+        )));
+    }
     let filter = Butterworth::lowpass(BUTTERWORTH_ORDER, LOWPASS_CUTOFF_HZ, frame_rate)?;
     let per_channel = frames * height * width;
     let compositions = stimulus

@@ -76,16 +76,16 @@ pub(crate) fn encode(
                 bits.flat_block(dcs[2], &mut previous_dc[2], &tables[1]);
                 continue;
             }
-            cbs.fill(0.0);
-            crs.fill(0.0);
-            for y in 0..16 {
-                for x in 0..16 {
-                    let (l, cb, cr) = ycbcr(pixel(x, y));
-                    ys[y * 16 + x] = l;
-                    // Chroma: the mean of each 2 x 2 square.
-                    cbs[(y / 2) * 8 + x / 2] += cb / 4.0;
-                    crs[(y / 2) * 8 + x / 2] += cr / 4.0;
-                }
+            let rgb: [[f32; 3]; 256] = std::array::from_fn(|i| pixel(i % 16, i / 16).map(|c| c as f32));
+            for (y, &[r, g, b]) in ys.iter_mut().zip(&rgb) {
+                *y = 0.299 * r + 0.587 * g + 0.114 * b;
+            }
+            // Chroma of the mean colour of each 2 x 2 square (the conversion is linear).
+            for k in 0..64 {
+                let i = (k / 8) * 32 + (k % 8) * 2;
+                let mean = |c: usize| (rgb[i][c] + rgb[i + 1][c] + rgb[i + 16][c] + rgb[i + 17][c]) / 4.0;
+                let (_, cb, cr) = ycbcr_f32(mean(0), mean(1), mean(2));
+                (cbs[k], crs[k]) = (cb, cr);
             }
             for (bx, by) in [(0, 0), (8, 0), (0, 8), (8, 8)] {
                 let block: [f32; 64] = std::array::from_fn(|k| ys[(by + k / 8) * 16 + bx + k % 8]);
@@ -118,7 +118,10 @@ fn round(value: f32) -> i32 {
 
 /// JFIF's RGB to YCbCr.
 fn ycbcr([r, g, b]: [u8; 3]) -> (f32, f32, f32) {
-    let (r, g, b) = (r as f32, g as f32, b as f32);
+    ycbcr_f32(r as f32, g as f32, b as f32)
+}
+
+fn ycbcr_f32(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
     (
         0.299 * r + 0.587 * g + 0.114 * b,
         -0.168_736 * r - 0.331_264 * g + 0.5 * b + 128.0,
@@ -189,6 +192,12 @@ impl DctTable {
     /// Level-shifted, transformed and quantised coefficients of `block` (samples 0..255), in zigzag
     /// order; `divisors` in zigzag order.
     fn quantised(&self, block: &[f32; 64], divisors: &[f32; 64]) -> [i32; 64] {
+        // A flat block (often chroma next to grey text and frames) has only its DC term.
+        if block.iter().all(|&v| v == block[0]) {
+            let mut dc_only = [0; 64];
+            dc_only[0] = round(8.0 * (block[0] - 128.0) / divisors[0]);
+            return dc_only;
+        }
         let b = &self.basis;
         // Rows first: t[y * 8 + u] = sum over x of (block[y][x] - 128) * basis[u][x].
         let mut t = [0f32; 64];
