@@ -1,10 +1,15 @@
 //! Figures and videos: what `visualize` writes for people to look at.
 //!
-//! Figures follow openretina's (weights of a space-time separable convolution, a readout neuron, the
-//! composition of an MEI) with the same figure sizes in inches, drawn at a chosen dpi. Numbers and
-//! pixels are kept apart: [`composition`], [`ConvWeights::centre_positive`] and the `*Limits` helpers
-//! compute what a figure shows; the `draw_*` functions only lay it out and draw it. Everything here
-//! is thread-safe and free of global state, so callers can draw many figures in parallel.
+//! Figures follow openretina 1.1.1's (weights of a space-time separable convolution, a readout
+//! neuron, the composition of an MEI) with the same figure sizes in inches, drawn at a chosen dpi.
+//! Numbers and pixels are kept apart: [`composition`], [`ConvWeights::centre_positive`] and the
+//! `*Limits` helpers compute what a figure shows; the `draw_*` functions only lay it out and draw it.
+//! Everything here is thread-safe and free of global state, so callers can draw many figures in
+//! parallel; [`bench::bench_figures`] times them.
+//!
+//! Inside: `canvas` holds a figure as shapes in points and turns it into SVG, or into pixels band by
+//! band (tiny-skia, embedded DejaVu Sans) for `jpeg` (an encoder specialised for mostly flat figures)
+//! or PNG; `axes` draws matplotlib-like panels; one module per figure.
 
 mod axes;
 pub mod bench;
