@@ -149,44 +149,62 @@ fn top_singular_triplet(a: &[f64], rows: usize, cols: usize) -> (f64, Vec<f64>, 
 }
 
 /// Unit eigenvector of the largest eigenvalue of the symmetric `n x n` matrix `m` (row-major), by
-/// cyclic Jacobi rotations until the off-diagonal part is negligible.
+/// cyclic Jacobi rotations (with the usual thresholds: small elements are skipped in early sweeps and
+/// zeroed once they no longer change the diagonal) until the off-diagonal part vanishes.
 fn top_eigenvector(mut m: Vec<f64>, n: usize) -> Vec<f64> {
     let mut v = vec![0.0; n * n];
     (0..n).for_each(|i| v[i * n + i] = 1.0);
-    let total: f64 = m.iter().map(|x| x * x).sum();
-    for _sweep in 0..100 {
-        let off: f64 = (0..n)
-            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| m[i * n + j].powi(2))
-            .sum();
-        if off <= 1e-32 * total {
+    for sweep in 0..50 {
+        let off: f64 = (0..n).map(|p| (p + 1..n).map(|q| m[p * n + q].abs()).sum::<f64>()).sum();
+        if off == 0.0 || !off.is_finite() {
             break;
         }
+        let threshold = if sweep < 3 { 0.2 * off / (n * n) as f64 } else { 0.0 };
         for p in 0..n {
             for q in p + 1..n {
                 let apq = m[p * n + q];
-                if apq == 0.0 {
+                let (app, aqq) = (m[p * n + p], m[q * n + q]);
+                let g = 100.0 * apq.abs();
+                if sweep > 3 && app.abs() + g == app.abs() && aqq.abs() + g == aqq.abs() {
+                    m[p * n + q] = 0.0;
+                    m[q * n + p] = 0.0;
                     continue;
                 }
-                let theta = (m[q * n + q] - m[p * n + p]) / (2.0 * apq);
-                let tan = if theta >= 0.0 { 1.0 } else { -1.0 } / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let cos = 1.0 / (tan * tan + 1.0).sqrt();
-                let sin = tan * cos;
-                // m <- J^T m J with J rotating coordinates p and q; v <- v J.
-                for k in 0..n {
-                    let (mkp, mkq) = (m[k * n + p], m[k * n + q]);
-                    m[k * n + p] = cos * mkp - sin * mkq;
-                    m[k * n + q] = sin * mkp + cos * mkq;
+                if apq.abs() <= threshold {
+                    continue;
                 }
-                for k in 0..n {
-                    let (mpk, mqk) = (m[p * n + k], m[q * n + k]);
-                    m[p * n + k] = cos * mpk - sin * mqk;
-                    m[q * n + k] = sin * mpk + cos * mqk;
+                let h = aqq - app;
+                let tan = if h.abs() + g == h.abs() {
+                    apq / h
+                } else {
+                    let theta = 0.5 * h / apq;
+                    let t = 1.0 / (theta.abs() + (1.0 + theta * theta).sqrt());
+                    if theta < 0.0 {
+                        -t
+                    } else {
+                        t
+                    }
+                };
+                let cos = 1.0 / (1.0 + tan * tan).sqrt();
+                let sin = tan * cos;
+                let tau = sin / (1.0 + cos);
+                m[p * n + p] -= tan * apq;
+                m[q * n + q] += tan * apq;
+                m[p * n + q] = 0.0;
+                m[q * n + p] = 0.0;
+                // Rows (and, by symmetry, columns) p and q of m, columns p and q of v.
+                for k in (0..n).filter(|&k| k != p && k != q) {
+                    let (akp, akq) = (m[k * n + p], m[k * n + q]);
+                    let (new_p, new_q) = (akp - sin * (akq + akp * tau), akq + sin * (akp - akq * tau));
+                    m[k * n + p] = new_p;
+                    m[p * n + k] = new_p;
+                    m[k * n + q] = new_q;
+                    m[q * n + k] = new_q;
                 }
                 for k in 0..n {
                     let (vkp, vkq) = (v[k * n + p], v[k * n + q]);
-                    v[k * n + p] = cos * vkp - sin * vkq;
-                    v[k * n + q] = sin * vkp + cos * vkq;
+                    v[k * n + p] = vkp - sin * (vkq + vkp * tau);
+                    v[k * n + q] = vkq + sin * (vkp - vkq * tau);
                 }
             }
         }
