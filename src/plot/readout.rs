@@ -1,0 +1,101 @@
+//! One readout neuron, as openretina's factorised Gaussian readout shows it: where it looks (its
+//! Gaussian mask) and how it weighs the core's feature channels. Figure: 12 x 6 inches.
+
+use std::path::Path;
+
+use super::axes::{auto_limits, fit_aspect, symmetric_limit, Axes, TAB_BLUE};
+use super::canvas::Canvas;
+use super::FigureStyle;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+const FIGURE_INCHES: (f32, f32) = (12.0, 6.0);
+
+/// What one readout neuron reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadoutNeuron {
+    /// Gaussian mask `(h, w)` over the core's output.
+    pub mask: Tensor<f32>,
+    /// One weight per core feature channel.
+    pub feature_weights: Vec<f32>,
+    pub neuron: usize,
+}
+
+/// Axis limits shared by all neurons of one session (readout), so that they can be compared.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReadoutLimits {
+    /// Colour range `[-mask, mask]`: the session's largest |mask value|.
+    pub mask: f32,
+    /// Bar chart y-limits: the session's smallest and largest feature weight.
+    pub feature_min: f32,
+    pub feature_max: f32,
+}
+
+impl ReadoutLimits {
+    /// The limits over all neurons of a session.
+    pub fn of_session(neurons: &[ReadoutNeuron]) -> ReadoutLimits {
+        let mask = neurons.iter().flat_map(|n| &n.mask.data).fold(0.0f32, |m, v| m.max(v.abs()));
+        let weights = || neurons.iter().flat_map(|n| n.feature_weights.iter().copied());
+        ReadoutLimits {
+            mask,
+            feature_min: weights().fold(f32::INFINITY, f32::min),
+            feature_max: weights().fold(f32::NEG_INFINITY, f32::max),
+        }
+    }
+}
+
+/// Draw the figure of one neuron to `path`.
+pub fn draw_readout_neuron(
+    neuron: &ReadoutNeuron,
+    limits: &ReadoutLimits,
+    style: &FigureStyle,
+    path: &Path,
+) -> Result<()> {
+    readout_canvas(neuron, limits)?.save(style, path)
+}
+
+pub(crate) fn readout_canvas(neuron: &ReadoutNeuron, limits: &ReadoutLimits) -> Result<Canvas> {
+    let (rows, cols) = match neuron.mask.shape.as_slice() {
+        &[h, w] if h * w == neuron.mask.data.len() && h * w > 0 => (h, w),
+        shape => {
+            return Err(Error::new(format!(
+                "the readout mask of neuron {} must be a non-empty (h, w) map, got shape {shape:?} with {} values",
+                neuron.neuron,
+                neuron.mask.data.len()
+            )))
+        }
+    };
+    let mut canvas = Canvas::new(FIGURE_INCHES.0, FIGURE_INCHES.1)?;
+    let (left, right, top, bottom, gap) = (35.0, 15.0, 30.0, 30.0, 55.0);
+    let column_w = (canvas.width - left - right - gap) / 2.0;
+    let height = canvas.height - top - bottom;
+
+    let (x, y, w, h) = fit_aspect(left, top, column_w, height, rows, cols);
+    let mask = Axes { x, y, w, h, xlim: (-0.5, cols as f64 - 0.5), ylim: (rows as f64 - 0.5, -0.5) };
+    let values: Vec<f64> = neuron.mask.data.iter().map(|&v| v as f64).collect();
+    mask.heat_map(&mut canvas, &values, cols, symmetric_limit(limits.mask as f64));
+    mask.frame(&mut canvas);
+    mask.x_ticks(&mut canvas, true);
+    mask.y_ticks(&mut canvas, true);
+    mask.title(&mut canvas, "Readout Mask");
+
+    let n = neuron.feature_weights.len();
+    let (lo, hi) = (limits.feature_min as f64, limits.feature_max as f64);
+    // A session whose weights are all equal still gets a visible range.
+    let ylim = if hi > lo { (lo, hi) } else { auto_limits(lo.min(0.0), hi.max(0.0)) };
+    let features = Axes {
+        x: left + column_w + gap,
+        y: top,
+        w: column_w,
+        h: height,
+        xlim: auto_limits(-0.4, n.max(1) as f64 - 0.6),
+        ylim,
+    };
+    let weights: Vec<f64> = neuron.feature_weights.iter().map(|&v| v as f64).collect();
+    features.bars(&mut canvas, &weights, TAB_BLUE);
+    features.frame(&mut canvas);
+    features.x_ticks(&mut canvas, true);
+    features.y_ticks(&mut canvas, false);
+    features.title(&mut canvas, "Readout Feature Weights");
+    Ok(canvas)
+}
