@@ -29,6 +29,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Compute every MEI of a model and draw its figures, videos and weight figures (openretina's
+    /// `visualize`, same folder layout).
+    Visualize(VisualizeArgs),
     /// Print a model's architecture, stimulus shape, sessions and neuron counts.
     Info(InfoArgs),
     /// Run a model on stimuli and write the responses and every core layer's output.
@@ -228,6 +231,68 @@ pub struct BenchArgs {
     pub time_steps: usize,
 }
 
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  retina visualize --model-path demo --save-folder visualizations
+  retina visualize --model-path hoefling_2024_base_low_res --save-folder visualizations
+  retina visualize --is-hoefling-ensemble-model --model-id 0 --save-folder vis_ensemble_0
+  retina visualize --model-path model.ckpt --save-folder out --layers 0 --no-video --image-file-format png")]
+pub struct VisualizeArgs {
+    /// The model: `demo` (built in), a .safetensors / Lightning .ckpt file, an ensemble folder, an
+    /// http(s) URL or a pretrained model name (e.g. hoefling_2024_base_low_res).
+    #[arg(long, value_name = "NAME_OR_PATH", required_unless_present = "is_hoefling_ensemble_model", conflicts_with = "is_hoefling_ensemble_model")]
+    pub model_path: Option<String>,
+    /// Use a member (`--model-id`) of the Hoefling 2024 ensemble, downloaded into the cache.
+    #[arg(long)]
+    pub is_hoefling_ensemble_model: bool,
+    /// Folder for the outputs (created if missing), e.g. `visualizations`.
+    #[arg(long, value_name = "DIR")]
+    pub save_folder: PathBuf,
+    /// Compute device. Only `cpu` exists in this build.
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda")]
+    pub device: String,
+    /// Figure file format: jpg (openretina's default), png or svg.
+    #[arg(long, default_value = "jpg", value_name = "jpg|png|svg")]
+    pub image_file_format: String,
+    /// Figure resolution in dots per inch (openretina draws at 300: a 6300 x 3600 MEI figure).
+    #[arg(long, default_value_t = 150, value_name = "DPI")]
+    pub dpi: u32,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub optimization: OptimizationArgs,
+    /// Only these core layers' channel MEIs, as indices or names, comma-separated (e.g. `0,1`).
+    #[arg(long, value_delimiter = ',', value_name = "LAYERS")]
+    pub layers: Option<Vec<String>>,
+    /// Only these sessions' neuron MEIs, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "SESSIONS")]
+    pub sessions: Option<Vec<String>>,
+    /// Only these neuron indices in each session, comma-separated (e.g. `0,5,10`).
+    #[arg(long, value_delimiter = ',', value_name = "NEURONS")]
+    pub neurons: Option<Vec<usize>>,
+    /// Do not write MEI videos.
+    #[arg(long)]
+    pub no_video: bool,
+    /// Do not draw the conv and readout weight figures.
+    #[arg(long)]
+    pub no_weights: bool,
+    /// Do not compute MEIs (weight figures only).
+    #[arg(long)]
+    pub no_meis: bool,
+    /// MEIs optimised together per chunk (all cores work on a chunk); bounds memory.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub batch_size: usize,
+    /// Worker threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Redo every output, even those a previous identical run finished.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print only errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
 /// Run the command line; returns the process exit code (0 ok, 2 for any user-facing error).
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -249,6 +314,7 @@ pub fn main() -> i32 {
 
 pub fn run(command: Command) -> Result<()> {
     match command {
+        Command::Visualize(args) => visualize_command(&args),
         Command::Info(args) => info(&args),
         Command::Predict(args) => predict(&args),
         Command::Mei(args) => mei_command(&args),
@@ -396,5 +462,77 @@ fn mei_command(args: &MeiArgs) -> Result<()> {
         result.losses.last().copied().unwrap_or(f64::NAN),
         args.output.display()
     );
+    Ok(())
+}
+
+fn visualize_command(args: &VisualizeArgs) -> Result<()> {
+    let start = std::time::Instant::now();
+    if args.device != "cpu" {
+        bail!("--device {}: not available in this build; retina runs on the CPU (use --device cpu)", args.device);
+    }
+    let style = crate::plot::FigureStyle { format: args.image_file_format.parse()?, dpi: args.dpi };
+    if !(10..=1200).contains(&args.dpi) {
+        bail!("--dpi {} is out of range; use 10 … 1200 (openretina draws at 300)", args.dpi);
+    }
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .map_err(|e| Error::new(format!("--threads: cannot start the worker threads ({e})")))?;
+    }
+    let download = args.source.download_options(args.quiet);
+    let raw = match (&args.model_path, args.is_hoefling_ensemble_model) {
+        (Some(spec), _) => formats::read_model(spec, args.source.model_id, &download)?,
+        (None, _) => {
+            let folder = formats::download::fetch_hoefling_ensemble(&download)?;
+            formats::checkpoint::read_model(&folder, args.source.model_id)?
+        }
+    };
+    let source = args.model_path.as_deref().map(formats::describe_source).unwrap_or_else(|| "Hoefling 2024 ensemble".into());
+    let model: Model<f32> = Model::from_raw(&raw).map_err(|e| Error::new(format!("{source}: {e}")))?;
+    // Hoefling ensemble members: output-neuron MEIs on readouts centred at (0, 0), everything else
+    // on the member as stored, and openretina's ensemble folder layout.
+    let ensemble = matches!(model.config.architecture, crate::model::config::Architecture::HoeflingEnsembleMember { .. });
+    let centred = ensemble.then(|| {
+        let mut m = model.clone();
+        m.center_readouts();
+        m
+    });
+    let layers = args
+        .layers
+        .as_ref()
+        .map(|ls| ls.iter().map(|l| model.layer_index(l)).collect::<Result<Vec<_>>>())
+        .transpose()?;
+    let options = crate::visualize::VisualizeOptions {
+        save_folder: args.save_folder.clone(),
+        style,
+        mei: args.optimization.settings(model.config.input_channels)?,
+        layers,
+        sessions: args.sessions.clone(),
+        neurons: args.neurons.clone(),
+        meis: !args.no_meis,
+        videos: !args.no_video,
+        weights: !args.no_weights,
+        batch_size: args.batch_size,
+        overwrite: args.overwrite,
+        quiet: args.quiet,
+        ensemble_layout: ensemble,
+    };
+    let report = crate::visualize::visualize(&model, centred.as_ref().unwrap_or(&model), &options)?;
+    if !args.quiet {
+        println!(
+            "{}: {} MEIs ({} optimised, {} from the previous run), {} files written, {} kept, in {:.1} s",
+            args.save_folder.display(),
+            report.meis_optimised + report.meis_reused,
+            report.meis_optimised,
+            report.meis_reused,
+            report.files_written,
+            report.files_kept,
+            start.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
 }

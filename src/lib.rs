@@ -21,6 +21,7 @@ pub mod output;
 pub mod plot;
 pub mod rng;
 pub mod tensor;
+pub mod visualize;
 
 pub use error::{Error, Result};
 pub use tensor::Tensor;
