@@ -92,14 +92,18 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     fn load(&self) -> Result<Model<f32>> {
-        let raw = formats::read_model(&self.model_path, self.source.model_id, &self.source.download_options(false))?;
-        let mut model = Model::from_raw(&raw)
-            .map_err(|e| Error::new(format!("{}: {e}", formats::describe_source(&self.model_path))))?;
+        let mut model = load_model(&self.model_path, &self.source)?;
         if self.center_readouts {
             model.center_readouts();
         }
         Ok(model)
     }
+}
+
+/// Read and build a model, naming its source in any error.
+fn load_model(spec: &str, source: &SourceArgs) -> Result<Model<f32>> {
+    let raw = formats::read_model(spec, source.model_id, &source.download_options(false))?;
+    Model::from_raw(&raw).map_err(|e| Error::new(format!("{}: {e}", formats::describe_source(spec))))
 }
 
 #[derive(Args, Debug)]
@@ -224,8 +228,11 @@ pub struct MeiArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// The model to measure.
+    #[arg(long, value_name = "NAME_OR_PATH", default_value = "demo")]
+    pub model_path: String,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub source: SourceArgs,
     /// Frames per stimulus.
     #[arg(long = "time-steps-stimulus", default_value_t = 50, value_name = "N")]
     pub time_steps: usize,
@@ -327,7 +334,7 @@ pub fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => {
-            let model = args.model.load()?;
+            let model = load_model(&args.model_path, &args.source)?;
             for line in bench::run(&model, args.time_steps)?.lines {
                 println!("{line}");
             }
