@@ -277,47 +277,65 @@ struct Geometry {
 }
 
 impl Geometry {
-    /// `col[(t, y, x)][(dy, dx)] = xpad[t, y + dy, x + dx]` for every padded frame `t`.
+    /// Padded input height and width.
+    fn padded_hw(&self) -> (usize, usize) {
+        (self.ho + self.k - 1, self.wo + self.k - 1)
+    }
+
+    /// `col[(t, y, x)][(dy, dx)] = xpad[t, y + dy, x + dx]` for every padded frame `t`: the input is
+    /// zero-padded once, then each row of the column matrix is `k` contiguous slices.
     #[inline(always)]
     fn im2col<F: Float>(&self, xi: &[F], input: [usize; 3], col: &mut [F]) {
         let [t_in, h_in, w_in] = input;
+        let (hp, wp) = self.padded_hw();
+        let mut xpad = vec![F::zero(); self.tp * hp * wp];
+        for t in 0..t_in {
+            for y in 0..h_in {
+                let dst = ((t + self.pad_t) * hp + y + self.pad_h) * wp + self.pad_w;
+                xpad[dst..dst + w_in].copy_from_slice(&xi[(t * h_in + y) * w_in..][..w_in]);
+            }
+        }
+        let k = self.k;
+        let mut rows = col.chunks_exact_mut(self.kk);
         for t in 0..self.tp {
-            let src_t = t.checked_sub(self.pad_t).filter(|&s| s < t_in);
             for y in 0..self.ho {
                 for x in 0..self.wo {
-                    let row = &mut col[((t * self.ho + y) * self.wo + x) * self.kk..][..self.kk];
-                    for dy in 0..self.k {
-                        let sy = (y + dy).checked_sub(self.pad_h).filter(|&s| s < h_in);
-                        for dx in 0..self.k {
-                            let sx = (x + dx).checked_sub(self.pad_w).filter(|&s| s < w_in);
-                            row[dy * self.k + dx] = match (src_t, sy, sx) {
-                                (Some(st), Some(sy), Some(sx)) => xi[(st * h_in + sy) * w_in + sx],
-                                _ => F::zero(),
-                            };
-                        }
+                    let row = rows.next().expect("col has tp * ho * wo rows");
+                    for dy in 0..k {
+                        let src = (t * hp + y + dy) * wp + x;
+                        row[dy * k..(dy + 1) * k].copy_from_slice(&xpad[src..src + k]);
                     }
                 }
             }
         }
     }
 
-    /// The adjoint of `im2col`: add every column entry back onto its input pixel.
+    /// The adjoint of `im2col`: add every column entry back onto its (padded) input pixel, then drop
+    /// the padding.
     #[inline(always)]
     fn col2im<F: Float>(&self, col: &[F], input: [usize; 3], gi: &mut [F]) {
         let [t_in, h_in, w_in] = input;
+        let (hp, wp) = self.padded_hw();
+        let mut gpad = vec![F::zero(); self.tp * hp * wp];
+        let k = self.k;
+        let mut rows = col.chunks_exact(self.kk);
         for t in 0..self.tp {
-            let Some(st) = t.checked_sub(self.pad_t).filter(|&s| s < t_in) else { continue };
             for y in 0..self.ho {
                 for x in 0..self.wo {
-                    let row = &col[((t * self.ho + y) * self.wo + x) * self.kk..][..self.kk];
-                    for dy in 0..self.k {
-                        let Some(sy) = (y + dy).checked_sub(self.pad_h).filter(|&s| s < h_in) else { continue };
-                        for dx in 0..self.k {
-                            let Some(sx) = (x + dx).checked_sub(self.pad_w).filter(|&s| s < w_in) else { continue };
-                            gi[(st * h_in + sy) * w_in + sx] += row[dy * self.k + dx];
+                    let row = rows.next().expect("col has tp * ho * wo rows");
+                    for dy in 0..k {
+                        let dst = (t * hp + y + dy) * wp + x;
+                        for (g, &v) in gpad[dst..dst + k].iter_mut().zip(&row[dy * k..(dy + 1) * k]) {
+                            *g += v;
                         }
                     }
                 }
+            }
+        }
+        for t in 0..t_in {
+            for y in 0..h_in {
+                let src = ((t + self.pad_t) * hp + y + self.pad_h) * wp + self.pad_w;
+                gi[(t * h_in + y) * w_in..][..w_in].copy_from_slice(&gpad[src..src + w_in]);
             }
         }
     }
