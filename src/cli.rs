@@ -389,8 +389,17 @@ fn mei_command(args: &MeiArgs) -> Result<()> {
         (None, None, Some(layer), Some(channel)) => MeiTarget::InnerChannel { layer: model.layer_index(layer)?, channel },
         _ => bail!("say which MEI: --session KEY --neuron N, or --layer NAME --channel C"),
     };
+    // Before the initial stimulus is made: refuses too few or impossibly many frames.
+    model.check_stimulus(&model.config.stimulus_shape(settings.time_steps, 1))?;
     let init = match &args.init {
-        Some(path) => read_stimulus(path)?,
+        Some(path) => {
+            let init = read_stimulus(path)?;
+            let expected = model.config.stimulus_shape(settings.time_steps, 1);
+            if init.shape != expected {
+                return Err(Error::file(path, format!("`stimulus` has shape {:?}; this MEI needs {expected:?}", init.shape)));
+            }
+            init
+        }
         None => mei::initial_stimulus(&model, &target, &settings),
     };
     let result = mei::optimize(&model, &target, init, &settings)?;
