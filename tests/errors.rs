@@ -234,6 +234,27 @@ fn hyper_parameters_not_json() {
     assert_model_refused("bad_hparams.safetensors", Some(&bytes), &["hyper_parameters", "JSON"]);
 }
 
+/// The fixture model with its `hyper_parameters` JSON changed by `edit`.
+fn edited_hyper_parameters(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    edited_model(|_, metadata| {
+        let mut hp: serde_json::Value = serde_json::from_str(&metadata["hyper_parameters"]).unwrap();
+        edit(&mut hp);
+        metadata.insert("hyper_parameters".into(), hp.to_string());
+    })
+}
+
+#[test]
+fn absurd_hyper_parameters() {
+    // Sizes that would overflow the shape arithmetic must be refused by name, not wrap around.
+    let huge = serde_json::json!(1u64 << 63);
+    let bytes = edited_hyper_parameters(|hp| hp["core_hidden_padding"] = serde_json::json!([huge, 2, 2]));
+    assert_model_refused("padding.safetensors", Some(&bytes), &["core_hidden_padding", "kernel"]);
+    let bytes = edited_hyper_parameters(|hp| hp["temporal_kernel_sizes"] = serde_json::json!([huge, 11]));
+    assert_model_refused("kernel.safetensors", Some(&bytes), &["kernel", "9223372036854775808"]);
+    let bytes = edited_hyper_parameters(|hp| hp["hidden_channels"] = serde_json::json!([huge, 16]));
+    assert_model_refused("channels.safetensors", Some(&bytes), &["core.features.layer0", "shape"]);
+}
+
 #[test]
 fn json_file_that_is_not_a_model() {
     let json = std::fs::read(common::fixture("example_low_res/hparams.json")).unwrap();
@@ -368,6 +389,20 @@ fn output_in_a_folder_that_does_not_exist() {
     assert!(files_in(dir.path()).is_empty());
 }
 
+#[test]
+fn impossible_numbers_of_frames() {
+    // Far more frames than memory holds, and a count whose stimulus size overflows: errors, not aborts.
+    for frames in ["99999999999", &usize::MAX.to_string()] {
+        let dir = tempdir();
+        let output = dir.path().join("out.safetensors");
+        let run = retina(&["predict", "--model-path", "demo", "--time-steps", frames, "--output", output.to_str().unwrap()]);
+        assert_one_line_error(&run, &["too large", frames], &format!("predict --time-steps {frames}"));
+        let run = mei(&["--layer", "0", "--channel", "0", "--time-steps-stimulus", frames]);
+        assert_one_line_error(&run, &["too large", frames], &format!("mei --time-steps-stimulus {frames}"));
+        assert!(files_in(dir.path()).is_empty());
+    }
+}
+
 // ---- retina mei ----
 
 const SESSION: &str = "session_3_ventral1_20201021";
@@ -453,6 +488,16 @@ fn mei_bad_lr() {
         args.extend(["--lr", lr]);
         assert_one_line_error(&mei(&args), &["--lr"], &format!("--lr {lr}"));
     }
+}
+
+#[test]
+fn mei_init_of_the_wrong_shape() {
+    let dir = tempdir();
+    let init = dir.path().join("start.safetensors");
+    // 50 frames where the MEI is optimised over 40.
+    write_tensors(&init, &[("stimulus", vec![1, 2, 50, 18, 16])]);
+    let run = mei(&["--layer", "0", "--channel", "0", "--time-steps-stimulus", "40", "--init", init.to_str().unwrap()]);
+    assert_one_line_error(&run, &["start.safetensors", "shape", "[1, 2, 50, 18, 16]"], "mei --init shape");
 }
 
 #[test]
