@@ -144,18 +144,19 @@ pub struct OptimizationArgs {
     #[arg(long, default_value_t = 10)]
     pub iterations: usize,
     /// SGD learning rate.
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = 100.0, allow_negative_numbers = true)]
     pub lr: f64,
     /// Frames of the stimulus to optimise.
     #[arg(long = "time-steps-stimulus", default_value_t = 50, value_name = "N")]
     pub time_steps: usize,
     /// L2 norm the stimulus is held at, or `none`. Default: 30 for 2-channel models (openretina's
     /// Hoefling 2024 constraint), none otherwise.
-    #[arg(long, value_name = "X|none")]
+    #[arg(long, value_name = "X|none", allow_negative_numbers = true)]
     pub norm: Option<String>,
     /// Value range of one colour channel as MIN,MAX (or `none`), once per channel in order. Default:
     /// -0.654,6.269 and -0.913,6.269 for 2-channel models (green, UV), none otherwise.
-    #[arg(long = "channel-range", value_name = "MIN,MAX|none")]
+    // Ranges start below zero (-0.654,6.269), which clap would otherwise take for a flag.
+    #[arg(long = "channel-range", value_name = "MIN,MAX|none", allow_hyphen_values = true)]
     pub channel_ranges: Vec<String>,
 }
 
@@ -304,6 +305,12 @@ pub struct VisualizeArgs {
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if is_bad_value(&e) => {
+            // A bad value is one line like every other error; the usage block would only bury it.
+            let rendered = e.to_string();
+            eprintln!("{}", rendered.lines().next().unwrap_or("error: invalid value"));
+            return 2;
+        }
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
@@ -317,6 +324,11 @@ pub fn main() -> i32 {
             2
         }
     }
+}
+
+fn is_bad_value(e: &clap::Error) -> bool {
+    use clap::error::ErrorKind;
+    matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation)
 }
 
 pub fn run(command: Command) -> Result<()> {
@@ -450,8 +462,17 @@ fn mei_command(args: &MeiArgs) -> Result<()> {
         (None, None, Some(layer), Some(channel)) => MeiTarget::InnerChannel { layer: model.layer_index(layer)?, channel },
         _ => bail!("say which MEI: --session KEY --neuron N, or --layer NAME --channel C"),
     };
+    // Before the initial stimulus is made: refuses too few or impossibly many frames.
+    model.check_stimulus(&model.config.stimulus_shape(settings.time_steps, 1))?;
     let init = match &args.init {
-        Some(path) => read_stimulus(path)?,
+        Some(path) => {
+            let init = read_stimulus(path)?;
+            let expected = model.config.stimulus_shape(settings.time_steps, 1);
+            if init.shape != expected {
+                return Err(Error::file(path, format!("`stimulus` has shape {:?}; this MEI needs {expected:?}", init.shape)));
+            }
+            init
+        }
         None => mei::initial_stimulus(&model, &target, &settings),
     };
     let result = mei::optimize(&model, &target, init, &settings)?;

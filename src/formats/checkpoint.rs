@@ -60,6 +60,17 @@ pub fn read_model(path: &Path, model_id: i64) -> Result<RawModel> {
             "a bare pickle (legacy torch.save format?) is not supported; expected a Lightning .ckpt or .safetensors",
         ));
     }
+    if head.get(8) == Some(&b'{') {
+        // A safetensors JSON header whose length field does not fit the file: say that, not "not a model".
+        let len = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+        return Err(Error::file(
+            path,
+            format!(
+                "safetensors header length {len} does not fit a file of {} bytes; the file is truncated or damaged",
+                metadata.len()
+            ),
+        ));
+    }
     Err(Error::file(
         path,
         "not a model file: expected an ensemble directory, a Lightning checkpoint (.ckpt zip) or a .safetensors file",

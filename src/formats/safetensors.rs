@@ -4,23 +4,42 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 
 use super::{RawModel, RawTensor, TensorData};
 use crate::error::{Error, Result};
 
 /// Parse safetensors bytes into named tensors and the metadata map. `what` names the source in errors.
 pub fn parse(bytes: &[u8], what: &str) -> Result<(BTreeMap<String, RawTensor>, HashMap<String, String>)> {
-    let (_, metadata) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| Error::new(format!("{what}: not a valid safetensors file ({e})")))?;
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::new(format!("{what}: not a valid safetensors file ({e})")))?;
+    let invalid = |e: SafeTensorError| Error::new(format!("{what}: not a valid safetensors file ({})", explain(e)));
+    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(invalid)?;
+    let st = SafeTensors::deserialize(bytes).map_err(invalid)?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
         let tensor = decode(&view).map_err(|e| Error::new(format!("{what}: tensor {name}: {e}")))?;
         tensors.insert(name, tensor);
     }
     Ok((tensors, metadata.metadata().clone().unwrap_or_default()))
+}
+
+/// The safetensors crate's errors are bare variant names; say what they mean for the user's file.
+fn explain(e: SafeTensorError) -> String {
+    match e {
+        SafeTensorError::HeaderTooSmall => "shorter than a safetensors header".into(),
+        SafeTensorError::HeaderTooLarge | SafeTensorError::InvalidHeaderLength => {
+            "its header length does not fit the file; the file is truncated or damaged".into()
+        }
+        SafeTensorError::MetadataIncompleteBuffer => {
+            "its data size does not match its header; the file is truncated or damaged".into()
+        }
+        SafeTensorError::InvalidOffset(name) => format!("tensor {name} has data offsets out of order or past the end"),
+        SafeTensorError::TensorInvalidInfo => "a tensor's data offsets do not match its shape and dtype".into(),
+        SafeTensorError::ValidationOverflow => "a tensor's shape or offsets are too large".into(),
+        SafeTensorError::InvalidHeader | SafeTensorError::InvalidHeaderDeserialization => {
+            "its header is not valid safetensors JSON".into()
+        }
+        other => format!("{other:?}"),
+    }
 }
 
 fn decode(view: &TensorView) -> std::result::Result<RawTensor, String> {

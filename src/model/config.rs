@@ -255,7 +255,7 @@ impl<'a> Options<'a> {
         let v = self.get(key).unwrap_or(default);
         let same = || kernel.map(|k| ((k - 1) / 2, (k - 1) - (k - 1) / 2));
         let sym = |p: [usize; 3]| p.map(|x| (x, x));
-        match v {
+        let padding = match v {
             Value::Bool(true) => Ok(same()),
             Value::Bool(false) => Ok([(0, 0); 3]),
             Value::String(s) if s == "same" => Ok(same()),
@@ -266,7 +266,13 @@ impl<'a> Options<'a> {
                 _ => Err(self.err(key, "a padding of three non-negative integers")),
             },
             _ => Err(self.err(key, "a padding (true, false, \"same\", \"valid\", an integer or three integers)")),
+        }?;
+        // More padding than kernel only adds outputs that see no input; a huge value would overflow
+        // the shape arithmetic. Either way the file is not a model openretina trained.
+        if (0..3).any(|d| padding[d].0.max(padding[d].1) > kernel[d]) {
+            return Err(self.err(key, &format!("a padding no larger than the kernel {kernel:?}")));
         }
+        Ok(padding)
     }
 }
 

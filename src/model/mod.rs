@@ -27,6 +27,9 @@ pub struct Model<F = f32> {
     pub readouts: BTreeMap<String, GaussianReadout<F>>,
 }
 
+/// Most values a stimulus may have (4 GiB as f32; every core layer's output is kept as well).
+pub const MAX_STIMULUS_VALUES: usize = 1 << 30;
+
 /// Outputs of a forward pass over a batch.
 #[derive(Debug, Clone)]
 pub struct ForwardOutput<F> {
@@ -78,6 +81,14 @@ impl<F: Float> Model<F> {
     /// Check a stimulus `(batch, channels, time, height, width)` against the model.
     pub fn check_stimulus(&self, shape: &[usize]) -> Result<[usize; 4]> {
         let c = &self.config;
+        // Refuse absurd sizes (e.g. `--time-steps 99999999999`) here, before anything is allocated:
+        // otherwise the allocation aborts the process instead of giving an error.
+        let values = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).filter(|&n| n <= MAX_STIMULUS_VALUES);
+        if values.is_none() {
+            bail!(
+                "stimulus of shape {shape:?} is too large: at most {MAX_STIMULUS_VALUES} values per run; use fewer frames or a smaller batch"
+            );
+        }
         match shape {
             [b, ch, t, h, w] if *b > 0 && *ch == c.input_channels && *h == c.height && *w == c.width => {
                 c.core_output_shape(*t)?;
