@@ -5,7 +5,6 @@ mod common;
 use common::*;
 use retina::mei::{self, MeiSettings, MeiTarget};
 use retina::model::Model;
-use retina::Tensor;
 
 /// openretina's own float32-vs-float64 difference for an MEI (from the manifest).
 fn own_difference(manifest: &serde_json::Value, id: &str) -> f64 {

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use super::config::Padding;
 use super::linalg::{gemm, Layout};
+use super::simd::SpatialShape;
 use super::Float;
 
 /// openretina's `subsampling_factor`: the temporal kernel of length `t` has `t / 3` sines and cosines.
@@ -142,18 +143,25 @@ impl<F: Float> SeparableConv3d<F> {
 
         // Spatial step: s[i][t][p][o] = sum_{dy,dx} spatial[o,i,dy,dx] * xpad[i, t, y+dy, x+dx].
         let rows = g.tp * g.p;
-        let mut col = vec![F::zero(); rows * g.kk];
+        let mut col = Vec::new();
         let mut s = vec![F::zero(); i_n * rows * o_n];
         for i in 0..i_n {
-            let xi = &x[i * g.in_len..(i + 1) * g.in_len];
-            g.im2col(xi, input, &mut col);
+            let xpad = g.pad(&x[i * g.in_len..(i + 1) * g.in_len], input);
+            let weights = &kernels.spatial[i * g.kk * o_n..(i + 1) * g.kk * o_n];
+            let s_i = &mut s[i * rows * o_n..(i + 1) * rows * o_n];
+            let (hp, wp) = g.padded_hw();
+            let shape = SpatialShape { tp: g.tp, hp, wp, ho: g.ho, wo: g.wo, k: g.k };
+            if F::spatial_step_fast(shape, &xpad, weights, o_n, s_i) {
+                continue;
+            }
+            g.im2col(&xpad, &mut col);
             gemm(
                 &col,
                 Layout::row_major(rows, g.kk),
-                &kernels.spatial[i * g.kk * o_n..(i + 1) * g.kk * o_n],
+                weights,
                 Layout::row_major(g.kk, o_n),
                 F::zero(),
-                &mut s[i * rows * o_n..(i + 1) * rows * o_n],
+                s_i,
                 Layout::row_major(rows, o_n),
             );
         }
@@ -282,10 +290,9 @@ impl Geometry {
         (self.ho + self.k - 1, self.wo + self.k - 1)
     }
 
-    /// `col[(t, y, x)][(dy, dx)] = xpad[t, y + dy, x + dx]` for every padded frame `t`: the input is
-    /// zero-padded once, then each row of the column matrix is `k` contiguous slices.
+    /// One input channel `(t, h, w)`, zero-padded to `(tp, hp, wp)`.
     #[inline(always)]
-    fn im2col<F: Float>(&self, xi: &[F], input: [usize; 3], col: &mut [F]) {
+    fn pad<F: Float>(&self, xi: &[F], input: [usize; 3]) -> Vec<F> {
         let [t_in, h_in, w_in] = input;
         let (hp, wp) = self.padded_hw();
         let mut xpad = vec![F::zero(); self.tp * hp * wp];
@@ -295,6 +302,15 @@ impl Geometry {
                 xpad[dst..dst + w_in].copy_from_slice(&xi[(t * h_in + y) * w_in..][..w_in]);
             }
         }
+        xpad
+    }
+
+    /// The column matrix `col[(t, y, x)][(dy, dx)] = xpad[t, y + dy, x + dx]` of a padded channel:
+    /// each row is `k` contiguous slices.
+    #[inline(always)]
+    fn im2col<F: Float>(&self, xpad: &[F], col: &mut Vec<F>) {
+        let (hp, wp) = self.padded_hw();
+        col.resize(self.tp * self.p * self.kk, F::zero());
         let k = self.k;
         let mut rows = col.chunks_exact_mut(self.kk);
         for t in 0..self.tp {

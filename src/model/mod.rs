@@ -6,6 +6,7 @@ pub mod core;
 pub mod linalg;
 pub mod load;
 pub mod readout;
+pub mod simd;
 
 use std::collections::BTreeMap;
 
@@ -151,6 +152,7 @@ pub trait Float:
     + std::ops::MulAssign
     + std::iter::Sum
     + linalg::Gemm
+    + simd::SpatialStep
     + 'static
 {
     /// The largest finite value, as f64.
