@@ -45,13 +45,15 @@ pub struct Objective<'m, F> {
     region: Region,
 }
 
-/// A box of the stimulus: first frame, row and column, and its shape `(channels, t, h, w)`.
+/// A box of the stimulus: first frame, row and column, and its shape `(channels, t, h, w)`; for an
+/// inner channel, where its centre unit lands in the layer output computed from the box.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Region {
     t0: usize,
     y0: usize,
     x0: usize,
     shape: [usize; 4],
+    centre: Option<(usize, usize)>,
 }
 
 /// openretina's `SliceMeanReducer`: `[start, start + length)` clipped to the series, or, when `start`
@@ -121,7 +123,7 @@ impl<'m, F: Float> Objective<'m, F> {
 
     /// The objective and its full time series (for figures and reports).
     pub fn evaluate(&self, x: &[F]) -> (f64, Vec<F>) {
-        let (objective, series, _) = self.run(x, self.stimulus_shape, self.window, false);
+        let (objective, series, _) = self.run(x, self.stimulus_shape, self.window, None, false);
         (objective, series)
     }
 
@@ -131,7 +133,7 @@ impl<'m, F: Float> Objective<'m, F> {
         let r = self.region;
         let full = self.stimulus_shape;
         if r.shape == full {
-            let (objective, _, gradient) = self.run(x, full, self.window, true);
+            let (objective, _, gradient) = self.run(x, full, self.window, r.centre, true);
             return (objective, gradient.expect("asked for"));
         }
         let [c, t, h, w] = r.shape;
@@ -145,7 +147,7 @@ impl<'m, F: Float> Objective<'m, F> {
             }
         }
         let window = (self.window.0 - r.t0, self.window.1);
-        let (objective, _, g_sub) = self.run(&sub, r.shape, window, true);
+        let (objective, _, g_sub) = self.run(&sub, r.shape, window, r.centre, true);
         let g_sub = g_sub.expect("asked for");
         let mut gradient = vec![F::zero(); x.len()];
         for (row, chunk) in g_sub.chunks_exact(w).enumerate() {
@@ -157,8 +159,16 @@ impl<'m, F: Float> Objective<'m, F> {
         (objective, gradient)
     }
 
-    /// Forward (and backward) on a stimulus of `shape`, averaging the series over `window`.
-    fn run(&self, x: &[F], shape: [usize; 4], (start, len): (usize, usize), with_gradient: bool) -> (f64, Vec<F>, Option<Vec<F>>) {
+    /// Forward (and backward) on a stimulus of `shape`, averaging the series over `window`; an inner
+    /// channel's unit is `centre` of the layer output (default: its middle, as openretina).
+    fn run(
+        &self,
+        x: &[F],
+        shape: [usize; 4],
+        (start, len): (usize, usize),
+        centre: Option<(usize, usize)>,
+        with_gradient: bool,
+    ) -> (f64, Vec<F>, Option<Vec<F>>) {
         let inv_len = F::one() / F::from_f64(len as f64);
         match &self.target {
             MeiTarget::OutputNeuron { neuron, .. } => {
@@ -182,7 +192,8 @@ impl<'m, F: Float> Objective<'m, F> {
             MeiTarget::InnerChannel { layer, channel } => {
                 let tape = self.model.core.forward_layers(&self.kernels, x, shape, layer + 1);
                 let [c, t, h, w] = tape.output_shapes[*layer];
-                let centre = (h / 2) * w + w / 2;
+                let (cy, cx) = centre.unwrap_or((h / 2, w / 2));
+                let centre = cy * w + cx;
                 let out = &tape.outputs[*layer];
                 let series: Vec<F> = (0..t).map(|ti| out[(channel * t + ti) * h * w + centre]).collect();
                 let objective = mean(&series[start..start + len]);
@@ -201,16 +212,21 @@ impl<'m, F: Float> Objective<'m, F> {
     }
 }
 
-/// The part of the stimulus an objective depends on, when it can be bounded exactly: with no temporal
-/// padding and no input downsampling, the window starting at series frame `window_start` depends on
-/// stimulus frames from `window_start` on (every conv is "valid" in time, and the cut of the first
-/// frames shifts series and layer frames alike). For an inner channel's centre unit, if no layer up to
-/// it pads or pools in space, only its receptive field matters: a square of side 1 + sum(k - 1) whose
-/// corner sits at the centre unit's position; there the layer output is a single unit. Results are
-/// identical to a full evaluation, which the tests check.
+/// The part of the stimulus an objective depends on, when it can be bounded exactly.
+///
+/// Time: with no temporal padding and no input downsampling, the window starting at series frame
+/// `window_start` depends on stimulus frames from `window_start` on (every conv is "valid" in time,
+/// and the cut of the first frames shifts series and layer frames alike).
+///
+/// Space, for an inner channel's centre unit with no pooling or downsampling below it: walking down
+/// the layers, the rows a needed output reads are `[a - pad, b - 1 - pad + k)`; if they never reach into
+/// the zero padding, the unit's value depends only on that box of the stimulus. Computed from the box
+/// alone (each layer padding its own, smaller input), every needed value is the same, and output row
+/// `o` stands for row `o + box start` of the full computation. The tests check that results are
+/// identical to a full evaluation.
 fn dependency_region<F: Float>(model: &Model<F>, target: &MeiTarget, full: [usize; 4], window_start: usize) -> Region {
     let config = &model.config;
-    let everything = Region { t0: 0, y0: 0, x0: 0, shape: full };
+    let everything = Region { t0: 0, y0: 0, x0: 0, shape: full, centre: None };
     let last_layer = match target {
         MeiTarget::OutputNeuron { .. } => config.layers.len() - 1,
         MeiTarget::InnerChannel { layer, .. } => *layer,
@@ -220,14 +236,32 @@ fn dependency_region<F: Float>(model: &Model<F>, target: &MeiTarget, full: [usiz
         return everything;
     }
     let mut region = Region { t0: window_start, shape: [full[0], full[1] - window_start, full[2], full[3]], ..everything };
-    let spatially_valid = layers.iter().all(|l| l.padding[1] == (0, 0) && l.padding[2] == (0, 0) && !l.max_pool);
-    if let (MeiTarget::InnerChannel { .. }, true) = (target, spatially_valid) {
-        let field = 1 + layers.iter().map(|l| l.spatial_kernel - 1).sum::<usize>();
-        let (out_h, out_w) = (full[2] + 1 - field, full[3] + 1 - field);
-        region.y0 = out_h / 2;
-        region.x0 = out_w / 2;
-        region.shape[2] = field;
-        region.shape[3] = field;
+    if matches!(target, MeiTarget::OutputNeuron { .. }) || layers.iter().any(|l| l.max_pool) {
+        return region;
+    }
+    let Ok(shapes) = config.layer_output_shapes(full[1]) else { return region };
+    // Per spatial axis (1 = rows, 2 = columns): the stimulus range the centre unit reads.
+    let reach = |axis: usize| -> Option<(usize, usize)> {
+        let centre = shapes[last_layer][axis + 1] / 2;
+        let (mut a, mut b) = (centre, centre + 1);
+        for (l, layer) in layers.iter().enumerate().rev() {
+            let input_size = if l == 0 { full[axis + 1] } else { shapes[l - 1][axis + 1] };
+            let pad = layer.padding[axis].0;
+            let (lo, hi) = (a.checked_sub(pad)?, b - 1 + layer.spatial_kernel - pad);
+            if hi > input_size {
+                return None;
+            }
+            (a, b) = (lo, hi);
+        }
+        Some((a, b - a))
+    };
+    if let (Some((y0, h)), Some((x0, w))) = (reach(1), reach(2)) {
+        let [_, _, out_h, out_w] = shapes[last_layer];
+        region.y0 = y0;
+        region.x0 = x0;
+        region.shape[2] = h;
+        region.shape[3] = w;
+        region.centre = Some((out_h / 2 - y0, out_w / 2 - x0));
     }
     region
 }
