@@ -121,6 +121,16 @@ impl<'m, F: Float> Objective<'m, F> {
         (offset + self.window.0, offset + self.window.0 + self.window.1 - 1)
     }
 
+    /// The stimulus shape `(channels, t, h, w)` gradients are computed on, and how many core layers
+    /// they run through (for operation counts).
+    pub fn gradient_work(&self) -> ([usize; 4], usize) {
+        let layers = match &self.target {
+            MeiTarget::OutputNeuron { .. } => self.model.core.layers.len(),
+            MeiTarget::InnerChannel { layer, .. } => layer + 1,
+        };
+        (self.region.shape, layers)
+    }
+
     /// The objective and its full time series (for figures and reports).
     pub fn evaluate(&self, x: &[F]) -> (f64, Vec<F>) {
         let (objective, series, _) = self.run(x, self.stimulus_shape, self.window, None, false);
