@@ -149,9 +149,7 @@ impl<F: Float> SeparableConv3d<F> {
             let xpad = g.pad(&x[i * g.in_len..(i + 1) * g.in_len], input);
             let weights = &kernels.spatial[i * g.kk * o_n..(i + 1) * g.kk * o_n];
             let s_i = &mut s[i * rows * o_n..(i + 1) * rows * o_n];
-            let (hp, wp) = g.padded_hw();
-            let shape = SpatialShape { tp: g.tp, hp, wp, ho: g.ho, wo: g.wo, k: g.k };
-            if F::spatial_step_fast(shape, &xpad, weights, o_n, s_i) {
+            if F::spatial_step_fast(g.spatial_shape(), &xpad, weights, o_n, s_i) {
                 continue;
             }
             g.im2col(&xpad, &mut col);
@@ -213,7 +211,7 @@ impl<F: Float> SeparableConv3d<F> {
 
         let rows = g.tp * g.p;
         let mut g_s = vec![F::zero(); rows * o_n];
-        let mut g_col = vec![F::zero(); rows * g.kk];
+        let mut g_col = Vec::new();
         let mut grad_x = vec![F::zero(); i_n * g.in_len];
         for i in 0..i_n {
             // Transposed temporal step: g_s[t][p][o] = sum_dt temporal[o,i,dt] * g[t-dt][p][o].
@@ -231,16 +229,22 @@ impl<F: Float> SeparableConv3d<F> {
                 }
             }
             // Transposed spatial step: g_col = g_s × spatial_iᵀ, then scatter back to pixels.
+            let weights = &kernels.spatial[i * g.kk * o_n..(i + 1) * g.kk * o_n];
+            let grad_xi = &mut grad_x[i * g.in_len..(i + 1) * g.in_len];
+            if F::spatial_step_backward_fast(g.spatial_shape(), input, [g.pad_t, g.pad_h, g.pad_w], &g_s, weights, o_n, grad_xi) {
+                continue;
+            }
+            g_col.resize(rows * g.kk, F::zero());
             gemm(
                 &g_s,
                 Layout::row_major(rows, o_n),
-                &kernels.spatial[i * g.kk * o_n..(i + 1) * g.kk * o_n],
+                weights,
                 Layout::row_major(g.kk, o_n).t(),
                 F::zero(),
                 &mut g_col,
                 Layout::row_major(rows, g.kk),
             );
-            g.col2im(&g_col, input, &mut grad_x[i * g.in_len..(i + 1) * g.in_len]);
+            g.col2im(&g_col, input, grad_xi);
         }
         grad_x
     }
@@ -285,6 +289,11 @@ struct Geometry {
 }
 
 impl Geometry {
+    fn spatial_shape(&self) -> SpatialShape {
+        let (hp, wp) = self.padded_hw();
+        SpatialShape { tp: self.tp, hp, wp, ho: self.ho, wo: self.wo, k: self.k }
+    }
+
     /// Padded input height and width.
     fn padded_hw(&self) -> (usize, usize) {
         (self.ho + self.k - 1, self.wo + self.k - 1)

@@ -21,6 +21,22 @@ pub trait SpatialStep: Sized {
     fn spatial_step_fast(_shape: SpatialShape, _xpad: &[Self], _weights: &[Self], _outputs: usize, _s: &mut [Self]) -> bool {
         false
     }
+
+    /// The adjoint, gathered per input pixel: `grad[t, y, x] = sum_{dy,dx,o} g_s[(t + pad_t, y + pad_h
+    /// - dy, x + pad_w - dx)][o] * weights[(dy, dx)][o]` over the output pixels that exist, for an
+    /// unpadded input of `input` `(t, h, w)`; returns false (and does nothing) without a fast kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn spatial_step_backward_fast(
+        _shape: SpatialShape,
+        _input: [usize; 3],
+        _pad: [usize; 3],
+        _g_s: &[Self],
+        _weights: &[Self],
+        _outputs: usize,
+        _grad: &mut [Self],
+    ) -> bool {
+        false
+    }
 }
 
 impl SpatialStep for f64 {}
@@ -45,6 +61,35 @@ impl SpatialStep for f32 {
         let _ = (shape, xpad, weights, outputs, s);
         false
     }
+
+    fn spatial_step_backward_fast(
+        shape: SpatialShape,
+        input: [usize; 3],
+        pad: [usize; 3],
+        g_s: &[f32],
+        weights: &[f32],
+        outputs: usize,
+        grad: &mut [f32],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let SpatialShape { tp, ho, wo, k, .. } = shape;
+            let [t_in, h_in, w_in] = input;
+            let fits = outputs % 8 == 0
+                && g_s.len() >= tp * ho * wo * outputs
+                && weights.len() >= k * k * outputs
+                && grad.len() >= t_in * h_in * w_in
+                && t_in + pad[0] <= tp;
+            if fits && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: AVX2 and FMA are present (checked above); `fits` and the tap ranges computed
+                // inside bound every access.
+                unsafe { x86::spatial_step_backward(shape, input, pad, g_s, weights, outputs, grad) };
+                return true;
+            }
+        }
+        let _ = (shape, input, pad, g_s, weights, outputs, grad);
+        false
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -52,6 +97,52 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::SpatialShape;
+
+    /// Per input pixel, 8 output channels at a time over every tap that lands on an output pixel, one
+    /// horizontal sum at the end.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn spatial_step_backward(
+        shape: SpatialShape,
+        input: [usize; 3],
+        pad: [usize; 3],
+        g_s: &[f32],
+        weights: &[f32],
+        outputs: usize,
+        grad: &mut [f32],
+    ) {
+        let SpatialShape { ho, wo, k, .. } = shape;
+        let [t_in, h_in, w_in] = input;
+        let g_ptr = g_s.as_ptr();
+        let w_ptr = weights.as_ptr();
+        for t in 0..t_in {
+            let g_frame = g_ptr.add((t + pad[0]) * ho * wo * outputs);
+            for y in 0..h_in {
+                let yp = y + pad[1];
+                let dy_range = yp.saturating_sub(ho - 1)..(yp + 1).min(k);
+                for x in 0..w_in {
+                    let xp = x + pad[2];
+                    let dx_range = xp.saturating_sub(wo - 1)..(xp + 1).min(k);
+                    let mut acc = _mm256_setzero_ps();
+                    for lane0 in (0..outputs).step_by(8) {
+                        for dy in dy_range.clone() {
+                            let g_row = g_frame.add((yp - dy) * wo * outputs + lane0);
+                            let w_row = w_ptr.add(dy * k * outputs + lane0);
+                            for dx in dx_range.clone() {
+                                let g = _mm256_loadu_ps(g_row.add((xp - dx) * outputs));
+                                let w = _mm256_loadu_ps(w_row.add(dx * outputs));
+                                acc = _mm256_fmadd_ps(g, w, acc);
+                            }
+                        }
+                    }
+                    // Horizontal sum of the 8 lanes.
+                    let sum4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+                    let sum2 = _mm_add_ps(sum4, _mm_movehl_ps(sum4, sum4));
+                    let sum1 = _mm_add_ss(sum2, _mm_shuffle_ps(sum2, sum2, 1));
+                    *grad.get_unchecked_mut((t * h_in + y) * w_in + x) = _mm_cvtss_f32(sum1);
+                }
+            }
+        }
+    }
 
     /// 4 output pixels of a row x 8 output channels per block, accumulators in registers.
     #[target_feature(enable = "avx2,fma")]
