@@ -352,17 +352,18 @@ pub fn conv_weights<F: Float>(model: &Model<F>, layer: usize, input: usize, outp
     }
 }
 
+/// Axis limits shared by every weight figure of a core layer.
+pub fn layer_conv_limits<F: Float>(model: &Model<F>, layer: usize) -> ConvWeightLimits {
+    let conv = &model.core.layers[layer].conv;
+    let all: Vec<ConvWeights> = (0..conv.in_channels)
+        .flat_map(|i| (0..conv.out_channels).map(move |o| (i, o)))
+        .map(|(i, o)| conv_weights(model, layer, i, o))
+        .collect();
+    ConvWeightLimits::of_layer(&all)
+}
+
 fn conv_limits(model: &Model<f32>) -> Vec<ConvWeightLimits> {
-    (0..model.core.layers.len())
-        .map(|layer| {
-            let conv = &model.core.layers[layer].conv;
-            let all: Vec<ConvWeights> = (0..conv.in_channels)
-                .flat_map(|i| (0..conv.out_channels).map(move |o| (i, o)))
-                .map(|(i, o)| conv_weights(model, layer, i, o))
-                .collect();
-            ConvWeightLimits::of_layer(&all)
-        })
-        .collect()
+    (0..model.core.layers.len()).map(|layer| layer_conv_limits(model, layer)).collect()
 }
 
 /// One neuron's mask `(h, w)` and feature weights.
@@ -379,15 +380,14 @@ pub fn readout_neuron<F: Float>(model: &Model<F>, session: &str, neuron: usize) 
     }
 }
 
+/// Axis limits shared by every readout figure of a session.
+pub fn session_readout_limits<F: Float>(model: &Model<F>, session: &str) -> ReadoutLimits {
+    let all: Vec<ReadoutNeuron> = (0..model.readouts[session].neurons).map(|n| readout_neuron(model, session, n)).collect();
+    ReadoutLimits::of_session(&all)
+}
+
 fn readout_limits(model: &Model<f32>) -> BTreeMap<String, ReadoutLimits> {
-    model
-        .readouts
-        .iter()
-        .map(|(session, r)| {
-            let all: Vec<ReadoutNeuron> = (0..r.neurons).map(|n| readout_neuron(model, session, n)).collect();
-            (session.clone(), ReadoutLimits::of_session(&all))
-        })
-        .collect()
+    model.readouts.keys().map(|session| (session.clone(), session_readout_limits(model, session))).collect()
 }
 
 fn summary_csv(meis: &[Mei], compositions: &[Vec<plot::ChannelComposition>], opts: &VisualizeOptions) -> String {
