@@ -305,16 +305,13 @@ pub struct VisualizeArgs {
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) if is_bad_value(&e) => {
-            // A bad value is one line like every other error; the usage block would only bury it.
-            let rendered = e.to_string();
-            eprintln!("{}", rendered.lines().next().unwrap_or("error: invalid value"));
-            return 2;
+        Err(e) if !e.use_stderr() || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
         }
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return code;
+            eprintln!("{}", one_line_usage_error(&e));
+            return 2;
         }
     };
     match run(cli.command) {
@@ -326,9 +323,17 @@ pub fn main() -> i32 {
     }
 }
 
-fn is_bad_value(e: &clap::Error) -> bool {
-    use clap::error::ErrorKind;
-    matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation)
+/// A usage error on one line, as every other error: clap's message and tips without the usage block,
+/// e.g. `error: the argument '--a' cannot be used with '--b' (for more information, try '--help')`.
+fn one_line_usage_error(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let parts: Vec<String> = text
+        .split("\n\n")
+        .filter(|p| !p.starts_with("Usage:") && !p.starts_with("For more information"))
+        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|p| !p.is_empty())
+        .collect();
+    format!("{} (for more information, try '--help')", parts.join("; "))
 }
 
 pub fn run(command: Command) -> Result<()> {

@@ -62,14 +62,18 @@ pub struct Report {
 /// ensemble member, or `model` itself); inner MEIs and weight figures use `model`.
 pub fn visualize(model: &Model<f32>, output_model: &Model<f32>, opts: &VisualizeOptions) -> Result<Report> {
     let folder = &opts.save_folder;
+    // Check the selection before touching the folder: a refused run leaves nothing behind.
+    let targets = select_targets(model, opts)?;
     std::fs::create_dir_all(folder)
         .map_err(|e| Error::file(folder, format!("cannot create the save folder ({e}); choose a writable place")))?;
     let fingerprint = fingerprint(model, output_model, opts);
     let state_path = folder.join(STATE_FILE);
     let resume = !opts.overwrite && std::fs::read_to_string(&state_path).is_ok_and(|s| s.trim() == fingerprint);
-    write_atomic(&state_path, fingerprint.as_bytes())?;
-
-    let targets = select_targets(model, opts)?;
+    if !resume {
+        // The state names these settings only once no output of other settings is left (below), so a
+        // run killed before then is redone from scratch, never resumed from stale MEIs or figures.
+        remove_if_present(&state_path)?;
+    }
     let mut report = Report::default();
 
     // MEIs: reused from meis.safetensors when resuming, else optimised.
@@ -90,6 +94,13 @@ pub fn visualize(model: &Model<f32>, output_model: &Model<f32>, opts: &Visualize
     let jobs = figure_jobs(model, &meis, opts);
     for dir in jobs.iter().filter_map(|j| j.path.parent()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, format!("cannot create folder ({e})")))?;
+    }
+    remove_partial_files(folder, &jobs)?;
+    if !resume {
+        for job in &jobs {
+            remove_if_present(&job.path)?;
+        }
+        write_atomic(&state_path, fingerprint.as_bytes())?;
     }
     let bar = progress(jobs.len(), "figures", opts.quiet);
     let conv_limits = conv_limits(model);
@@ -118,6 +129,34 @@ pub fn visualize(model: &Model<f32>, output_model: &Model<f32>, opts: &Visualize
     write_atomic(&folder.join("summary.csv"), summary_csv(&meis, &compositions, opts).as_bytes())?;
     write_atomic(&folder.join("index.html"), index_html(model, &meis, &jobs, opts).as_bytes())?;
     Ok(report)
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::file(path, format!("cannot remove the output of an earlier run ({e})")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Temporary files (`.<name>.partial-<pid>`, see `write_atomic`) that a killed run left in our folders.
+fn remove_partial_files(folder: &Path, jobs: &[FigureJob]) -> Result<()> {
+    let mut dirs: Vec<&Path> = jobs.iter().filter_map(|j| j.path.parent()).collect();
+    dirs.push(folder);
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.contains(".partial-") && entry.file_type().is_ok_and(|t| t.is_file()) {
+                remove_if_present(&entry.path())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn progress(len: usize, what: &str, quiet: bool) -> ProgressBar {
