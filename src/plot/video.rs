@@ -31,7 +31,7 @@ mod mp4;
 use std::path::Path;
 
 use openh264::encoder::{
-    ColorPrimaries, Encoder, EncoderConfig, FrameRate, FrameType, MatrixCoefficients, Profile, RateControlMode,
+    ColorPrimaries, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, MatrixCoefficients, Profile, RateControlMode,
     TransferCharacteristics, VuiConfig,
 };
 use openh264::formats::YUVBuffer;
@@ -168,10 +168,10 @@ fn render_frame(
     frame: FrameSize,
     to_byte: &impl Fn(f32) -> u8,
 ) -> YUVBuffer {
-    let pixel = |y: usize, x: usize| {
-        let i = (y / scale) * width + x / scale;
-        rgb.map(|image| to_byte(image[i]) as i32)
-    };
+    // Map each stimulus pixel to bytes once; the frame repeats each `scale` x `scale` times.
+    let small: Vec<[i32; 3]> =
+        (0..rgb[0].len()).map(|i| rgb.map(|image| to_byte(image[i]) as i32)).collect();
+    let pixel = |y: usize, x: usize| small[(y / scale) * width + x / scale];
     let (half_width, half_height) = (frame.width / 2, frame.height / 2);
     let mut yuv = vec![0u8; frame.width * frame.height * 3 / 2];
     let (luma, chroma) = yuv.split_at_mut(frame.width * frame.height);
@@ -217,6 +217,8 @@ impl H264Encoder {
             // to meet a bitrate (and OpenH264 prints no warning about skipping being off).
             .rate_control_mode(RateControlMode::Off)
             .skip_frames(false)
+            // Blocky upscaled frames need no elaborate search; the fastest mode encodes ~1.7x quicker (measured on MEI videos).
+            .complexity(Complexity::Low)
             .num_threads(1)
             .vui(bt601);
         let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
