@@ -4,90 +4,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use common::{random_stimulus, synthetic_model};
 
-use retina::formats::{RawModel, RawTensor};
+use retina::formats::RawModel;
 use retina::mei::{self, MeiSettings, MeiTarget, Objective};
 use retina::model::Model;
-use retina::rng::Rng;
 use retina::Tensor;
 use serde_json::json;
-
-/// An `ExampleCoreReadout` with random weights and the given hyper parameters merged in.
-fn synthetic_model(channels: usize, height: usize, width: usize, extra: serde_json::Value, seed: u64) -> RawModel {
-    let mut hp = json!({
-        "in_shape": [channels, 30, height, width],
-        "hidden_channels": [4, 3],
-        "temporal_kernel_sizes": [7, 5],
-        "spatial_kernel_sizes": [5, 3],
-        "n_neurons_dict": {"b_session": 3, "a_session": 2},
-        "core_input_padding": false,
-        "core_hidden_padding": true,
-        "cut_first_n_frames_in_core": 2,
-        "readout_positive": true,
-        "readout_scale": true,
-        "readout_bias": true,
-        "readout_gaussian_mean_scale": 6.0,
-        "readout_gaussian_var_scale": 4.0,
-        "convolution_type": "custom_separable",
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        hp[k] = v.clone();
-    }
-    let config = retina::model::ModelConfig::from_hyper_parameters("ExampleCoreReadout", &hp).unwrap();
-    let mut rng = Rng::new(seed);
-    let mut tensors = BTreeMap::new();
-    fn put(tensors: &mut BTreeMap<String, RawTensor>, name: String, shape: Vec<usize>, f: &mut dyn FnMut() -> f32) {
-        let n = shape.iter().product();
-        tensors.insert(name, RawTensor::f32(shape, (0..n).map(|_| f()).collect()));
-    }
-    for (i, l) in config.layers.iter().enumerate() {
-        let p = format!("core.features.layer{i}");
-        let (o, c, nk, k) = (l.out_channels, l.in_channels, l.temporal_kernel / 3, l.spatial_kernel);
-        put(&mut tensors, format!("{p}.conv.sin_weights"), vec![o, c, nk], &mut || rng.normal() as f32 * 0.5);
-        put(&mut tensors, format!("{p}.conv.cos_weights"), vec![o, c, nk], &mut || rng.normal() as f32 * 0.5);
-        put(&mut tensors, format!("{p}.conv.weight_spatial"), vec![o, c, 1, k, k], &mut || rng.normal() as f32 * 0.3);
-        put(&mut tensors, format!("{p}.conv._log_speed_default"), vec![1], &mut || 0.0);
-        put(&mut tensors, format!("{p}.norm.weight"), vec![o], &mut || 1.0 + rng.uniform() as f32 * 0.2);
-        put(&mut tensors, format!("{p}.norm.bias"), vec![o], &mut || rng.normal() as f32 * 0.1);
-        put(&mut tensors, format!("{p}.norm.running_mean"), vec![o], &mut || rng.normal() as f32 * 0.1);
-        put(&mut tensors, format!("{p}.norm.running_var"), vec![o], &mut || 0.5 + rng.uniform() as f32);
-        put(&mut tensors, format!("{p}.bias.bias"), vec![1, o, 1, 1, 1], &mut || rng.normal() as f32 * 0.1);
-    }
-    if let Some(w) = &config.color_squashing_weights {
-        let w: Vec<f32> = w.iter().map(|&x| x as f32).collect();
-        tensors.insert("core.color_squashing_layer.channel_weights".into(), RawTensor::f32(vec![w.len()], w));
-    }
-    let [c, _, h, w] = config.core_output_shape(30).unwrap();
-    for (session, n) in &config.sessions {
-        let p = format!("readout.{session}");
-        let n = *n;
-        put(&mut tensors, format!("{p}.features"), vec![1, c, 1, n], &mut || rng.normal() as f32 * 0.5);
-        put(&mut tensors, format!("{p}.mask_mean"), vec![n, 2], &mut || (rng.uniform() as f32 - 0.5) * 0.2);
-        put(&mut tensors, format!("{p}.mask_log_var"), vec![n], &mut || rng.normal() as f32 * 0.2);
-        put(&mut tensors, format!("{p}.scale_param"), vec![n], &mut || 1.0);
-        put(&mut tensors, format!("{p}.bias"), vec![n], &mut || rng.normal() as f32 * 0.1);
-        // openretina's make_mask_grid: (n, h, w, 2), linspace over each axis scaled by max(h, w).
-        let m = h.max(w) as f32;
-        let lin = |len: usize, i: usize| if len == 1 { -(len as f32) / m } else { -(len as f32) / m + 2.0 * (len as f32) / m * i as f32 / (len - 1) as f32 };
-        let mut grid = Vec::with_capacity(n * h * w * 2);
-        for _ in 0..n {
-            for y in 0..h {
-                for x in 0..w {
-                    grid.push(lin(h, y));
-                    grid.push(lin(w, x));
-                }
-            }
-        }
-        tensors.insert(format!("{p}.grid"), RawTensor::f32(vec![n, h, w, 2], grid));
-    }
-    RawModel { model_class: "ExampleCoreReadout".into(), hyper_parameters: hp, tensors }
-}
-
-fn random_stimulus(shape: [usize; 4], seed: u64) -> Vec<f64> {
-    let mut rng = Rng::new(seed);
-    (0..shape.iter().product::<usize>()).map(|_| rng.uniform() * 2.0 - 0.5).collect()
-}
 
 /// The directional derivative of every objective along a random direction equals the central finite
 /// difference: float64, step 1e-5, so the truncation error is ~1e-10 relative.
@@ -170,3 +93,4 @@ fn batched_meis_equal_single_ones_and_seeds_reproduce() {
     let m = mei::optimize(&model, &targets[3], mei::initial_stimulus(&model, &targets[3], &other), &other).unwrap();
     assert_ne!(m.stimulus.data, all[3].stimulus.data);
 }
+

@@ -4,6 +4,20 @@
 //! arithmetic. Used for float32 when the CPU has AVX2 and FMA and the output channels come in groups of
 //! 8; results differ from the portable path only by FMA rounding.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static FAST_KERNELS: AtomicBool = AtomicBool::new(true);
+
+/// Turn the hand-vectorised kernels on or off for the whole process (for comparisons and
+/// benchmarks; they are on by default).
+pub fn set_fast_kernels(enabled: bool) {
+    FAST_KERNELS.store(enabled, Ordering::Relaxed);
+}
+
+fn fast_kernels() -> bool {
+    FAST_KERNELS.load(Ordering::Relaxed)
+}
+
 /// Sizes of the spatial step on one zero-padded input channel `(tp, hp, wp)`.
 #[derive(Debug, Clone, Copy)]
 pub struct SpatialShape {
@@ -46,7 +60,8 @@ impl SpatialStep for f32 {
         #[cfg(target_arch = "x86_64")]
         {
             let SpatialShape { tp, hp, wp, ho, wo, k } = shape;
-            let fits = outputs % 8 == 0
+            let fits = fast_kernels()
+                && outputs % 8 == 0
                 && xpad.len() >= tp * hp * wp
                 && weights.len() >= k * k * outputs
                 && s.len() >= tp * ho * wo * outputs
@@ -75,7 +90,8 @@ impl SpatialStep for f32 {
         {
             let SpatialShape { tp, ho, wo, k, .. } = shape;
             let [t_in, h_in, w_in] = input;
-            let fits = outputs % 8 == 0
+            let fits = fast_kernels()
+                && outputs % 8 == 0
                 && g_s.len() >= tp * ho * wo * outputs
                 && weights.len() >= k * k * outputs
                 && grad.len() >= t_in * h_in * w_in
@@ -122,8 +138,23 @@ mod x86 {
                 for x in 0..w_in {
                     let xp = x + pad[2];
                     let dx_range = xp.saturating_sub(wo - 1)..(xp + 1).min(k);
-                    let mut acc = _mm256_setzero_ps();
-                    for lane0 in (0..outputs).step_by(8) {
+                    // Two accumulators (16 output channels) per pass over the taps where possible.
+                    let (mut acc, mut acc2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                    let mut lane0 = 0;
+                    while lane0 + 16 <= outputs {
+                        for dy in dy_range.clone() {
+                            let g_row = g_frame.add((yp - dy) * wo * outputs + lane0);
+                            let w_row = w_ptr.add(dy * k * outputs + lane0);
+                            for dx in dx_range.clone() {
+                                let g = g_row.add((xp - dx) * outputs);
+                                let w = w_row.add(dx * outputs);
+                                acc = _mm256_fmadd_ps(_mm256_loadu_ps(g), _mm256_loadu_ps(w), acc);
+                                acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(g.add(8)), _mm256_loadu_ps(w.add(8)), acc2);
+                            }
+                        }
+                        lane0 += 16;
+                    }
+                    if lane0 < outputs {
                         for dy in dy_range.clone() {
                             let g_row = g_frame.add((yp - dy) * wo * outputs + lane0);
                             let w_row = w_ptr.add(dy * k * outputs + lane0);
@@ -134,6 +165,7 @@ mod x86 {
                             }
                         }
                     }
+                    let acc = _mm256_add_ps(acc, acc2);
                     // Horizontal sum of the 8 lanes.
                     let sum4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
                     let sum2 = _mm_add_ps(sum4, _mm_movehl_ps(sum4, sum4));
