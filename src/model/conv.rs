@@ -173,11 +173,7 @@ impl<F: Float> SeparableConv3d<F> {
                 for dt in 0..g.kt {
                     let w = &kernels.temporal[(i * g.kt + dt) * o_n..(i * g.kt + dt + 1) * o_n];
                     let src = &s[(i * g.tp + t_out + dt) * frame..(i * g.tp + t_out + dt + 1) * frame];
-                    for (acc_p, src_p) in acc.chunks_exact_mut(o_n).zip(src.chunks_exact(o_n)) {
-                        for o in 0..o_n {
-                            acc_p[o] += w[o] * src_p[o];
-                        }
-                    }
+                    scale_add_frame(acc, w, src);
                 }
             }
         }
@@ -221,11 +217,7 @@ impl<F: Float> SeparableConv3d<F> {
                 for dt in 0..g.kt {
                     let w = &kernels.temporal[(i * g.kt + dt) * o_n..(i * g.kt + dt + 1) * o_n];
                     let dst = &mut g_s[(t_out + dt) * frame..(t_out + dt + 1) * frame];
-                    for (dst_p, src_p) in dst.chunks_exact_mut(o_n).zip(src.chunks_exact(o_n)) {
-                        for o in 0..o_n {
-                            dst_p[o] += w[o] * src_p[o];
-                        }
-                    }
+                    scale_add_frame(dst, w, src);
                 }
             }
             // Transposed spatial step: g_col = g_s × spatial_iᵀ, then scatter back to pixels.
@@ -265,6 +257,20 @@ impl<F: Float> SeparableConv3d<F> {
             wo: out[2],
             p: out[1] * out[2],
             in_len: input.iter().product(),
+        }
+    }
+}
+
+/// `acc[p][o] += w[o] * src[p][o]` for every pixel `p` of a channel-last frame.
+#[inline(always)]
+fn scale_add_frame<F: Float>(acc: &mut [F], w: &[F], src: &[F]) {
+    if F::scale_add_frame_fast(acc, w, src) {
+        return;
+    }
+    let o_n = w.len();
+    for (acc_p, src_p) in acc.chunks_exact_mut(o_n).zip(src.chunks_exact(o_n)) {
+        for o in 0..o_n {
+            acc_p[o] += w[o] * src_p[o];
         }
     }
 }

@@ -152,7 +152,7 @@ pub trait Float:
     + std::ops::MulAssign
     + std::iter::Sum
     + linalg::Gemm
-    + simd::SpatialStep
+    + simd::FastKernels
     + 'static
 {
     /// The largest finite value, as f64.

@@ -1,8 +1,9 @@
-//! Hand-vectorised float32 kernel for the hottest loop of MEI optimisation: applying all spatial
-//! kernels of one input channel to every frame. The portable path (column matrix + `gemm`) computes
-//! the same sums; this one skips building and packing the column matrix, which cost more than the
-//! arithmetic. Used for float32 when the CPU has AVX2 and FMA and the output channels come in groups of
-//! 8; results differ from the portable path only by FMA rounding.
+//! Hand-vectorised float32 kernels for the hottest loops of MEI optimisation: applying all spatial
+//! kernels of one input channel to every frame, its adjoint, and the temporal step's frame updates.
+//! The portable code (column matrix + `gemm`, plain loops) computes the same sums; these skip building
+//! and packing the column matrix, which cost more than the arithmetic. Used for float32 when the CPU
+//! has AVX2 and FMA and the output channels come in groups of 8; results differ from the portable code
+//! only by summation order and FMA rounding (`tests/kernels.rs`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -29,7 +30,7 @@ pub struct SpatialShape {
     pub k: usize,
 }
 
-pub trait SpatialStep: Sized {
+pub trait FastKernels: Sized {
     /// `s[(t, y, x)][o] = sum_{dy,dx} weights[(dy, dx)][o] * xpad[t, y + dy, x + dx]` if a fast kernel
     /// exists for this type and CPU; returns false (and does nothing) otherwise.
     fn spatial_step_fast(_shape: SpatialShape, _xpad: &[Self], _weights: &[Self], _outputs: usize, _s: &mut [Self]) -> bool {
@@ -51,11 +52,30 @@ pub trait SpatialStep: Sized {
     ) -> bool {
         false
     }
+
+    /// `acc[p][o] += w[o] * src[p][o]` over a channel-last frame, if a fast kernel exists.
+    fn scale_add_frame_fast(_acc: &mut [Self], _w: &[Self], _src: &[Self]) -> bool {
+        false
+    }
 }
 
-impl SpatialStep for f64 {}
+impl FastKernels for f64 {}
 
-impl SpatialStep for f32 {
+impl FastKernels for f32 {
+    fn scale_add_frame_fast(acc: &mut [f32], w: &[f32], src: &[f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fits = fast_kernels() && w.len() % 8 == 0 && acc.len() % w.len() == 0 && src.len() >= acc.len();
+            if fits && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: AVX2 and FMA are present (checked above); `fits` bounds every access.
+                unsafe { x86::scale_add_frame(acc, w, src) };
+                return true;
+            }
+        }
+        let _ = (acc, w, src);
+        false
+    }
+
     fn spatial_step_fast(shape: SpatialShape, xpad: &[f32], weights: &[f32], outputs: usize, s: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
@@ -113,6 +133,21 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::SpatialShape;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scale_add_frame(acc: &mut [f32], w: &[f32], src: &[f32]) {
+        let o_n = w.len();
+        let (a_ptr, s_ptr) = (acc.as_mut_ptr(), src.as_ptr());
+        for lane0 in (0..o_n).step_by(8) {
+            let wv = _mm256_loadu_ps(w.as_ptr().add(lane0));
+            let mut i = lane0;
+            while i < acc.len() {
+                let a = a_ptr.add(i);
+                _mm256_storeu_ps(a, _mm256_fmadd_ps(wv, _mm256_loadu_ps(s_ptr.add(i)), _mm256_loadu_ps(a)));
+                i += o_n;
+            }
+        }
+    }
 
     /// Per input pixel, 8 output channels at a time over every tap that lands on an output pixel, one
     /// horizontal sum at the end.
