@@ -118,7 +118,8 @@ pub fn run(model: &Model<f32>, time_steps: usize) -> crate::Result<BenchReport> 
 
     let settings = MeiSettings { time_steps, ..MeiSettings::openretina(model.config.input_channels) };
     let targets = mei::all_targets(model);
-    let secs = median_seconds(3, || {
+    // Median of 7: the machine kind this is measured on (2 shared cores) varies by ±15% run to run.
+    let secs = median_seconds(7, || {
         mei::optimize_all(model, &targets, &settings, &|| {}).expect("MEIs");
     });
     let per_mei = secs / targets.len() as f64;

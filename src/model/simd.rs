@@ -222,7 +222,60 @@ mod x86 {
             for y in 0..ho {
                 let in_base = x_ptr.add((t * hp + y) * wp);
                 let out_base = s_ptr.add((t * ho + y) * wo * outputs);
-                for lane0 in (0..outputs).step_by(8) {
+                // 16 output channels per pass where possible: each broadcast pixel feeds 8 FMAs.
+                let mut lane0 = 0;
+                while lane0 + 16 <= outputs {
+                    let mut x = 0;
+                    while x + 4 <= wo {
+                        let z = _mm256_setzero_ps();
+                        let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+                        let (mut b0, mut b1, mut b2, mut b3) = (z, z, z, z);
+                        for dy in 0..k {
+                            let row = in_base.add(dy * wp + x);
+                            let w_row = w_ptr.add(dy * k * outputs + lane0);
+                            for dx in 0..k {
+                                let w = _mm256_loadu_ps(w_row.add(dx * outputs));
+                                let v = _mm256_loadu_ps(w_row.add(dx * outputs + 8));
+                                let r = row.add(dx);
+                                let (p0, p1) = (_mm256_broadcast_ss(&*r), _mm256_broadcast_ss(&*r.add(1)));
+                                let (p2, p3) = (_mm256_broadcast_ss(&*r.add(2)), _mm256_broadcast_ss(&*r.add(3)));
+                                a0 = _mm256_fmadd_ps(p0, w, a0);
+                                a1 = _mm256_fmadd_ps(p1, w, a1);
+                                a2 = _mm256_fmadd_ps(p2, w, a2);
+                                a3 = _mm256_fmadd_ps(p3, w, a3);
+                                b0 = _mm256_fmadd_ps(p0, v, b0);
+                                b1 = _mm256_fmadd_ps(p1, v, b1);
+                                b2 = _mm256_fmadd_ps(p2, v, b2);
+                                b3 = _mm256_fmadd_ps(p3, v, b3);
+                            }
+                        }
+                        let out = out_base.add(x * outputs + lane0);
+                        for (q, (a, b)) in [(a0, b0), (a1, b1), (a2, b2), (a3, b3)].into_iter().enumerate() {
+                            _mm256_storeu_ps(out.add(q * outputs), a);
+                            _mm256_storeu_ps(out.add(q * outputs + 8), b);
+                        }
+                        x += 4;
+                    }
+                    // Leftover pixels of the row: one at a time, both halves.
+                    while x < wo {
+                        let (mut a, mut b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                        for dy in 0..k {
+                            let row = in_base.add(dy * wp + x);
+                            let w_row = w_ptr.add(dy * k * outputs + lane0);
+                            for dx in 0..k {
+                                let p = _mm256_broadcast_ss(&*row.add(dx));
+                                a = _mm256_fmadd_ps(p, _mm256_loadu_ps(w_row.add(dx * outputs)), a);
+                                b = _mm256_fmadd_ps(p, _mm256_loadu_ps(w_row.add(dx * outputs + 8)), b);
+                            }
+                        }
+                        _mm256_storeu_ps(out_base.add(x * outputs + lane0), a);
+                        _mm256_storeu_ps(out_base.add(x * outputs + lane0 + 8), b);
+                        x += 1;
+                    }
+                    lane0 += 16;
+                }
+                // A last group of 8 output channels.
+                if lane0 < outputs {
                     let mut x = 0;
                     while x + 4 <= wo {
                         let (mut a0, mut a1, mut a2, mut a3) =
