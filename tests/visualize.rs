@@ -900,8 +900,10 @@ window.addEventListener('load', async () => {
     assert_eq!(img.dimensions(), (1280, 1600));
     let non_white = img.pixels().filter(|p| p.0.iter().any(|&v| v < 230)).count();
     let colours: BTreeSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+    // A blank page has no non-white pixels and a handful of colours; how much of the window figures
+    // cover depends on how many lazy images loaded in time (9% on a loaded machine, more when idle).
     assert!(
-        non_white * 10 > img.pixels().len() && colours.len() > 100,
+        non_white * 50 > img.pixels().len() && colours.len() > 100,
         "the screenshot of index.html looks blank ({non_white} non-white pixels, {} colours)",
         colours.len()
     );

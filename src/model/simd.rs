@@ -15,8 +15,16 @@ pub fn set_fast_kernels(enabled: bool) {
     FAST_KERNELS.store(enabled, Ordering::Relaxed);
 }
 
-fn fast_kernels() -> bool {
-    FAST_KERNELS.load(Ordering::Relaxed)
+/// Whether the AVX2/FMA kernels may run: switched on, and the CPU has both.
+fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        FAST_KERNELS.load(Ordering::Relaxed) && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Sizes of the spatial step on one zero-padded input channel `(tp, hp, wp)`.
@@ -65,8 +73,8 @@ impl FastKernels for f32 {
     fn scale_add_frame_fast(acc: &mut [f32], w: &[f32], src: &[f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            let fits = fast_kernels() && w.len() % 8 == 0 && acc.len() % w.len() == 0 && src.len() >= acc.len();
-            if fits && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            let fits = w.len() % 8 == 0 && acc.len() % w.len() == 0 && src.len() >= acc.len();
+            if fits && avx2_fma() {
                 // SAFETY: AVX2 and FMA are present (checked above); `fits` bounds every access.
                 unsafe { x86::scale_add_frame(acc, w, src) };
                 return true;
@@ -80,14 +88,13 @@ impl FastKernels for f32 {
         #[cfg(target_arch = "x86_64")]
         {
             let SpatialShape { tp, hp, wp, ho, wo, k } = shape;
-            let fits = fast_kernels()
-                && outputs % 8 == 0
+            let fits = outputs % 8 == 0
                 && xpad.len() >= tp * hp * wp
                 && weights.len() >= k * k * outputs
                 && s.len() >= tp * ho * wo * outputs
                 && ho + k - 1 <= hp
                 && wo + k - 1 <= wp;
-            if fits && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if fits && avx2_fma() {
                 // SAFETY: AVX2 and FMA are present (checked above) and `fits` bounds every access.
                 unsafe { x86::spatial_step(shape, xpad, weights, outputs, s) };
                 return true;
@@ -110,13 +117,12 @@ impl FastKernels for f32 {
         {
             let SpatialShape { tp, ho, wo, k, .. } = shape;
             let [t_in, h_in, w_in] = input;
-            let fits = fast_kernels()
-                && outputs % 8 == 0
+            let fits = outputs % 8 == 0
                 && g_s.len() >= tp * ho * wo * outputs
                 && weights.len() >= k * k * outputs
                 && grad.len() >= t_in * h_in * w_in
                 && t_in + pad[0] <= tp;
-            if fits && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if fits && avx2_fma() {
                 // SAFETY: AVX2 and FMA are present (checked above); `fits` and the tap ranges computed
                 // inside bound every access.
                 unsafe { x86::spatial_step_backward(shape, input, pad, g_s, weights, outputs, grad) };
