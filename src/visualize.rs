@@ -115,7 +115,7 @@ pub fn visualize(model: &Model<f32>, output_model: &Model<f32>, opts: &Visualize
             let done = if resume && job.path.exists() {
                 false
             } else {
-                job.draw(model, &meis, &conv_limits, &readout_limits, opts)?;
+                job.draw(model, &meis, &compositions, &conv_limits, &readout_limits, opts)?;
                 true
             };
             bar.inc(1);
@@ -346,6 +346,7 @@ impl FigureJob {
         &self,
         model: &Model<f32>,
         meis: &[Mei],
+        compositions: &[Vec<plot::ChannelComposition>],
         conv_limits: &[ConvWeightLimits],
         readout_limits: &BTreeMap<String, ReadoutLimits>,
         opts: &VisualizeOptions,
@@ -359,7 +360,7 @@ impl FigureJob {
                     window: (m.highlighted_frames.0, m.highlighted_frames.1 + 1),
                     frame_rate: FRAME_RATE,
                 };
-                plot::draw_mei(&input, &opts.style, &self.path)
+                plot::draw_mei_with(&input, &compositions[*i], &opts.style, &self.path)
             }
             JobKind::MeiVideo(i) => write_mei_video(&strip_batch(&meis[*i].stimulus), &self.path, &VideoOptions::default()),
             JobKind::ConvWeights { layer, input, output } => {

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::canvas::Canvas;
+use super::composition::mei_composition;
 use super::conv_weights::conv_weights_canvas;
 use super::mei::mei_canvas;
 use super::readout::readout_canvas;
@@ -37,7 +38,7 @@ pub fn bench_figures(style: &FigureStyle, repeats: usize, dir: &Path) -> Result<
     let neuron = sample_readout_neuron();
     let readout_limits = ReadoutLimits::of_session(std::slice::from_ref(&neuron));
     let kinds: [(&'static str, &dyn Fn() -> Result<Canvas>); 3] = [
-        ("mei", &|| mei_canvas(&mei)),
+        ("mei", &|| mei_canvas(&mei, &mei_composition(&mei.stimulus, mei.frame_rate)?)),
         ("conv_weights", &|| conv_weights_canvas(&conv, &conv_limits)),
         ("readout_neuron", &|| readout_canvas(&neuron, &readout_limits)),
     ];

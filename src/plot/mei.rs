@@ -33,7 +33,13 @@ pub struct MeiFigureInput {
 
 /// Draw the MEI figure to `path`.
 pub fn draw_mei(input: &MeiFigureInput, style: &FigureStyle, path: &Path) -> Result<()> {
-    mei_canvas(input)?.save(style, path)
+    let compositions = mei_composition(&input.stimulus, input.frame_rate)?;
+    draw_mei_with(input, &compositions, style, path)
+}
+
+/// [`draw_mei`] with the stimulus' composition already computed (`mei_composition`).
+pub fn draw_mei_with(input: &MeiFigureInput, compositions: &[ChannelComposition], style: &FigureStyle, path: &Path) -> Result<()> {
+    mei_canvas(input, compositions)?.save(style, path)
 }
 
 /// Line colours and names of the colour channels, as openretina picks them by channel count.
@@ -63,8 +69,7 @@ fn channel_looks(channels: usize) -> Vec<(Colour, String)> {
     (0..channels).map(|c| (CYCLE[c % CYCLE.len()], format!("Channel {c}"))).collect()
 }
 
-pub(crate) fn mei_canvas(input: &MeiFigureInput) -> Result<Canvas> {
-    let compositions = mei_composition(&input.stimulus, input.frame_rate)?;
+pub(crate) fn mei_canvas(input: &MeiFigureInput, compositions: &[ChannelComposition]) -> Result<Canvas> {
     // mei_composition accepted the stimulus, so it is (C, T, H, W) and not empty.
     let &[channels, frames, height, width] = input.stimulus.shape.as_slice() else {
         return Err(Error::new(format!("an MEI must have shape (C, T, H, W), got {:?}", input.stimulus.shape)));
