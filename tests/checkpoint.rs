@@ -401,3 +401,38 @@ fn views_beyond_their_storage_are_refused() {
         assert!(message.contains("state dict entry w"), "{what}: {message}");
     }
 }
+
+/// Dicts that each hold the previous one twice: 40 levels of a few bytes each name 2^40 values.
+fn exponential_dict_pickle(levels: usize) -> Vec<u8> {
+    let mut p = vec![0x80, 2, b'}'];
+    for _ in 0..levels {
+        // memo[0] = previous; pop; {} ; MARK 'a' memo[0] 'b' memo[0] SETITEMS
+        p.extend_from_slice(&[b'q', 0, b'0', b'}', b'(']);
+        for key in [b'a', b'b'] {
+            p.extend_from_slice(&[b'X', 1, 0, 0, 0, key, b'h', 0]);
+        }
+        p.push(b'u');
+    }
+    p.push(b'.');
+    p
+}
+
+#[test]
+fn shared_references_cannot_blow_up_the_hyper_parameters() {
+    // Found by the pickle fuzzer (an out-of-memory in 297 bytes): DUP and shared dicts made the JSON
+    // conversion expand a small graph into an enormous tree. Both must end quickly with an error or a
+    // small value.
+    let found_by_fuzzer: &[u8] = &[137,125,125,125,125,40,125,137,129,137,129,78,125,115,125,137,115,125,137,129,125,125,115,125,137,129,125,115,125,137,116,50,50,50,40,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,137,78,50,50,50,78,143,143,78,116,50,48,50,40,50,50,50,50,50,50,50,137,78,50,50,50,78,143,143,78,116,50,48,50,40,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,137,116,50,50,50,40,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,137,78,50,50,50,78,143,143,78,116,50,48,50,40,50,50,50,50,50,50,50,137,78,50,50,50,78,143,143,78,116,50,48,50,40,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,50,137,78,143,143,50,50,50,50,50,50,50,137,78,143,143,78,116,50,50,46,148,148,148,50,148,148,148,85,0,50,40,50,50,50,50,78,255,255,255,255,255,255,255,255,255,255,137,78,143,143,50,50,50,50,50,50,50,137,78,143,143,78,116,50,50,46,148,148,148,50,148,148,148,85,0,50,40,50,50,50,50,78,255,255,255,255,255,255,255,255,255,255,255,255,255,255,255,255,255,255,255,255,255,255,255,255];
+    for bytes in [found_by_fuzzer.to_vec(), exponential_dict_pickle(40)] {
+        let start = std::time::Instant::now();
+        if let Ok(tree) = pickle::parse(&bytes, "test") {
+            if let Ok(Some(json)) = retina::formats::checkpoint::to_json(&tree, &tree.root, 0) {
+                assert!(json.to_string().len() < 100 << 20, "the JSON should stay small");
+            }
+        }
+        assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
+    }
+    let tree = pickle::parse(&exponential_dict_pickle(40), "test").unwrap();
+    let err = retina::formats::checkpoint::to_json(&tree, &tree.root, 0).unwrap_err();
+    assert!(err.contains("shared references"), "{err}");
+}

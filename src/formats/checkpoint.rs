@@ -175,6 +175,18 @@ fn describe(p: &Pickle, v: &Value) -> String {
 /// Convert plain pickled values to JSON. `Ok(None)` means "left out": torch modules, tensors, arrays
 /// and other objects are not hyper parameters; omegaconf containers and nodes become their content.
 pub fn to_json(p: &Pickle, v: &Value, depth: u32) -> std::result::Result<Option<Json>, String> {
+    let mut budget = MAX_JSON_VALUES;
+    json_value(p, v, depth, &mut budget)
+}
+
+/// Most JSON values one conversion may produce. Shared references make a pickle a graph: a few hundred
+/// bytes can name a dict of dicts that expands to 2^100 values. Real hyper parameters have hundreds.
+const MAX_JSON_VALUES: usize = 1 << 20;
+
+fn json_value(p: &Pickle, v: &Value, depth: u32, budget: &mut usize) -> std::result::Result<Option<Json>, String> {
+    *budget = budget
+        .checked_sub(1)
+        .ok_or_else(|| format!("hyper parameters expand to more than {MAX_JSON_VALUES} values (shared references)"))?;
     if depth > MAX_JSON_DEPTH {
         return Err(format!("values nested more than {MAX_JSON_DEPTH} levels deep (or cyclic)"));
     }
@@ -190,29 +202,29 @@ pub fn to_json(p: &Pickle, v: &Value, depth: u32) -> std::result::Result<Option<
             Some(Node::List(items) | Node::Tuple(items) | Node::Set(items)) => {
                 let mut out = Vec::with_capacity(items.len());
                 for item in items {
-                    out.push(to_json(p, item, depth + 1)?.unwrap_or(Json::Null));
+                    out.push(json_value(p, item, depth + 1, budget)?.unwrap_or(Json::Null));
                 }
                 Json::Array(out)
             }
-            Some(Node::Dict(entries)) => dict_to_json(p, entries, depth)?,
+            Some(Node::Dict(entries)) => dict_to_json(p, entries, depth, budget)?,
             Some(Node::Object(object)) => {
                 if let Some((module, _)) = p.object_class(v) {
                     if module.starts_with("omegaconf") {
-                        return omegaconf_to_json(p, object.state.as_ref(), depth);
+                        return omegaconf_to_json(p, object.state.as_ref(), depth, budget);
                     }
                 }
                 if object.dict_items.is_empty() {
                     return Ok(None);
                 }
                 // A dict subclass (AttributeDict, defaultdict...): its items.
-                dict_to_json(p, &object.dict_items, depth)?
+                dict_to_json(p, &object.dict_items, depth, budget)?
             }
             _ => return Ok(None),
         },
     }))
 }
 
-fn dict_to_json(p: &Pickle, entries: &[(Value, Value)], depth: u32) -> std::result::Result<Json, String> {
+fn dict_to_json(p: &Pickle, entries: &[(Value, Value)], depth: u32, budget: &mut usize) -> std::result::Result<Json, String> {
     let mut out = Map::new();
     for (key, value) in entries {
         // JSON keys are strings; like json.dumps, write ints, bools and None as their JSON text.
@@ -223,7 +235,7 @@ fn dict_to_json(p: &Pickle, entries: &[(Value, Value)], depth: u32) -> std::resu
             Value::None => "null".to_string(),
             _ => continue,
         };
-        if let Some(value) = to_json(p, value, depth + 1)? {
+        if let Some(value) = json_value(p, value, depth + 1, budget)? {
             out.insert(key, value);
         }
     }
@@ -233,13 +245,13 @@ fn dict_to_json(p: &Pickle, entries: &[(Value, Value)], depth: u32) -> std::resu
 /// omegaconf pickles its containers as `__dict__` states: `DictConfig`/`ListConfig` keep their items
 /// in `_content` (a dict / list of nodes, or None, or an interpolation string), value nodes
 /// (`AnyNode`, `IntegerNode`...) keep theirs in `_val`. `_parent` points back up and is not followed.
-fn omegaconf_to_json(p: &Pickle, state: Option<&Value>, depth: u32) -> std::result::Result<Option<Json>, String> {
+fn omegaconf_to_json(p: &Pickle, state: Option<&Value>, depth: u32, budget: &mut usize) -> std::result::Result<Option<Json>, String> {
     let Some(state) = state else { return Ok(None) };
     if let Some(content) = p.dict_get(state, "_content") {
-        return to_json(p, content, depth + 1);
+        return json_value(p, content, depth + 1, budget);
     }
     if let Some(val) = p.dict_get(state, "_val") {
-        return to_json(p, val, depth + 1);
+        return json_value(p, val, depth + 1, budget);
     }
     Ok(None)
 }
