@@ -517,15 +517,23 @@ fn visualize_command(args: &VisualizeArgs) -> Result<()> {
             .map_err(|e| Error::new(format!("--threads: cannot start the worker threads ({e})")))?;
     }
     let download = args.source.download_options(args.quiet);
-    let raw = match (&args.model_path, args.is_hoefling_ensemble_model) {
-        (Some(spec), _) => formats::read_model(spec, args.source.model_id, &download)?,
-        (None, _) => {
-            let folder = formats::download::fetch_hoefling_ensemble(&download)?;
-            formats::checkpoint::read_model(&folder, args.source.model_id)?
-        }
-    };
+    let loading = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new_spinner() };
+    loading.set_message("loading the model");
+    loading.enable_steady_tick(std::time::Duration::from_millis(120));
     let source = args.model_path.as_deref().map(formats::describe_source).unwrap_or_else(|| "Hoefling 2024 ensemble".into());
-    let model: Model<f32> = Model::from_raw(&raw).map_err(|e| Error::new(format!("{source}: {e}")))?;
+    let loaded = (|| -> Result<Model<f32>> {
+        let raw = match &args.model_path {
+            Some(spec) => formats::read_model(spec, args.source.model_id, &download)?,
+            None => {
+                let folder = formats::download::fetch_hoefling_ensemble(&download)?;
+                formats::checkpoint::read_model(&folder, args.source.model_id)?
+            }
+        };
+        Model::from_raw(&raw).map_err(|e| Error::new(format!("{source}: {e}")))
+    })();
+    // Cleared before any error is printed, so the error stays one line.
+    loading.finish_and_clear();
+    let model = loaded?;
     // Hoefling ensemble members: output-neuron MEIs on readouts centred at (0, 0), everything else
     // on the member as stored, and openretina's ensemble folder layout.
     let ensemble = matches!(model.config.architecture, crate::model::config::Architecture::HoeflingEnsembleMember { .. });
