@@ -397,46 +397,74 @@ fn simple_core_layers(
 
 fn example_core_readout(hp: &Map<String, Value>) -> Result<ModelConfig> {
     let o = Options { map: hp, prefix: "" };
-    let ([c, h, w], t) = input_shape(&o)?;
-    check_conv_type(&o, "convolution_type")?;
-    let mut channels = vec![c];
+    let mut channels = vec![input_shape(&o)?.0[0]];
     channels.extend(o.usize_list("hidden_channels", None)?);
-    let maxpool = o.opt_usize("maxpool_every_n_layers")?;
+    // ExampleCoreReadout's own defaults (the readout keys carry a `readout_` prefix).
+    let defaults = ReadoutConfig { gaussian_mean_scale: 6.0, gaussian_var_scale: 4.0, positive: true, scale: true, bias: true };
+    let keys = CoreKeys { input_padding: "core_input_padding", hidden_padding: "core_hidden_padding", cut: "cut_first_n_frames_in_core" };
+    simple_core_readout("ExampleCoreReadout", &o, &o, &keys, channels, gaussian_readout(&o, "readout_", defaults)?)
+}
+
+/// Names of the core options that differ between the two classes.
+struct CoreKeys {
+    input_padding: &'static str,
+    hidden_padding: &'static str,
+    cut: &'static str,
+}
+
+/// A `MultiGaussianMaskReadout`'s options, `{prefix}gaussian_mean_scale` etc.
+fn gaussian_readout(o: &Options, prefix: &str, defaults: ReadoutConfig) -> Result<ReadoutConfig> {
+    let key = |name: &str| format!("{prefix}{name}");
+    Ok(ReadoutConfig {
+        gaussian_mean_scale: o.f64(&key("gaussian_mean_scale"), defaults.gaussian_mean_scale)?,
+        gaussian_var_scale: o.f64(&key("gaussian_var_scale"), defaults.gaussian_var_scale)?,
+        positive: o.bool(&key("positive"), defaults.positive)?,
+        scale: o.bool(&key("scale"), defaults.scale)?,
+        bias: o.bool(&key("bias"), defaults.bias)?,
+    })
+}
+
+/// A `SimpleCoreWrapper` (options in `core`) + `MultiGaussianMaskReadout` model.
+fn simple_core_readout(
+    model_class: &str,
+    top: &Options,
+    core: &Options,
+    keys: &CoreKeys,
+    channels: Vec<usize>,
+    readout: ReadoutConfig,
+) -> Result<ModelConfig> {
+    let ([c, h, w], t) = input_shape(top)?;
+    check_conv_type(core, "convolution_type")?;
+    if channels[0] != c {
+        bail!("hyper parameters disagree: the core's channels start with {} but the stimulus has {c} channels", channels[0]);
+    }
     let layers = simple_core_layers(
-        &o,
+        core,
         &channels,
-        &o.usize_list("temporal_kernel_sizes", None)?,
-        &o.usize_list("spatial_kernel_sizes", None)?,
-        "core_input_padding",
-        "core_hidden_padding",
-        maxpool,
+        &core.usize_list("temporal_kernel_sizes", None)?,
+        &core.usize_list("spatial_kernel_sizes", None)?,
+        keys.input_padding,
+        keys.hidden_padding,
+        core.opt_usize("maxpool_every_n_layers")?,
     )?;
-    let config = ModelConfig {
-        model_class: "ExampleCoreReadout".into(),
+    validate(ModelConfig {
+        model_class: model_class.into(),
         architecture: Architecture::CoreReadout,
         input_channels: c,
         height: h,
         width: w,
         train_time_steps: t,
         layers,
-        color_squashing_weights: o.opt_f64_list("color_squashing_weights")?,
-        downsample_input_kernel_size: o.opt_triple("downsample_input_kernel_size")?,
-        cut_first_n_frames: o.usize("cut_first_n_frames_in_core", Some(30))?,
-        sessions: sessions(&o)?,
-        readout: ReadoutConfig {
-            gaussian_mean_scale: o.f64("readout_gaussian_mean_scale", 6.0)?,
-            gaussian_var_scale: o.f64("readout_gaussian_var_scale", 4.0)?,
-            positive: o.bool("readout_positive", true)?,
-            scale: o.bool("readout_scale", true)?,
-            bias: o.bool("readout_bias", true)?,
-        },
-    };
-    validate(config)
+        color_squashing_weights: core.opt_f64_list("color_squashing_weights")?,
+        downsample_input_kernel_size: core.opt_triple("downsample_input_kernel_size")?,
+        cut_first_n_frames: core.usize(keys.cut, Some(30))?,
+        sessions: sessions(top)?,
+        readout,
+    })
 }
 
 fn unified_core_readout(hp: &Map<String, Value>) -> Result<ModelConfig> {
     let o = Options { map: hp, prefix: "" };
-    let ([c, h, w], t) = input_shape(&o)?;
     let core = Options { map: obj(o.required("core")?, "core")?, prefix: "core." };
     let readout = Options { map: obj(o.required("readout")?, "readout")?, prefix: "readout." };
 
@@ -450,50 +478,19 @@ fn unified_core_readout(hp: &Map<String, Value>) -> Result<ModelConfig> {
             "hyper parameter `readout._target_` = \"{readout_target}\": retina implements only MultiGaussianMaskReadout readouts"
         );
     }
-    check_conv_type(&core, "convolution_type")?;
     // As in openretina, `hidden_channels` (when given) overrides `core.channels`.
     let channels = match o.get("hidden_channels") {
         Some(_) => {
-            let mut ch = vec![c];
+            let mut ch = vec![input_shape(&o)?.0[0]];
             ch.extend(o.usize_list("hidden_channels", None)?);
             ch
         }
         None => core.usize_list("channels", None)?,
     };
-    if channels[0] != c {
-        bail!("hyper parameters disagree: core.channels starts with {} but the stimulus has {c} channels", channels[0]);
-    }
-    let maxpool = core.opt_usize("maxpool_every_n_layers")?;
-    let layers = simple_core_layers(
-        &core,
-        &channels,
-        &core.usize_list("temporal_kernel_sizes", None)?,
-        &core.usize_list("spatial_kernel_sizes", None)?,
-        "input_padding",
-        "hidden_padding",
-        maxpool,
-    )?;
-    let config = ModelConfig {
-        model_class: "UnifiedCoreReadout".into(),
-        architecture: Architecture::CoreReadout,
-        input_channels: c,
-        height: h,
-        width: w,
-        train_time_steps: t,
-        layers,
-        color_squashing_weights: core.opt_f64_list("color_squashing_weights")?,
-        downsample_input_kernel_size: core.opt_triple("downsample_input_kernel_size")?,
-        cut_first_n_frames: core.usize("cut_first_n_frames", Some(30))?,
-        sessions: sessions(&o)?,
-        readout: ReadoutConfig {
-            gaussian_mean_scale: readout.f64("gaussian_mean_scale", 1.0)?,
-            gaussian_var_scale: readout.f64("gaussian_var_scale", 1.0)?,
-            positive: readout.bool("positive", false)?,
-            scale: readout.bool("scale", false)?,
-            bias: readout.bool("bias", true)?,
-        },
-    };
-    let config = validate(config)?;
+    // The readout class's own defaults.
+    let defaults = ReadoutConfig { gaussian_mean_scale: 1.0, gaussian_var_scale: 1.0, positive: false, scale: false, bias: true };
+    let keys = CoreKeys { input_padding: "input_padding", hidden_padding: "hidden_padding", cut: "cut_first_n_frames" };
+    let config = simple_core_readout("UnifiedCoreReadout", &o, &core, &keys, channels, gaussian_readout(&readout, "", defaults)?)?;
     // The readout's stored in_shape (c, t, h, w) must match the core: t depends on the training
     // stimulus length, so only channels and space are compared.
     if readout.get("in_shape").is_some() {
