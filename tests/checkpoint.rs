@@ -157,13 +157,13 @@ fn deeply_nested_pickles_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     // 200000 empty lists, each appended into the one below: a list nested 200000 deep.
     let mut appended = b"\x80\x02".to_vec();
-    appended.extend(std::iter::repeat(b']').take(200_000));
-    appended.extend(std::iter::repeat(b'a').take(199_999));
+    appended.extend(std::iter::repeat_n(b']', 200_000));
+    appended.extend(std::iter::repeat_n(b'a', 199_999));
     appended.push(b'.');
     // 200000 MARKs, each closed into a list: the same through MARK/LIST.
     let mut marked = b"\x80\x02".to_vec();
-    marked.extend(std::iter::repeat(b'(').take(200_000));
-    marked.extend(std::iter::repeat(b'l').take(200_000));
+    marked.extend(std::iter::repeat_n(b'(', 200_000));
+    marked.extend(std::iter::repeat_n(b'l', 200_000));
     marked.push(b'.');
     for (name, bytes) in [("appended", &appended), ("marked", &marked)] {
         assert_one_line_error(pickle::parse(bytes, name), "deep");

@@ -787,7 +787,7 @@ impl<'a> Machine<'a> {
 
     /// SETITEM(S): `items` alternates keys and values.
     fn set_items(&mut self, target: NodeId, items: Vec<Value>) -> Step<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err("SETITEMS with an odd number of values".into());
         }
         self.charge(items.len());

@@ -222,7 +222,7 @@ impl<F: Float> Core<F> {
 
     fn preprocess_backward(&self, grad: &[F], tape: &CoreTape<F>) -> Vec<F> {
         let [c, t, h, w] = tape.stimulus_shape;
-        let squashed = matches!(&self.color_squashing_weights, Some(_) if c > 1);
+        let squashed = self.color_squashing_weights.is_some() && (c > 1);
         let before_pool = if squashed { [1, t, h, w] } else { tape.stimulus_shape };
         let g = match self.downsample {
             Some(k) => avg_pool_backward(grad, before_pool, k),

@@ -123,8 +123,8 @@ impl<F: Float> GaussianReadout<F> {
             }
         }
         for row in pre.chunks_exact_mut(n_n) {
-            for n in 0..n_n {
-                row[n] = row[n] * self.scale[n] + self.bias[n];
+            for ((v, &scale), &bias) in row.iter_mut().zip(&self.scale).zip(&self.bias) {
+                *v = *v * scale + bias;
             }
         }
         let out = pre.iter().map(|&x| softplus(x)).collect();

@@ -73,7 +73,7 @@ impl FastKernels for f32 {
     fn scale_add_frame_fast(acc: &mut [f32], w: &[f32], src: &[f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            let fits = w.len() % 8 == 0 && acc.len() % w.len() == 0 && src.len() >= acc.len();
+            let fits = w.len().is_multiple_of(8) && acc.len().is_multiple_of(w.len()) && src.len() >= acc.len();
             if fits && avx2_fma() {
                 // SAFETY: AVX2 and FMA are present (checked above); `fits` bounds every access.
                 unsafe { x86::scale_add_frame(acc, w, src) };
@@ -88,7 +88,7 @@ impl FastKernels for f32 {
         #[cfg(target_arch = "x86_64")]
         {
             let SpatialShape { tp, hp, wp, ho, wo, k } = shape;
-            let fits = outputs % 8 == 0
+            let fits = outputs.is_multiple_of(8)
                 && xpad.len() >= tp * hp * wp
                 && weights.len() >= k * k * outputs
                 && s.len() >= tp * ho * wo * outputs
@@ -117,7 +117,7 @@ impl FastKernels for f32 {
         {
             let SpatialShape { tp, ho, wo, k, .. } = shape;
             let [t_in, h_in, w_in] = input;
-            let fits = outputs % 8 == 0
+            let fits = outputs.is_multiple_of(8)
                 && g_s.len() >= tp * ho * wo * outputs
                 && weights.len() >= k * k * outputs
                 && grad.len() >= t_in * h_in * w_in

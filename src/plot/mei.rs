@@ -133,7 +133,7 @@ pub(crate) fn mei_canvas(input: &MeiFigureInput, compositions: &[ChannelComposit
 
     // Spatial components side by side.
     let (x, y) = panel(0, 1);
-    draw_spatial_components(&mut canvas, &compositions, (x, y, panel_w, panel_h), height, width, &names);
+    draw_spatial_components(&mut canvas, compositions, (x, y, panel_w, panel_h), height, width, &names);
 
     // The model's response to the MEI.
     if let Some(response) = &input.response {
