@@ -460,23 +460,35 @@ fn summary_csv(meis: &[Mei], compositions: &[Vec<plot::ChannelComposition>], opt
     csv
 }
 
-/// One page with every figure, grouped by layer and session.
+/// One page with every figure, grouped by layer and session: each MEI as a card with its figure and
+/// its (looping) video, then the weight figures.
 fn index_html(model: &Model<f32>, meis: &[Mei], jobs: &[FigureJob], opts: &VisualizeOptions) -> String {
-    let rel = |p: &Path| p.strip_prefix(&opts.save_folder).unwrap_or(p).to_string_lossy().replace('\\', "/");
+    let rel = |p: &Path| html_escape(&p.strip_prefix(&opts.save_folder).unwrap_or(p).to_string_lossy().replace('\\', "/"));
+    let videos: BTreeMap<usize, String> = jobs
+        .iter()
+        .filter_map(|j| match j.kind {
+            JobKind::MeiVideo(i) => Some((i, rel(&j.path))),
+            _ => None,
+        })
+        .collect();
     let mut sections: BTreeMap<(u8, String), Vec<String>> = BTreeMap::new();
     for job in jobs {
-        let src = html_escape(&rel(&job.path));
+        let src = rel(&job.path);
         let (key, item) = match &job.kind {
             JobKind::MeiFigure(i) => {
                 let (dir, index) = mei_folder(&meis[*i].target);
-                let order = if dir.starts_with("core") { 0 } else { 1 };
-                ((order, dir.clone()), format!("<figure><img src=\"{src}\" alt=\"MEI {index}\" loading=\"lazy\"><figcaption>{} {index}</figcaption></figure>", if order == 0 { "channel" } else { "neuron" }))
+                let (order, what) = if dir.starts_with("core") { (0, "channel") } else { (1, "neuron") };
+                let video = videos
+                    .get(i)
+                    .map(|v| format!("<video src=\"{v}\" autoplay muted loop playsinline></video>"))
+                    .unwrap_or_default();
+                let objective = meis[*i].objective;
+                (
+                    (order, dir),
+                    format!("<figure class=\"mei\"><div><img src=\"{src}\" alt=\"MEI of {what} {index}\" loading=\"lazy\">{video}</div><figcaption>{what} {index} · objective {objective:.3}</figcaption></figure>"),
+                )
             }
-            JobKind::MeiVideo(i) => {
-                let (dir, index) = mei_folder(&meis[*i].target);
-                let order = if dir.starts_with("core") { 0 } else { 1 };
-                ((order, dir), format!("<figure><video src=\"{src}\" controls loop muted preload=\"metadata\"></video><figcaption>video {index}</figcaption></figure>"))
-            }
+            JobKind::MeiVideo(_) => continue,
             JobKind::ConvWeights { layer, input, output } => (
                 (2, format!("weights of core_features_layer{layer}")),
                 format!("<figure><img src=\"{src}\" alt=\"weights {input} {output}\" loading=\"lazy\"><figcaption>in {input}, out {output}</figcaption></figure>"),
@@ -489,7 +501,7 @@ fn index_html(model: &Model<f32>, meis: &[Mei], jobs: &[FigureJob], opts: &Visua
         sections.entry(key).or_default().push(item);
     }
     let mut html = String::from(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>retina visualize</title>\n<style>body{font-family:sans-serif;margin:1em 2em}section{margin-bottom:2em}.grid{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;width:320px}img,video{width:100%}figcaption{font-size:12px;color:#444}</style></head><body>\n",
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>retina visualize</title>\n<style>body{font-family:sans-serif;margin:1em 2em}section{margin-bottom:2em}.grid{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;width:320px}figure.mei{width:500px}figure.mei div{display:flex;gap:6px;align-items:center}figure.mei img{width:350px}figure.mei video{width:144px}img{width:100%}figcaption{font-size:12px;color:#444}</style></head><body>\n",
     );
     let _ = writeln!(
         html,
