@@ -196,6 +196,7 @@ fn select_targets(model: &Model<f32>, opts: &VisualizeOptions) -> Result<Vec<Mei
                 opts.sessions.as_ref().is_none_or(|ss| ss.contains(session))
                     && opts.neurons.as_ref().is_none_or(|ns| ns.contains(neuron))
             }
+            MeiTarget::Contrastive { .. } => true,
         })
         .collect();
     if let Some(neurons) = &opts.neurons {
@@ -303,6 +304,7 @@ fn mei_folder(target: &MeiTarget) -> (String, usize) {
     match target {
         MeiTarget::InnerChannel { layer, channel } => (format!("core_features_layer{layer}"), *channel),
         MeiTarget::OutputNeuron { session, neuron } => (format!("output_neurons/{session}"), *neuron),
+        MeiTarget::Contrastive { session, .. } => (format!("most_discriminative/{session}"), 0),
     }
 }
 
@@ -442,6 +444,7 @@ fn summary_csv(meis: &[Mei], compositions: &[Vec<plot::ChannelComposition>], opt
         let (kind, group, index) = match &m.target {
             MeiTarget::InnerChannel { layer, channel } => ("inner", format!("core_features_layer{layer}"), *channel),
             MeiTarget::OutputNeuron { session, neuron } => ("output", session.clone(), *neuron),
+            MeiTarget::Contrastive { session, .. } => ("mds", session.clone(), 0),
         };
         let (dir, _) = mei_folder(&m.target);
         let _ = write!(

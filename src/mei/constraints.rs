@@ -60,12 +60,19 @@ impl Constraints {
     }
 
     /// The penalty (already multiplied by `penalty_factor`) and its gradient added into `grad`.
+    /// A factor of 0 turns it off (nothing is evaluated).
     pub fn penalty<F: Float>(&self, x: &[F], grad: &mut [F]) -> f64 {
         let factor = self.penalty_factor;
+        if factor == 0.0 {
+            return 0.0;
+        }
         let mut loss = 0.0;
         let per_channel = x.len() / self.ranges.len();
         for (c, range) in self.ranges.iter().enumerate() {
             let Some((lo, hi)) = *range else { continue };
+            // The bounds as the post-processor clamps to them (rounded to the working precision), so
+            // that a clipped pixel sits exactly on its bound and adds relu(0) = 0 with no gradient.
+            let (lo, hi) = (F::from_f64(lo).to_f64(), F::from_f64(hi).to_f64());
             let span = c * per_channel..(c + 1) * per_channel;
             for (v, g) in x[span.clone()].iter().zip(&mut grad[span]) {
                 let v64 = v.to_f64();

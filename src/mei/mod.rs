@@ -1,18 +1,29 @@
-//! Most exciting inputs (MEIs): gradient ascent on the stimulus, as `openretina visualize` does it.
+//! Most exciting inputs (MEIs) and their relatives: gradient-based stimulus optimisation, as
+//! openretina's `optimize_stimulus` does it.
 //!
-//! Per MEI: start from standard normal noise x 0.1 passed through the post-processor, then for each
-//! step compute loss = -objective + range penalty, take one plain SGD step on the stimulus and apply
-//! the post-processor again. MEIs are independent, so many run in parallel (one per core); each one's
-//! result does not depend on which others run with it, and its seed derives from the global seed and
-//! its own name, so a subset run gives the same MEIs as a full one.
+//! Per stimulus: start from standard normal noise x 0.1 passed through the post-processors, then for
+//! each step compute loss = -objective + range penalty, take one optimiser step (SGD or Adam), apply
+//! the post-processors (norm/range, then the optional temporal low-pass) and ask the stopper
+//! (fixed steps or early stopping) whether to go on. The pieces are small types: [`Objective`]
+//! (increase / decrease / contrastive), [`Constraints`] and [`TemporalLowPass`] (post-processors and
+//! penalty), [`OptimizerKind`] and [`Stopper`]; [`optimize`] is the one loop that runs them.
+//! MEIs are independent, so many run in parallel (one per core); each one's result does not depend on
+//! which others run with it, and its seed derives from the global seed and its own name, so a subset
+//! run gives the same MEIs as a full one.
 
 pub mod constraints;
+pub mod lowpass;
 pub mod objective;
+pub mod optimizer;
+pub mod stopper;
 
 use rayon::prelude::*;
 
 pub use self::constraints::Constraints;
-pub use self::objective::{MeiTarget, Objective};
+pub use self::lowpass::TemporalLowPass;
+pub use self::objective::{Direction, MeiTarget, Objective, DEFAULT_TEMPERATURE};
+pub use self::optimizer::OptimizerKind;
+pub use self::stopper::{EarlyStop, Stopper};
 use crate::error::{Error, Result};
 use crate::model::{Float, Model};
 use crate::rng::Rng;
@@ -23,13 +34,24 @@ use crate::tensor::Tensor;
 pub struct MeiSettings {
     /// Frames of the stimulus (`--time-steps-stimulus`, 50).
     pub time_steps: usize,
-    /// SGD steps (10).
+    /// Optimiser steps (10); with early stopping, the most steps.
     pub iterations: usize,
-    /// SGD learning rate (100).
+    /// Learning rate (100).
     pub learning_rate: f64,
+    /// Norm/range post-processor and range penalty.
     pub constraints: Constraints,
     /// Seed of the initial noise.
     pub seed: u64,
+    /// Maximise (MEI) or minimise (most depressing input) the objective.
+    pub direction: Direction,
+    /// SGD (openretina visualize's) or Adam.
+    pub optimizer: OptimizerKind,
+    /// Stop early when the loss stops improving; `None` = always `iterations` steps.
+    pub early_stop: Option<EarlyStop>,
+    /// Temporal low-pass applied after the norm/range post-processor.
+    pub lowpass: Option<TemporalLowPass>,
+    /// Temperature of contrastive (MDS) objectives.
+    pub temperature: f64,
 }
 
 impl MeiSettings {
@@ -40,9 +62,39 @@ impl MeiSettings {
             learning_rate: 100.0,
             constraints: Constraints::openretina_default(channels),
             seed: 0,
+            direction: Direction::Increase,
+            optimizer: OptimizerKind::Sgd,
+            early_stop: None,
+            lowpass: None,
+            temperature: DEFAULT_TEMPERATURE,
+        }
+    }
+
+    /// openretina's `most_discriminative_stimulus` notebook: SGD at lr 100 for 10 steps, temperature
+    /// 1.6, the clipper ranges (-0.6, 6.2) and (-0.9, 6.2) at norm 30 (2-channel models), then a
+    /// temporal low-pass (sigma 0.5, 5 frames), no penalty.
+    pub fn mds_notebook(channels: usize) -> Self {
+        let mut settings = MeiSettings::openretina(channels);
+        if channels == 2 {
+            settings.constraints.ranges = vec![Some(MDS_GREEN_RANGE), Some(MDS_UV_RANGE)];
+        }
+        settings.constraints.penalty_factor = 0.0;
+        settings.lowpass = Some(TemporalLowPass { sigma: 0.5, kernel_size: 5 });
+        settings
+    }
+
+    /// All post-processors in order on one stimulus `(channels, t, h, w)`.
+    pub fn postprocess<F: Float>(&self, x: &mut [F], shape: [usize; 4]) {
+        self.constraints.postprocess(x);
+        if let Some(lowpass) = &self.lowpass {
+            lowpass.apply(x, shape);
         }
     }
 }
+
+/// The clipper ranges of openretina's `most_discriminative_stimulus` notebook (green, UV).
+pub const MDS_GREEN_RANGE: (f64, f64) = (-0.6, 6.2);
+pub const MDS_UV_RANGE: (f64, f64) = (-0.9, 6.2);
 
 /// One optimised stimulus and how it got there.
 #[derive(Debug, Clone)]
@@ -66,13 +118,21 @@ pub fn initial_stimulus<F: Float>(model: &Model<F>, target: &MeiTarget, settings
     let n = shape.iter().product();
     let mut rng = Rng::for_item(settings.seed, &target.id());
     let mut data: Vec<F> = (0..n).map(|_| F::from_f64(rng.normal() * 0.1)).collect();
+    // openretina's notebooks and visualize pass the noise through the clipper only.
     settings.constraints.postprocess(&mut data);
     Tensor { shape, data }
 }
 
-/// Optimise one MEI from `init` (already post-processed, shape `(1, C, T, H, W)`).
+/// The objective `settings` ask for on `target`.
+pub fn objective<'m, F: Float>(model: &'m Model<F>, target: &MeiTarget, settings: &MeiSettings) -> Result<Objective<'m, F>> {
+    Ok(Objective::new(model, target.clone(), settings.time_steps)?
+        .with_direction(settings.direction)
+        .with_temperature(settings.temperature))
+}
+
+/// Optimise one stimulus from `init` (already post-processed, shape `(1, C, T, H, W)`).
 pub fn optimize<F: Float>(model: &Model<F>, target: &MeiTarget, init: Tensor<F>, settings: &MeiSettings) -> Result<Mei> {
-    let objective = Objective::new(model, target.clone(), settings.time_steps)?;
+    let objective = objective(model, target, settings)?;
     let expected = model.config.stimulus_shape(settings.time_steps, 1);
     if init.shape != expected {
         return Err(Error::new(format!("initial stimulus has shape {:?}; expected {expected:?}", init.shape)));
@@ -84,19 +144,24 @@ pub fn optimize<F: Float>(model: &Model<F>, target: &MeiTarget, init: Tensor<F>,
             expected[1]
         )));
     }
-    let lr = F::from_f64(settings.learning_rate);
+    let shape = [expected[1], expected[2], expected[3], expected[4]];
     let mut x = init.data;
+    let mut optimizer = settings.optimizer.start::<F>(settings.learning_rate, x.len());
+    let mut stopper = Stopper::new(settings.early_stop);
     let mut losses = Vec::with_capacity(settings.iterations);
     for _ in 0..settings.iterations {
         let (value, gradient) = objective.gradient(&x);
         // loss = -objective + penalty; its gradient = -d objective + d penalty.
         let mut grad: Vec<F> = gradient.into_iter().map(|g| -g).collect();
         let penalty = settings.constraints.penalty(&x, &mut grad);
-        losses.push(-value + penalty);
-        for (v, g) in x.iter_mut().zip(&grad) {
-            *v = *v - lr * *g;
+        let loss = -value + penalty;
+        losses.push(loss);
+        optimizer.step(&mut x, &grad);
+        settings.postprocess(&mut x, shape);
+        // As openretina: the stopper sees the loss of the stimulus before this step, after the step.
+        if stopper.should_stop(loss) {
+            break;
         }
-        settings.constraints.postprocess(&mut x);
     }
     let (final_objective, series) = objective.evaluate(&x);
     Ok(Mei {

@@ -1,6 +1,9 @@
 //! What an MEI maximises, as openretina's objectives: the mean response of one output neuron over a
-//! window of time (`IncreaseObjective` + `SliceMeanReducer`), or the response of one channel's centre
-//! unit in an inner layer over its last frames (`InnerNeuronVisualizationObjective`).
+//! window of time (`IncreaseObjective` + `SliceMeanReducer`), the response of one channel's centre
+//! unit in an inner layer over its last frames (`InnerNeuronVisualizationObjective`), or how much
+//! more one group of a session's neurons responds than the others (`ContrastiveNeuronObjective`,
+//! most discriminative stimuli). `Direction::Decrease` minimises any of them instead (most
+//! depressing inputs).
 
 use crate::error::{Error, Result};
 use crate::model::core::CoreKernels;
@@ -11,12 +14,35 @@ pub const WINDOW_LENGTH: usize = 10;
 /// First output frame of the window for output neurons (`SliceMeanReducer(start=10)`).
 pub const OUTPUT_WINDOW_START: usize = 10;
 
+/// openretina's default temperature of the contrastive objective (and its MDS notebook's).
+pub const DEFAULT_TEMPERATURE: f64 = 1.6;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum MeiTarget {
     /// Output neuron `neuron` of a session's readout.
     OutputNeuron { session: String, neuron: usize },
     /// The centre unit of channel `channel` of core layer `layer` (`core_features_layer<layer>`).
     InnerChannel { layer: usize, channel: usize },
+    /// The most discriminative stimulus of the neurons `on` of a session against each group of `off`
+    /// (openretina's `ContrastiveNeuronObjective` with `data_key = session`).
+    Contrastive { session: String, on: Vec<usize>, off: Vec<Vec<usize>> },
+}
+
+/// Whether the optimisation maximises the objective (MEI, MDS) or minimises it (most depressing input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    #[default]
+    Increase,
+    Decrease,
+}
+
+impl Direction {
+    pub fn sign(self) -> f64 {
+        match self {
+            Direction::Increase => 1.0,
+            Direction::Decrease => -1.0,
+        }
+    }
 }
 
 impl MeiTarget {
@@ -25,6 +51,11 @@ impl MeiTarget {
         match self {
             MeiTarget::OutputNeuron { session, neuron } => format!("output.{session}.{neuron}"),
             MeiTarget::InnerChannel { layer, channel } => format!("core_features_layer{layer}.{channel}"),
+            MeiTarget::Contrastive { session, on, off } => {
+                let group = |g: &[usize]| g.iter().map(usize::to_string).collect::<Vec<_>>().join("-");
+                let off: Vec<String> = off.iter().map(|g| group(g)).collect();
+                format!("mds.{session}.{}_vs_{}", group(on), off.join("_vs_"))
+            }
         }
     }
 }
@@ -43,6 +74,10 @@ pub struct Objective<'m, F> {
     /// The part of the stimulus the objective depends on, where it can be told exactly: gradients are
     /// computed on that part only (zero elsewhere).
     region: Region,
+    /// +1 to maximise the objective, -1 to minimise it (the objective is reported with this sign).
+    sign: f64,
+    /// Temperature of a contrastive objective.
+    temperature: f64,
 }
 
 /// A box of the stimulus: first frame, row and column, and its shape `(channels, t, h, w)`; for an
@@ -85,6 +120,21 @@ impl<'m, F: Float> Objective<'m, F> {
                 let t_out = model.config.core_output_shape(time_steps)?[1];
                 (session.clone(), t_out, OUTPUT_WINDOW_START)
             }
+            MeiTarget::Contrastive { session, on, off } => {
+                let readout = model.readout(session)?;
+                if on.is_empty() || off.is_empty() || off.iter().any(|g| g.is_empty()) {
+                    return Err(Error::new("a most discriminative stimulus needs a non-empty group of neurons and at least one non-empty group to contrast it with"));
+                }
+                if let Some(n) = on.iter().chain(off.iter().flatten()).find(|&&n| n >= readout.neurons) {
+                    return Err(Error::new(format!(
+                        "neuron {n} does not exist: session {session} has {} neurons (0 … {})",
+                        readout.neurons,
+                        readout.neurons - 1
+                    )));
+                }
+                let t_out = model.config.core_output_shape(time_steps)?[1];
+                (session.clone(), t_out, OUTPUT_WINDOW_START)
+            }
             MeiTarget::InnerChannel { layer, channel } => {
                 let shapes = model.config.layer_output_shapes(time_steps)?;
                 let s = shapes.get(*layer).ok_or_else(|| {
@@ -111,7 +161,21 @@ impl<'m, F: Float> Objective<'m, F> {
             series_len,
             window,
             region,
+            sign: 1.0,
+            temperature: DEFAULT_TEMPERATURE,
         })
+    }
+
+    /// Maximise or minimise; the objective and its gradient take the direction's sign.
+    pub fn with_direction(mut self, direction: Direction) -> Self {
+        self.sign = direction.sign();
+        self
+    }
+
+    /// The temperature of a contrastive objective (ignored by the others).
+    pub fn with_temperature(mut self, temperature: f64) -> Self {
+        self.temperature = temperature;
+        self
     }
 
     /// The stimulus frames `[first, last]` (inclusive) whose responses the window averages: what the
@@ -125,8 +189,8 @@ impl<'m, F: Float> Objective<'m, F> {
     /// they run through (for operation counts).
     pub fn gradient_work(&self) -> ([usize; 4], usize) {
         let layers = match &self.target {
-            MeiTarget::OutputNeuron { .. } => self.model.core.layers.len(),
             MeiTarget::InnerChannel { layer, .. } => layer + 1,
+            _ => self.model.core.layers.len(),
         };
         (self.region.shape, layers)
     }
@@ -179,21 +243,16 @@ impl<'m, F: Float> Objective<'m, F> {
         centre: Option<(usize, usize)>,
         with_gradient: bool,
     ) -> (f64, Vec<F>, Option<Vec<F>>) {
-        let inv_len = F::one() / F::from_f64(len as f64);
+        // d objective / d (one frame of the window), with the direction's sign.
+        let inv_len = F::from_f64(self.sign) / F::from_f64(len as f64);
         match &self.target {
-            MeiTarget::OutputNeuron { neuron, .. } => {
+            MeiTarget::OutputNeuron { .. } | MeiTarget::Contrastive { .. } => {
                 let readout = &self.model.readouts[&self.session];
                 let tape = self.model.core.forward(&self.kernels, x, shape);
                 let (core_out, [_, t, _, _]) = self.model.core.output(&tape);
                 let (responses, readout_tape) = readout.forward(&core_out, t);
-                let n_n = readout.neurons;
-                let series: Vec<F> = (0..t).map(|ti| responses[ti * n_n + neuron]).collect();
-                let objective = mean(&series[start..start + len]);
+                let (objective, series, g_resp) = self.score_responses(&responses, t, (start, len));
                 let gradient = with_gradient.then(|| {
-                    let mut g_resp = vec![F::zero(); responses.len()];
-                    for ti in start..start + len {
-                        g_resp[ti * n_n + neuron] = inv_len;
-                    }
                     let g_core = readout.backward(&readout_tape, &g_resp, t);
                     self.model.core.backward(&self.kernels, &tape, vec![], Some(&g_core))
                 });
@@ -206,7 +265,7 @@ impl<'m, F: Float> Objective<'m, F> {
                 let centre = cy * w + cx;
                 let out = &tape.outputs[*layer];
                 let series: Vec<F> = (0..t).map(|ti| out[(channel * t + ti) * h * w + centre]).collect();
-                let objective = mean(&series[start..start + len]);
+                let objective = self.sign * mean(&series[start..start + len]);
                 let gradient = with_gradient.then(|| {
                     let mut g = vec![F::zero(); c * t * h * w];
                     for ti in start..start + len {
@@ -220,6 +279,76 @@ impl<'m, F: Float> Objective<'m, F> {
             }
         }
     }
+}
+
+impl<F: Float> Objective<'_, F> {
+    /// For a readout objective: from the session's responses `(t, neurons)`, the objective (with its
+    /// sign), its time series (the neuron's trace, or the mean trace of the `on` group) and its
+    /// gradient with respect to every response.
+    fn score_responses(&self, responses: &[F], t: usize, (start, len): (usize, usize)) -> (f64, Vec<F>, Vec<F>) {
+        let n_n = responses.len() / t;
+        let window = start..start + len;
+        let mut g_resp = vec![F::zero(); responses.len()];
+        match &self.target {
+            MeiTarget::OutputNeuron { neuron, .. } => {
+                let series: Vec<F> = (0..t).map(|ti| responses[ti * n_n + neuron]).collect();
+                let seed = F::from_f64(self.sign) / F::from_f64(len as f64);
+                for ti in window.clone() {
+                    g_resp[ti * n_n + neuron] = seed;
+                }
+                (self.sign * mean(&series[window]), series, g_resp)
+            }
+            MeiTarget::Contrastive { on, off, .. } => {
+                // Per neuron: mean response over the window (openretina's reducer); per group: the
+                // mean of its neurons' scores; objective on/T - logsumexp([on, off...]/T) + ln(groups).
+                let score = |n: usize| window.clone().map(|ti| responses[ti * n_n + n].to_f64()).sum::<f64>() / len as f64;
+                let group_score = |g: &[usize]| g.iter().map(|&n| score(n)).sum::<f64>() / g.len() as f64;
+                let groups: Vec<&[usize]> = std::iter::once(on.as_slice()).chain(off.iter().map(Vec::as_slice)).collect();
+                let temperature = self.temperature;
+                let scaled: Vec<f64> = groups.iter().map(|g| group_score(g) / temperature).collect();
+                let max = scaled.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+                let sum_exp: f64 = scaled.iter().map(|v| (v - max).exp()).sum();
+                // openretina's constant log(groups) is a float32 tensor whatever the model's precision.
+                let log_groups = (groups.len() as f64).ln() as f32 as f64;
+                let objective = scaled[0] - (max + sum_exp.ln()) + log_groups;
+                // d objective / d group score: (1[on] - softmax) / T, spread over each group's
+                // neurons and window frames.
+                for (k, g) in groups.iter().enumerate() {
+                    let softmax = (scaled[k] - max).exp() / sum_exp;
+                    let d_group = ((k == 0) as u8 as f64 - softmax) / temperature;
+                    let seed = self.sign * d_group / (g.len() * len) as f64;
+                    for &n in g.iter() {
+                        for ti in window.clone() {
+                            g_resp[ti * n_n + n] += F::from_f64(seed);
+                        }
+                    }
+                }
+                (self.sign * objective, group_trace(responses, t, on), g_resp)
+            }
+            MeiTarget::InnerChannel { .. } => unreachable!("inner channels are scored on their layer output"),
+        }
+    }
+
+    /// The response traces a figure shows: for a contrastive objective the mean trace of the `on`
+    /// group then of each `off` group, otherwise the objective's one series.
+    pub fn group_traces(&self, x: &[F]) -> Vec<Vec<F>> {
+        let MeiTarget::Contrastive { on, off, .. } = &self.target else {
+            return vec![self.evaluate(x).1];
+        };
+        let readout = &self.model.readouts[&self.session];
+        let tape = self.model.core.forward(&self.kernels, x, self.stimulus_shape);
+        let (core_out, [_, t, _, _]) = self.model.core.output(&tape);
+        let (responses, _) = readout.forward(&core_out, t);
+        std::iter::once(on).chain(off).map(|g| group_trace(&responses, t, g)).collect()
+    }
+}
+
+/// The mean over `group`'s neurons of responses `(t, neurons)`, per frame.
+fn group_trace<F: Float>(responses: &[F], t: usize, group: &[usize]) -> Vec<F> {
+    let n_n = responses.len() / t;
+    (0..t)
+        .map(|ti| F::from_f64(group.iter().map(|&n| responses[ti * n_n + n].to_f64()).sum::<f64>() / group.len() as f64))
+        .collect()
 }
 
 /// The part of the stimulus an objective depends on, when it can be bounded exactly.
@@ -238,15 +367,15 @@ fn dependency_region<F: Float>(model: &Model<F>, target: &MeiTarget, full: [usiz
     let config = &model.config;
     let everything = Region { t0: 0, y0: 0, x0: 0, shape: full, centre: None };
     let last_layer = match target {
-        MeiTarget::OutputNeuron { .. } => config.layers.len() - 1,
         MeiTarget::InnerChannel { layer, .. } => *layer,
+        _ => config.layers.len() - 1,
     };
     let layers = &config.layers[..=last_layer];
     if config.downsample_input_kernel_size.is_some() || layers.iter().any(|l| l.padding[0] != (0, 0)) {
         return everything;
     }
     let mut region = Region { t0: window_start, shape: [full[0], full[1] - window_start, full[2], full[3]], ..everything };
-    if matches!(target, MeiTarget::OutputNeuron { .. }) || layers.iter().any(|l| l.max_pool) {
+    if !matches!(target, MeiTarget::InnerChannel { .. }) || layers.iter().any(|l| l.max_pool) {
         return region;
     }
     let Ok(shapes) = config.layer_output_shapes(full[1]) else { return region };
