@@ -1,7 +1,10 @@
 //! Checkpoint readers against the openretina fixtures, and hostile files that must be refused.
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::{zip_with, PickleWriter};
 
 use retina::formats::checkpoint::{read_ensemble_member, read_lightning_checkpoint, read_model, read_model_file};
 use retina::formats::{pickle, safetensors, RawModel, TensorData};
@@ -92,6 +95,51 @@ fn ensemble_members_match_their_safetensors() {
     assert_one_line_error(read_ensemble_member(&dir, -6), "out of range");
 }
 
+/// Every pickle-bearing file under `../shared/fixtures` (openretina 1.1.1's own checkpoints, the zoo
+/// of other cores and readouts, the ensemble replica) still loads through the allow-list of globals.
+#[test]
+fn every_fixture_checkpoint_loads() {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&fixtures(), &mut files);
+    files.sort();
+    let mut loaded = 0;
+    for path in &files {
+        let name = path.file_name().unwrap().to_string_lossy();
+        if name.ends_with(".ckpt") {
+            let model = read_model_file(path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!model.tensors.is_empty(), "{}", path.display());
+        } else if name.ends_with(".pth.tar") {
+            let file = std::fs::File::open(path).unwrap();
+            let mut torch = retina::formats::torch::TorchFile::open(file, &path.display().to_string()).unwrap();
+            let root = torch.pickle.root.clone();
+            assert!(!torch.state_dict(&root).unwrap_or_else(|e| panic!("{e}")).is_empty());
+        } else if name.ends_with(".pkl") {
+            pickle::parse(&std::fs::read(path).unwrap(), &path.display().to_string()).unwrap_or_else(|e| panic!("{e}"));
+        } else if name.starts_with("config_") && name.ends_with(".yaml") {
+            let id = name.trim_start_matches("config_").trim_end_matches(".yaml").parse::<i64>().unwrap();
+            let folder = path.parent().unwrap();
+            let ids = retina::formats::checkpoint::ensemble_member_ids(folder).unwrap();
+            let index = ids.iter().position(|&i| i == id).unwrap();
+            read_ensemble_member(folder, index as i64).unwrap_or_else(|e| panic!("{e}"));
+        } else {
+            continue;
+        }
+        loaded += 1;
+    }
+    // 9 Lightning checkpoints (2 + 7 in the zoo), 5 x (state dict, data info, config) of the ensemble.
+    assert!(loaded >= 24, "only {loaded} fixture checkpoints found under {}", fixtures().display());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hostile and broken files
 
@@ -103,17 +151,6 @@ fn os_system_pickle(marker: &Path) -> Vec<u8> {
     bytes.extend(command.as_bytes());
     bytes.extend(b"\x85R.");
     bytes
-}
-
-/// A zip archive with the given entries, stored uncompressed (as torch.save writes them).
-fn zip_with(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, data) in entries {
-        writer.start_file(*name, options).unwrap();
-        writer.write_all(data).unwrap();
-    }
-    writer.finish().unwrap().into_inner()
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -128,14 +165,13 @@ fn os_system_pickle_is_never_executed() {
     let marker = dir.path().join("executed");
     let evil = os_system_pickle(&marker);
 
-    // The pickle reader alone records the call inertly.
-    let parsed = pickle::parse(&evil, "evil").unwrap();
-    assert_eq!(parsed.object_class(&parsed.root), Some(("os", "system")));
+    // The pickle reader refuses the global before anything is built from it.
+    assert_one_line_error(pickle::parse(&evil, "evil"), "refusing to load: the pickle calls os.system");
 
     // As the data.pkl of a checkpoint.
     let ckpt = write(dir.path(), "evil.ckpt", &zip_with(&[("archive/data.pkl", &evil)]));
-    let message = assert_one_line_error(read_lightning_checkpoint(&ckpt), "not a Lightning checkpoint");
-    assert!(message.contains("evil.ckpt"), "{message}");
+    let message = assert_one_line_error(read_lightning_checkpoint(&ckpt), "refusing to load");
+    assert!(message.starts_with(&format!("{}: refusing to load: the checkpoint calls os.system", ckpt.display())));
     assert_one_line_error(read_model_file(&ckpt), "os.system");
 
     // As a bare file.
@@ -147,7 +183,8 @@ fn os_system_pickle_is_never_executed() {
     std::fs::create_dir(&ensemble).unwrap();
     write(&ensemble, "config_00000.yaml", b"model_config: {}\nmodel_fn: nnfabrik_euler.models.models.X\n");
     write(&ensemble, "data_info_00000.pkl", &evil);
-    assert_one_line_error(read_ensemble_member(&ensemble, 0), "data_info_00000.pkl");
+    let message = assert_one_line_error(read_ensemble_member(&ensemble, 0), "data_info_00000.pkl");
+    assert!(message.contains("calls os.system"), "{message}");
 
     assert!(!marker.exists(), "the pickle was executed");
 }
@@ -261,42 +298,6 @@ fn every_prefix_of_a_pickle_is_refused_cleanly() {
 // ---------------------------------------------------------------------------------------------
 // Hand-built torch archives: views, shared storages, dtypes, the legacy `bias_param` name.
 
-/// Emits pickle opcodes (protocol 2), enough to write a small Lightning checkpoint by hand.
-struct PickleWriter(Vec<u8>);
-
-impl PickleWriter {
-    fn new() -> Self {
-        PickleWriter(b"\x80\x02".to_vec())
-    }
-    fn op(&mut self, bytes: &[u8]) -> &mut Self {
-        self.0.extend(bytes);
-        self
-    }
-    fn str(&mut self, s: &str) -> &mut Self {
-        self.op(b"X").op(&(s.len() as u32).to_le_bytes()).op(s.as_bytes())
-    }
-    fn int(&mut self, i: i32) -> &mut Self {
-        self.op(b"J").op(&i.to_le_bytes())
-    }
-    fn global(&mut self, module: &str, name: &str) -> &mut Self {
-        self.op(b"c").op(module.as_bytes()).op(b"\n").op(name.as_bytes()).op(b"\n")
-    }
-    fn int_tuple(&mut self, values: &[i32]) -> &mut Self {
-        self.op(b"(");
-        for &v in values {
-            self.int(v);
-        }
-        self.op(b"t")
-    }
-    /// `_rebuild_tensor_v2(storage(kind, key, numel), offset, shape, stride, False, OrderedDict())`.
-    fn tensor(&mut self, kind: &str, key: &str, numel: i32, offset: i32, shape: &[i32], stride: &[i32]) -> &mut Self {
-        self.global("torch._utils", "_rebuild_tensor_v2").op(b"(");
-        self.op(b"(").str("storage").global("torch", kind).str(key).str("cpu").int(numel).op(b"tQ");
-        self.int(offset).int_tuple(shape).int_tuple(stride).op(b"\x89");
-        self.global("collections", "OrderedDict").op(b")R").op(b"tR")
-    }
-}
-
 #[test]
 fn strided_views_shared_storages_and_dtypes() {
     let mut p = PickleWriter::new();
@@ -320,7 +321,7 @@ fn strided_views_shared_storages_and_dtypes() {
     p.str("temporal_kernel_sizes").int_tuple(&[21]);
     p.str("spatial_kernel_sizes").int_tuple(&[11]);
     p.str("n_neurons_dict").op(b"}(").str("s1").int(2).op(b"u");
-    p.str("core").global("some.module", "Core").op(b")\x81}(").str("training").op(b"\x89ub");
+    p.str("core").global("openretina.modules.core.base_core", "SimpleCoreWrapper").op(b")\x81}(").str("training").op(b"\x89ub");
     p.str("learning_rate").op(b"G").op(&0.01f64.to_be_bytes());
     p.op(b"uu.");
 

@@ -13,7 +13,6 @@
 //! `_target_`); `ExampleCoreReadout` takes flat arguments (`temporal_kernel_sizes`, ...) and its saved
 //! `core` / `readout` are torch modules. Anything else is refused with a message saying so.
 
-use std::fs::File;
 use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 
@@ -21,7 +20,7 @@ use serde_json::{Map, Value as Json};
 
 use super::pickle::{self, Node, Pickle, Value};
 use super::torch::{is_zip, TorchFile};
-use super::RawModel;
+use super::{open_regular_file, RawModel};
 use crate::error::{Error, Result};
 
 /// Deepest hyper-parameter / config nesting converted to JSON (also stops cycles).
@@ -37,13 +36,12 @@ pub fn read_model(path: &Path, model_id: i64) -> Result<RawModel> {
     if metadata.is_dir() {
         return read_ensemble_member(path, model_id);
     }
+    let file = open_regular_file(path)?;
     if model_id != 0 && model_id != -1 {
         return Err(Error::file(path, format!("model id {model_id} asked for, but this file holds a single model")));
     }
     let mut head = Vec::with_capacity(16);
-    File::open(path)
-        .and_then(|f| f.take(16).read_to_end(&mut head))
-        .map_err(|e| Error::file(path, format!("cannot read ({e})")))?;
+    file.take(16).read_to_end(&mut head).map_err(|e| Error::file(path, format!("cannot read ({e})")))?;
     if head.is_empty() {
         return Err(Error::file(path, "the file is empty"));
     }
@@ -51,8 +49,7 @@ pub fn read_model(path: &Path, model_id: i64) -> Result<RawModel> {
         return read_lightning_checkpoint(path);
     }
     if looks_like_safetensors(&head, metadata.len()) {
-        let bytes = super::safetensors::read_file(path)?;
-        return super::safetensors::parse_model(&bytes, &path.display().to_string());
+        return super::safetensors::read_model_file(path);
     }
     if head[0] == 0x80 {
         return Err(Error::file(
@@ -95,7 +92,7 @@ fn looks_like_safetensors(head: &[u8], file_len: u64) -> bool {
 
 /// Read a Lightning checkpoint of an openretina Core + Readout model.
 pub fn read_lightning_checkpoint(path: &Path) -> Result<RawModel> {
-    let file = File::open(path).map_err(|e| Error::file(path, format!("cannot read ({e})")))?;
+    let file = open_regular_file(path)?;
     let mut torch = TorchFile::open(BufReader::new(file), &path.display().to_string())?;
     lightning_model(&mut torch, &path.display().to_string())
 }
@@ -175,18 +172,24 @@ fn describe(p: &Pickle, v: &Value) -> String {
 /// Convert plain pickled values to JSON. `Ok(None)` means "left out": torch modules, tensors, arrays
 /// and other objects are not hyper parameters; omegaconf containers and nodes become their content.
 pub fn to_json(p: &Pickle, v: &Value, depth: u32) -> std::result::Result<Option<Json>, String> {
-    let mut budget = MAX_JSON_VALUES;
+    let mut budget = MAX_JSON_BYTES;
     json_value(p, v, depth, &mut budget)
 }
 
-/// Most JSON values one conversion may produce. Shared references make a pickle a graph: a few hundred
-/// bytes can name a dict of dicts that expands to 2^100 values. Real hyper parameters have hundreds.
-const MAX_JSON_VALUES: usize = 1 << 20;
+/// Most bytes (about: each value counts 32 plus its text) one conversion may produce. Shared
+/// references make a pickle a graph: a few hundred bytes can name a dict of dicts that expands to
+/// 2^100 values, or a list of 1000 references to a list of 1000 references to one long string. Real
+/// hyper parameters take a few kB. One budget may be shared by several conversions of one file.
+pub const MAX_JSON_BYTES: usize = 32 << 20;
 
 fn json_value(p: &Pickle, v: &Value, depth: u32, budget: &mut usize) -> std::result::Result<Option<Json>, String> {
-    *budget = budget
-        .checked_sub(1)
-        .ok_or_else(|| format!("hyper parameters expand to more than {MAX_JSON_VALUES} values (shared references)"))?;
+    let text_len = match v {
+        Value::Str(s) => s.len(),
+        _ => 0,
+    };
+    *budget = budget.checked_sub(32 + text_len).ok_or_else(|| {
+        format!("the values expand to more than {} MB (shared references); refusing to expand them", MAX_JSON_BYTES >> 20)
+    })?;
     if depth > MAX_JSON_DEPTH {
         return Err(format!("values nested more than {MAX_JSON_DEPTH} levels deep (or cyclic)"));
     }
@@ -229,7 +232,10 @@ fn dict_to_json(p: &Pickle, entries: &[(Value, Value)], depth: u32, budget: &mut
     for (key, value) in entries {
         // JSON keys are strings; like json.dumps, write ints, bools and None as their JSON text.
         let key = match key {
-            Value::Str(s) => s.to_string(),
+            Value::Str(s) => {
+                *budget = budget.checked_sub(s.len()).ok_or("the values' keys expand beyond the budget (shared references)")?;
+                s.to_string()
+            }
             Value::Int(i) => i.to_string(),
             Value::Bool(b) => b.to_string(),
             Value::None => "null".to_string(),
@@ -319,7 +325,7 @@ pub fn read_ensemble_member(dir: &Path, model_id: i64) -> Result<RawModel> {
     let (input_dimensions, n_neurons_dict) =
         ensemble_data_info(&data_info).map_err(|problem| Error::file(&data_info_path, problem))?;
 
-    let file = File::open(&state_dict_path).map_err(|e| Error::file(&state_dict_path, format!("cannot read ({e})")))?;
+    let file = open_regular_file(&state_dict_path)?;
     let mut torch = TorchFile::open(BufReader::new(file), &state_dict_path.display().to_string())?;
     let root = torch.pickle.root.clone();
     let tensors = torch.state_dict(&root)?;
@@ -332,7 +338,7 @@ pub fn read_ensemble_member(dir: &Path, model_id: i64) -> Result<RawModel> {
 }
 
 fn read_side_file(path: &Path) -> Result<Vec<u8>> {
-    let file = File::open(path).map_err(|e| Error::file(path, format!("cannot read ({e})")))?;
+    let file = open_regular_file(path)?;
     let mut bytes = Vec::new();
     file.take(MAX_SIDE_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -362,11 +368,13 @@ fn ensemble_data_info(p: &Pickle) -> std::result::Result<SessionMaps, String> {
     let sessions = p.dict_entries(&p.root).ok_or("data_info is not a dict of sessions")?;
     let mut input_dimensions = Map::new();
     let mut n_neurons = Map::new();
+    // One budget for all sessions: they may all point at the same huge shared value.
+    let mut budget = MAX_JSON_BYTES;
     for (session, info) in sessions {
         let Value::Str(session) = session else { return Err("a data_info session key is not a string".into()) };
         let dims =
             p.dict_get(info, "input_dimensions").ok_or_else(|| format!("session {session} has no input_dimensions"))?;
-        let dims = match to_json(p, dims, 0)? {
+        let dims = match json_value(p, dims, 0, &mut budget)? {
             Some(Json::Array(dims)) if dims.iter().all(Json::is_i64) => Json::Array(dims),
             _ => return Err(format!("session {session}: input_dimensions is not a tuple of integers")),
         };

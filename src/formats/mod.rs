@@ -12,6 +12,8 @@ pub mod safetensors;
 pub mod torch;
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -66,6 +68,31 @@ pub struct RawModel {
     pub hyper_parameters: serde_json::Value,
     /// PyTorch state-dict tensors by name.
     pub tensors: BTreeMap<String, RawTensor>,
+}
+
+/// No openretina model comes near this many bytes of tensors: a file asking for more is refused
+/// before its data is read.
+pub const MAX_MODEL_BYTES: u64 = 4 << 30;
+
+/// Open `path` for reading if it is a regular file (symlinks followed). Anything else is refused
+/// before it is opened: opening a FIFO blocks until someone writes to it, and reading a device or
+/// socket may never end.
+pub fn open_regular_file(path: &Path) -> Result<File> {
+    let metadata = std::fs::metadata(path).map_err(|e| Error::file(path, format!("cannot read ({e})")))?;
+    check_regular(path, &metadata)?;
+    let file = File::open(path).map_err(|e| Error::file(path, format!("cannot read ({e})")))?;
+    // The path may have been swapped between the two looks; the open file is what counts.
+    let metadata = file.metadata().map_err(|e| Error::file(path, format!("cannot read ({e})")))?;
+    check_regular(path, &metadata)?;
+    Ok(file)
+}
+
+fn check_regular(path: &Path, metadata: &std::fs::Metadata) -> Result<()> {
+    if metadata.is_file() {
+        return Ok(());
+    }
+    let kind = if metadata.is_dir() { "a folder" } else { "not a regular file (a FIFO, socket or device?)" };
+    Err(Error::file(path, format!("{kind}; retina reads model and tensor files only from regular files")))
 }
 
 /// The built-in `demo` model: openretina's `ExampleCoreReadout` fixture with the architecture of

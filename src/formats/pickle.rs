@@ -11,6 +11,10 @@
 //! - numpy arrays, dtypes and scalars (`numpy.core.multiarray._reconstruct` / `scalar`, `numpy.dtype`
 //!   followed by `BUILD`), as in nnfabrik's `data_info` pickles.
 //!
+//! Like PyTorch's `weights_only` loading, only the globals a model file needs may be named at all
+//! ([`is_allowed_global`]); a file naming any other (`posix.system`, `builtins.eval`...) was made to
+//! run code and is refused with one line naming the global.
+//!
 //! Everything the machine creates lives in one arena ([`Pickle::nodes`]) and values refer to it by
 //! index, so shared and even cyclic references (omegaconf nodes point back at their parent) cost
 //! nothing and dropping the tree never recurses. Hostile input is bounded: container nesting depth,
@@ -245,8 +249,27 @@ pub fn parse(bytes: &[u8], what: &str) -> Result<Pickle> {
 }
 
 pub fn parse_with_limits(bytes: &[u8], what: &str, limits: Limits) -> Result<Pickle> {
+    parse_part(bytes, what, None, limits)
+}
+
+/// The `data.pkl` of a `torch.save` archive `what`: errors name the record, refusals the file.
+pub fn parse_checkpoint(bytes: &[u8], what: &str) -> Result<Pickle> {
+    parse_part(bytes, what, Some("data.pkl"), Limits::default())
+}
+
+fn parse_part(bytes: &[u8], what: &str, record: Option<&str>, limits: Limits) -> Result<Pickle> {
     let mut machine = Machine::new(bytes, limits);
     machine.run().map_err(|problem| {
+        if let Some(global) = &machine.refused {
+            let noun = if record.is_some() { "checkpoint" } else { "pickle" };
+            return Error::new(format!(
+                "{what}: refusing to load: the {noun} calls {global}, which model files never need"
+            ));
+        }
+        let what = match record {
+            Some(record) => format!("{what}: {record}"),
+            None => what.to_string(),
+        };
         Error::new(format!("{what}: not a readable pickle: {problem} (at byte {})", machine.op_start))
     })
 }
@@ -268,6 +291,8 @@ struct Machine<'a> {
     /// least one byte per value it stores, so this stays below a few times the input length; a
     /// hostile one that reuses a big memoised tuple over and over is stopped instead.
     work: std::cell::Cell<u64>,
+    /// `module.name` of a global outside [`is_allowed_global`], when that stopped the machine.
+    refused: Option<String>,
 }
 
 type Step<T> = std::result::Result<T, String>;
@@ -285,6 +310,7 @@ impl<'a> Machine<'a> {
             nodes: Vec::new(),
             depths: Vec::new(),
             work: std::cell::Cell::new(0),
+            refused: None,
         }
     }
 
@@ -542,7 +568,7 @@ impl<'a> Machine<'a> {
                 b'c' => {
                     let module = line_str(self.take_line()?)?;
                     let name = line_str(self.take_line()?)?;
-                    let v = self.new_node(Node::Class { module: module.into(), name: name.into() }, 0)?;
+                    let v = self.new_global(module.into(), name.into())?;
                     self.push(v)?
                 }
                 0x93 => {
@@ -551,7 +577,7 @@ impl<'a> Machine<'a> {
                     let (Value::Str(module), Value::Str(name)) = (module, name) else {
                         return Err("STACK_GLOBAL needs two strings".into());
                     };
-                    let v = self.new_node(Node::Class { module, name }, 0)?;
+                    let v = self.new_global(module, name)?;
                     self.push(v)?
                 }
                 b'R' => {
@@ -587,7 +613,7 @@ impl<'a> Machine<'a> {
                     let module = line_str(self.take_line()?)?;
                     let name = line_str(self.take_line()?)?;
                     let items = self.pop_mark()?;
-                    let class = self.new_node(Node::Class { module: module.into(), name: name.into() }, 0)?;
+                    let class = self.new_global(module.into(), name.into())?;
                     let args = self.new_container(Node::Tuple(Vec::new()), items)?;
                     let v = self.new_object(class, args, None)?;
                     self.push(v)?
@@ -748,6 +774,18 @@ impl<'a> Machine<'a> {
         self.nodes.push(node);
         self.depths.push(depth);
         Ok(Value::Node(self.nodes.len() - 1))
+    }
+
+    /// A reference to `module.name`; globals a model file never needs stop the reading (see
+    /// [`is_allowed_global`]).
+    fn new_global(&mut self, module: Arc<str>, name: Arc<str>) -> Step<Value> {
+        if !is_allowed_global(&module, &name) {
+            let global: String = format!("{module}.{name}").chars().take(200).collect();
+            let global = global.escape_debug().to_string();
+            self.refused = Some(global.clone());
+            return Err(format!("refusing the global {global}"));
+        }
+        self.new_node(Node::Class { module, name }, 0)
     }
 
     /// A list, tuple or set node holding `items`.
@@ -1045,6 +1083,81 @@ fn is_interpreted(module: &str, name: &str) -> bool {
     )
 }
 
+/// The globals a model file may name, after PyTorch's `weights_only` unpickler, widened to what
+/// openretina 1.1.1's checkpoints really hold (measured on every file of `../shared/fixtures`):
+/// `ExampleCoreReadout` saves its core and readout as torch modules inside `hyper_parameters`,
+/// `UnifiedCoreReadout` its configs as omegaconf containers (with numpy arrays and `typing.Any`),
+/// nnfabrik's `data_info` numpy arrays. Nothing is ever called either way; a global outside this list
+/// means the file was made to run code when Python loads it, so it is refused rather than read.
+pub fn is_allowed_global(module: &str, name: &str) -> bool {
+    match module {
+        "torch._utils" => matches!(
+            name,
+            "_rebuild_tensor_v2" | "_rebuild_tensor" | "_rebuild_parameter" | "_rebuild_parameter_with_state"
+        ),
+        "torch" => {
+            StorageDtype::from_storage_class(name).is_some()
+                || matches!(
+                    name,
+                    "Size"
+                        | "device"
+                        | "float64"
+                        | "float32"
+                        | "float16"
+                        | "bfloat16"
+                        | "int64"
+                        | "int32"
+                        | "int16"
+                        | "int8"
+                        | "uint8"
+                        | "bool"
+                        // Functions torch modules hold as their nonlinearity.
+                        | "sigmoid"
+                        | "tanh"
+                        | "exp"
+                        | "relu"
+                )
+        }
+        // Activation functions a module keeps as an attribute (openretina readouts: softplus).
+        "torch._C._nn" | "torch.nn.functional" => !name.starts_with('_'),
+        "collections" => matches!(name, "OrderedDict" | "defaultdict"),
+        // The data types only: never getattr, eval, exec, open, __import__ ...
+        "builtins" | "__builtin__" => matches!(
+            name,
+            "set" | "frozenset" | "dict" | "list" | "tuple" | "int" | "long" | "float" | "str" | "unicode"
+                | "bool" | "bytes" | "bytearray" | "complex" | "slice" | "range" | "object"
+        ),
+        // How protocol-2 pickles carry numpy's raw bytes.
+        "_codecs" => name == "encode",
+        "numpy" => matches!(name, "ndarray" | "dtype"),
+        "numpy.core.multiarray" | "numpy._core.multiarray" => matches!(name, "_reconstruct" | "scalar"),
+        "numpy.core.numeric" | "numpy._core.numeric" => name == "_frombuffer",
+        "numpy.dtypes" => name.ends_with("DType"),
+        "omegaconf.base" | "omegaconf.dictconfig" | "omegaconf.listconfig" | "omegaconf.nodes" => {
+            !name.starts_with('_')
+        }
+        "typing" => matches!(
+            name,
+            "Any" | "Dict" | "List" | "Tuple" | "Optional" | "Union" | "Sequence" | "Mapping" | "Set" | "Callable"
+        ),
+        "pathlib" => matches!(
+            name,
+            "Path" | "PosixPath" | "WindowsPath" | "PurePath" | "PurePosixPath" | "PureWindowsPath"
+        ),
+        "datetime" => matches!(name, "timedelta" | "datetime" | "date" | "timezone"),
+        "lightning.fabric.utilities.data" | "pytorch_lightning.utilities.parsing" | "lightning.pytorch.utilities.parsing" => {
+            name == "AttributeDict"
+        }
+        // Module classes saved inside hyper parameters: torch's layers and openretina's own.
+        _ => {
+            let module_class = module.starts_with("torch.nn.modules.")
+                || module.starts_with("openretina.modules.")
+                || module.starts_with("openretina.models.");
+            module_class && name.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+        }
+    }
+}
+
 fn non_negative(v: &Value) -> Option<u64> {
     match v {
         Value::Int(i) => u64::try_from(*i).ok(),
@@ -1101,10 +1214,53 @@ mod tests {
     }
 
     #[test]
-    fn global_reduce_is_inert() {
-        let bytes = b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00echo\x85R.";
-        let p = parse(bytes, "test").unwrap();
-        assert_eq!(p.object_class(&p.root), Some(("os", "system")));
+    fn globals_outside_the_allow_list_are_refused() {
+        let bytes = b"\x80\x02cposix\nsystem\nX\x04\x00\x00\x00echo\x85R.";
+        let error = parse(bytes, "model.pkl").unwrap_err();
+        assert_eq!(
+            error.message(),
+            "model.pkl: refusing to load: the pickle calls posix.system, which model files never need"
+        );
+        let error = parse_checkpoint(bytes, "model.ckpt").unwrap_err();
+        assert!(error.message().starts_with("model.ckpt: refusing to load: the checkpoint calls posix.system"));
+        // STACK_GLOBAL and INST go through the same check.
+        let stack_global = b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93.";
+        assert!(parse(stack_global, "x").unwrap_err().message().contains("calls builtins.eval"));
+        let inst = b"(ios\nsystem\n.";
+        assert!(parse(inst, "x").unwrap_err().message().contains("calls os.system"));
+        // An allowed class reference stays an inert record.
+        let module = b"\x80\x02ctorch.nn.modules.activation\nELU\n)\x81.";
+        let p = parse(module, "test").unwrap();
+        assert_eq!(p.object_class(&p.root), Some(("torch.nn.modules.activation", "ELU")));
+    }
+
+    #[test]
+    fn allow_list() {
+        for (module, name) in [
+            ("torch._utils", "_rebuild_tensor_v2"),
+            ("torch", "FloatStorage"),
+            ("collections", "OrderedDict"),
+            ("omegaconf.dictconfig", "DictConfig"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("openretina.modules.layers.scaling", "Bias3DLayer"),
+            ("torch._C._nn", "softplus"),
+        ] {
+            assert!(is_allowed_global(module, name), "{module}.{name}");
+        }
+        for (module, name) in [
+            ("os", "system"),
+            ("posix", "system"),
+            ("builtins", "eval"),
+            ("builtins", "getattr"),
+            ("__builtin__", "__import__"),
+            ("subprocess", "Popen"),
+            ("torch", "load"),
+            ("torch.nn.modules.module", "_load_from_state_dict"),
+            ("omegaconf.omegaconf", "OmegaConf"),
+            ("openretina.utils.file_utils", "get_cache_directory"),
+        ] {
+            assert!(!is_allowed_global(module, name), "{module}.{name}");
+        }
     }
 
     #[test]

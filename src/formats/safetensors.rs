@@ -2,9 +2,10 @@
 //! and plain named tensors (stimuli, responses, MEIs).
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek};
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors, TensorView};
 
 use super::{RawModel, RawTensor, TensorData};
 use crate::error::{Error, Result};
@@ -77,9 +78,87 @@ pub fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
-/// Read a file, naming it in any error.
+/// Read a file, naming it in any error. Only regular files (a FIFO would block forever).
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read ({e})")))
+    let mut file = super::open_regular_file(path)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(|e| Error::file(path, format!("cannot read ({e})")))?;
+    Ok(bytes)
+}
+
+/// Largest safetensors header accepted (the safetensors crate's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// Read a model stored as safetensors: the header is read and checked against the file's length
+/// first, so a damaged or hostile file of gigabytes is refused after reading its header only.
+pub fn read_model_file(path: &Path) -> Result<RawModel> {
+    let what = path.display().to_string();
+    let mut file = super::open_regular_file(path)?;
+    let file_len = file.metadata().map_err(|e| Error::file(path, format!("cannot read ({e})")))?.len();
+    let header = read_header(&mut file, file_len).map_err(|problem| Error::file(path, problem))?;
+    let data_len = check_header(&header, file_len).map_err(|problem| Error::file(path, problem))?;
+    if data_len > super::MAX_MODEL_BYTES {
+        return Err(Error::file(
+            path,
+            format!("its tensors take {data_len} bytes, more than any model ({} bytes)", super::MAX_MODEL_BYTES),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.rewind()
+        .and_then(|_| file.take(file_len).read_to_end(&mut bytes))
+        .map_err(|e| Error::file(path, format!("cannot read ({e})")))?;
+    parse_model(&bytes, &what)
+}
+
+/// The JSON header of a safetensors file of `file_len` bytes, its length checked first.
+fn read_header(file: &mut (impl Read + Seek), file_len: u64) -> std::result::Result<Vec<u8>, String> {
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| "shorter than a safetensors header".to_string())?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > MAX_HEADER_BYTES || header_len > file_len.saturating_sub(8) {
+        return Err(format!(
+            "safetensors header length {header_len} does not fit a file of {file_len} bytes; the file is truncated or damaged"
+        ));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(|e| format!("cannot read ({e})"))?;
+    Ok(header)
+}
+
+/// Check a safetensors header before any tensor data is read: valid JSON, every tensor's bytes
+/// match its shape and dtype, the data follows in order without gaps, and the file is exactly as
+/// long as the header says. Returns the length of the data part.
+pub fn check_header(header: &[u8], file_len: u64) -> std::result::Result<u64, String> {
+    let invalid = |e: SafeTensorError| format!("not a valid safetensors file ({})", explain(e));
+    let text = std::str::from_utf8(header).map_err(|_| invalid(SafeTensorError::InvalidHeader))?;
+    let metadata: Metadata =
+        serde_json::from_str(text).map_err(|_| invalid(SafeTensorError::InvalidHeaderDeserialization))?;
+    let mut spans: Vec<(u64, u64, String)> = Vec::new();
+    for (name, info) in metadata.tensors() {
+        let (begin, end) = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
+        let numel = info.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        let bytes = numel.and_then(|n| n.checked_mul(info.dtype.size() as u64));
+        if bytes.is_none() || end < begin || Some(end - begin) != bytes {
+            return Err(invalid(SafeTensorError::TensorInvalidInfo));
+        }
+        spans.push((begin, end, name));
+    }
+    spans.sort();
+    let mut data_len = 0;
+    for (begin, end, name) in spans {
+        if begin != data_len {
+            return Err(invalid(SafeTensorError::InvalidOffset(name)));
+        }
+        data_len = end;
+    }
+    let expected = 8 + header.len() as u64 + data_len;
+    if expected != file_len {
+        return Err(format!(
+            "not a valid safetensors file (its header describes {expected} bytes but the file holds {file_len}; \
+             the file is truncated or damaged)"
+        ));
+    }
+    Ok(data_len)
 }
 
 /// Parse a model stored as safetensors with `model_class` and `hyper_parameters` metadata.

@@ -8,18 +8,30 @@
 //!
 //! Safety: entry names with `..`, absolute paths or backslashes are refused before anything is read;
 //! compressed entries are refused (torch never compresses); storage sizes are checked against what the
-//! pickle declares and against the archive's length before allocation.
+//! pickle declares and against the archive's length before allocation. The end-of-archive record is
+//! looked for only where the zip format allows it (the last 64 KiB + 22 bytes), so appended data
+//! cannot make opening slow. A state dict is sized before any of its data is read: every name is
+//! checked, the storages it uses must fit in the file together, and the tensors it expands to must
+//! stay within twice those storages (see [`TorchFile::state_dict`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek};
 
 use super::pickle::{self, Node, Pickle, StorageDtype, StorageRef, TensorRef, Value};
 use super::safetensors::f16_to_f32;
-use super::{RawTensor, TensorData};
+use super::{RawTensor, TensorData, MAX_MODEL_BYTES};
 use crate::error::{Error, Result};
 
 /// Largest tensor a view may expand to beyond its storage (stride-0 broadcasts), in elements.
 const MAX_BROADCAST_ELEMENTS: u64 = 1 << 24;
+/// Slack of the state-dict memory budget beyond twice its storages: small integer tensors widen to
+/// i64 (8x), half floats to f32 (2x).
+const STATE_DICT_SLACK_BYTES: u64 = 16 << 20;
+/// Most entries in a state dict (openretina models have tens to hundreds).
+const MAX_STATE_DICT_ENTRIES: usize = 100_000;
+/// The zip end-of-central-directory record: 22 bytes plus a comment of at most 65535 bytes.
+const EOCD_LEN: u64 = 22;
+const MAX_EOCD_SEARCH: u64 = EOCD_LEN + 65535;
 
 /// An opened `torch.save` archive: the parsed pickle plus access to its storages.
 pub struct TorchFile<R: Read + Seek> {
@@ -62,6 +74,7 @@ impl<R: Read + Seek> TorchFile<R> {
             .seek(std::io::SeekFrom::End(0))
             .and_then(|len| reader.rewind().map(|_| len))
             .map_err(|e| err(format!("cannot read ({e})")))?;
+        check_end_of_archive(&mut reader, archive_len).map_err(&err)?;
         let mut archive = zip::ZipArchive::new(reader)
             .map_err(|e| err(format!("not a readable torch.save zip archive, truncated or corrupt? ({e})")))?;
         let mut pickle_entries = Vec::new();
@@ -90,7 +103,7 @@ impl<R: Read + Seek> TorchFile<R> {
         let pickle_bytes = read_entry(&mut archive, &format!("{prefix}data.pkl"), archive_len, archive_len)
             .map_err(&err)?
             .ok_or_else(|| err("data.pkl is missing".into()))?;
-        let pickle = pickle::parse(&pickle_bytes, &format!("{what}: data.pkl"))?;
+        let pickle = pickle::parse_checkpoint(&pickle_bytes, what)?;
         Ok(TorchFile {
             archive,
             archive_len,
@@ -112,19 +125,57 @@ impl<R: Read + Seek> TorchFile<R> {
     }
 
     /// All entries of a pickled dict of name -> tensor (a state dict).
+    ///
+    /// Sized before any data is read: a small file can name huge views (stride-0 broadcasts, many
+    /// views of one storage, many zip entries on one record). So every name must look like a
+    /// PyTorch parameter name, the storages the dict uses must fit in the file together (honest
+    /// records do not overlap), and the tensors must need at most twice those storages' bytes (plus
+    /// slack for widened integers), at most [`MAX_MODEL_BYTES`].
     pub fn state_dict(&mut self, dict: &Value) -> Result<BTreeMap<String, RawTensor>> {
-        let entries = self
-            .pickle
-            .dict_entries(dict)
-            .ok_or_else(|| Error::new(format!("{}: the state dict is not a dict", self.what)))?
-            .to_vec();
-        let mut tensors = BTreeMap::new();
+        let what = self.what.clone();
+        let err = |problem: String| Error::new(format!("{what}: {problem}"));
+        let entries = self.pickle.dict_entries(dict).ok_or_else(|| err("the state dict is not a dict".into()))?.to_vec();
+        if entries.len() > MAX_STATE_DICT_ENTRIES {
+            return Err(err(format!(
+                "the state dict has {} entries, more than any model ({MAX_STATE_DICT_ENTRIES})",
+                entries.len()
+            )));
+        }
+        let mut named = Vec::with_capacity(entries.len());
+        let mut storages: HashMap<&str, u64> = HashMap::new();
+        let mut tensor_bytes: u64 = 0;
         for (key, value) in &entries {
-            let Value::Str(name) = key else {
-                return Err(Error::new(format!("{}: a state dict key is not a string", self.what)));
+            let Value::Str(name) = key else { return Err(err("a state dict key is not a string".into())) };
+            check_parameter_name(name).map_err(&err)?;
+            let Some(Node::Tensor(t)) = self.pickle.node(value) else {
+                return Err(err(format!("state dict entry {name} is not a tensor")));
             };
+            let storage_bytes = t.storage.numel.saturating_mul(t.storage.dtype.size_in_bytes() as u64);
+            let declared = storages.entry(&t.storage.key).or_insert(0);
+            *declared = (*declared).max(storage_bytes);
+            let numel = t.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d)).unwrap_or(u64::MAX);
+            tensor_bytes = tensor_bytes.saturating_add(numel.saturating_mul(decoded_size(t.storage.dtype)));
+            named.push((name.to_string(), value.clone()));
+        }
+        let storage_total = storages.values().fold(0u64, |sum, &b| sum.saturating_add(b));
+        if storage_total > self.archive_len {
+            return Err(err(format!(
+                "the state dict's storages claim {storage_total} bytes, more than the whole file ({} bytes); \
+                 the file is damaged or made to exhaust memory",
+                self.archive_len
+            )));
+        }
+        let budget = storage_total.saturating_mul(2).saturating_add(STATE_DICT_SLACK_BYTES).min(MAX_MODEL_BYTES);
+        if tensor_bytes > budget {
+            return Err(err(format!(
+                "the state dict's tensors would need {tensor_bytes} bytes from {storage_total} bytes of storage \
+                 (views repeating the same data); refusing to expand them"
+            )));
+        }
+        let mut tensors = BTreeMap::new();
+        for (name, value) in &named {
             let tensor = self.tensor(value).map_err(|e| Error::new(format!("{e} (state dict entry {name})")))?;
-            tensors.insert(name.to_string(), tensor);
+            tensors.insert(name.clone(), tensor);
         }
         Ok(tensors)
     }
@@ -266,6 +317,52 @@ fn element<const N: usize>(bytes: &[u8], index: usize, big_endian: bool) -> [u8;
         out.reverse();
     }
     out
+}
+
+/// Bytes per element once decoded (half floats become f32, integers i64).
+fn decoded_size(dtype: StorageDtype) -> u64 {
+    match dtype {
+        StorageDtype::F64 | StorageDtype::F32 => dtype.size_in_bytes() as u64,
+        StorageDtype::F16 | StorageDtype::BF16 => 4,
+        _ => 8,
+    }
+}
+
+/// PyTorch parameter names: dotted identifiers (`core.features.layer0.conv.weight_spatial`).
+fn check_parameter_name(name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 1000
+        && name.chars().all(|c| c.is_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        let shown: String = name.chars().take(80).collect();
+        Err(format!("state dict entry {shown:?} is not a parameter name"))
+    }
+}
+
+/// The zip end-of-central-directory record must end the file, at most 65535 + 22 bytes from its end
+/// (the comment length is 16 bits). Searching further, as the zip crate does, lets appended
+/// gigabytes make opening slow; such a file is refused instead.
+fn check_end_of_archive<R: Read + Seek>(reader: &mut R, archive_len: u64) -> std::result::Result<(), String> {
+    let tail_len = archive_len.min(MAX_EOCD_SEARCH);
+    let mut tail = vec![0u8; tail_len as usize];
+    reader
+        .seek(std::io::SeekFrom::Start(archive_len - tail_len))
+        .and_then(|_| reader.read_exact(&mut tail))
+        .and_then(|_| reader.rewind())
+        .map_err(|e| format!("cannot read ({e})"))?;
+    let found = (0..tail.len().saturating_sub(EOCD_LEN as usize - 1)).rev().any(|at| {
+        let comment_len = u16::from_le_bytes([tail[at + 20], tail[at + 21]]) as usize;
+        tail[at..].starts_with(b"PK\x05\x06") && at + EOCD_LEN as usize + comment_len == tail.len()
+    });
+    if found {
+        Ok(())
+    } else {
+        Err("no zip end-of-archive record at the end of the file: truncated, damaged, or with data appended \
+             after the archive"
+            .into())
+    }
 }
 
 /// Read one entry, or `None` if absent. Refuses compressed entries and entries longer than `max_len`.

@@ -148,3 +148,58 @@ pub fn random_stimulus(shape: [usize; 4], seed: u64) -> Vec<f64> {
     (0..shape.iter().product::<usize>()).map(|_| rng.uniform() * 2.0 - 0.5).collect()
 }
 
+// ---- hand-built torch archives and pickles (hostile-file tests) ----
+
+/// A zip archive with the given entries, stored uncompressed (as torch.save writes them).
+pub fn zip_with(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, data) in entries {
+        writer.start_file(*name, options).unwrap();
+        std::io::Write::write_all(&mut writer, data).unwrap();
+    }
+    writer.finish().unwrap().into_inner()
+}
+
+/// Emits pickle opcodes (protocol 2), enough to write a small Lightning checkpoint by hand.
+pub struct PickleWriter(pub Vec<u8>);
+
+impl Default for PickleWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PickleWriter {
+    pub fn new() -> Self {
+        PickleWriter(b"\x80\x02".to_vec())
+    }
+    pub fn op(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.extend(bytes);
+        self
+    }
+    pub fn str(&mut self, s: &str) -> &mut Self {
+        self.op(b"X").op(&(s.len() as u32).to_le_bytes()).op(s.as_bytes())
+    }
+    pub fn int(&mut self, i: i32) -> &mut Self {
+        self.op(b"J").op(&i.to_le_bytes())
+    }
+    pub fn global(&mut self, module: &str, name: &str) -> &mut Self {
+        self.op(b"c").op(module.as_bytes()).op(b"\n").op(name.as_bytes()).op(b"\n")
+    }
+    pub fn int_tuple(&mut self, values: &[i32]) -> &mut Self {
+        self.op(b"(");
+        for &v in values {
+            self.int(v);
+        }
+        self.op(b"t")
+    }
+    /// `_rebuild_tensor_v2(storage(kind, key, numel), offset, shape, stride, False, OrderedDict())`.
+    pub fn tensor(&mut self, kind: &str, key: &str, numel: i32, offset: i32, shape: &[i32], stride: &[i32]) -> &mut Self {
+        self.global("torch._utils", "_rebuild_tensor_v2").op(b"(");
+        self.op(b"(").str("storage").global("torch", kind).str(key).str("cpu").int(numel).op(b"tQ");
+        self.int(offset).int_tuple(shape).int_tuple(stride).op(b"\x89");
+        self.global("collections", "OrderedDict").op(b")R").op(b"tR")
+    }
+}
+

@@ -1,0 +1,268 @@
+//! Hostile model files, each built here by a small generator: `retina info` must refuse every one
+//! with exit code 2 and one line on stderr, within seconds, while running under a 1 GiB address-space
+//! limit (`ulimit -v`). Every file is sized so that reading it naively would need more than that
+//! limit or take minutes, so the limits are what the test checks, not decoration.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{zip_with, PickleWriter};
+
+/// Address-space ceiling for the binary, in KiB (`ulimit -v` units): 1 GiB.
+const MEMORY_LIMIT_KIB: u64 = 1 << 20;
+/// Wall-clock ceiling per run. A refusal takes milliseconds; the margin is for a loaded CI machine.
+const TIME_LIMIT: Duration = Duration::from_secs(30);
+
+struct Refusal {
+    line: String,
+    elapsed: Duration,
+}
+
+/// Run `retina info --model-path <model>` under the memory and time ceilings; assert exit code 2,
+/// no panic, one stderr line holding every one of `words`.
+fn assert_refused(model: &Path, words: &[&str]) -> Refusal {
+    let started = Instant::now();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -v {MEMORY_LIMIT_KIB} && exec \"$0\" info --model-path \"$1\""))
+        .arg(env!("CARGO_BIN_EXE_retina"))
+        .arg(model)
+        .env("OPENRETINA_CACHE_DIRECTORY", std::env::temp_dir().join("retina-hostile-test-empty-cache"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start sh");
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if started.elapsed() > TIME_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{}: still running after {TIME_LIMIT:?}", model.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let what = model.display();
+    assert_eq!(out.status.code(), Some(2), "{what}: exit status {:?}; stderr: {stderr}", out.status);
+    assert!(!stderr.contains("panicked") && !stderr.contains("memory allocation"), "{what}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{what}: stderr should be one line, got {lines:#?}");
+    for word in words {
+        assert!(lines[0].contains(word), "{what}: `{}` does not mention `{word}`", lines[0]);
+    }
+    Refusal { line: lines[0].to_string(), elapsed }
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Grow a file to `len` bytes with a hole: gigabytes of zeros that take no disk space.
+fn extend_sparse(path: &Path, len: u64) {
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len).unwrap();
+}
+
+/// `ExampleCoreReadout` hyper parameters, enough for the checkpoint reader to reach the state dict.
+fn example_hyper_parameters(p: &mut PickleWriter) {
+    p.str("hyper_parameters").op(b"}(").str("in_shape").int_tuple(&[1]);
+    p.str("hidden_channels").int_tuple(&[1]).str("temporal_kernel_sizes").int_tuple(&[1]);
+    p.str("spatial_kernel_sizes").int_tuple(&[1]).str("n_neurons_dict").op(b"}u");
+}
+
+/// A checkpoint whose state dict holds `entries` tensors made by `tensor(p, i)`.
+fn checkpoint(entries: usize, tensor: impl Fn(&mut PickleWriter, usize)) -> Vec<u8> {
+    let mut p = PickleWriter::new();
+    p.op(b"}(").str("state_dict").op(b"}(");
+    for i in 0..entries {
+        p.str(&format!("w{i}"));
+        tensor(&mut p, i);
+    }
+    p.op(b"u");
+    example_hyper_parameters(&mut p);
+    p.op(b"u.");
+    p.0
+}
+
+const FLOATS_8MB: i32 = 2 << 20;
+
+#[test]
+fn stride_0_broadcast_views_of_one_element() {
+    // 20 views of 2^24 float64 each (128 MiB apiece, 2.5 GiB in all) on one 8-byte storage.
+    let pickle = checkpoint(20, |p, _| {
+        p.tensor("DoubleStorage", "0", 1, 0, &[1 << 24], &[0]);
+    });
+    let bytes = zip_with(&[("archive/data.pkl", &pickle), ("archive/data/0", &1.5f64.to_le_bytes())]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "broadcast.ckpt", &bytes);
+    assert!(bytes.len() < 100_000);
+    assert_refused(&path, &["broadcast.ckpt", "would need", "refusing to expand"]);
+}
+
+#[test]
+fn many_views_of_one_storage() {
+    // 160 entries all viewing one 8 MiB storage: 1.25 GiB if each were copied out.
+    let pickle = checkpoint(160, |p, _| {
+        p.tensor("FloatStorage", "0", FLOATS_8MB, 0, &[FLOATS_8MB], &[1]);
+    });
+    let storage = vec![0u8; 4 * FLOATS_8MB as usize];
+    let bytes = zip_with(&[("archive/data.pkl", &pickle), ("archive/data/0", &storage)]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "views.ckpt", &bytes);
+    assert_refused(&path, &["views.ckpt", "would need", "refusing to expand"]);
+}
+
+/// Point the central-directory entries named `archive/data/<i>` (i >= 1) at the record of
+/// `archive/data/0`: one stored record read under many names.
+fn alias_zip_records(zip: &mut [u8]) {
+    let u16_at = |z: &[u8], at: usize| u16::from_le_bytes([z[at], z[at + 1]]) as usize;
+    let mut headers = Vec::new();
+    let mut at = 0;
+    while let Some(found) = zip[at..].windows(4).position(|w| w == b"PK\x01\x02") {
+        let start = at + found;
+        let name_len = u16_at(zip, start + 28);
+        let name = String::from_utf8_lossy(&zip[start + 46..start + 46 + name_len]).into_owned();
+        headers.push((start, name));
+        at = start + 46 + name_len;
+    }
+    let (first, _) = headers.iter().find(|(_, name)| name == "archive/data/0").expect("record 0");
+    // crc (16..20), sizes (20..28), local header offset (42..46).
+    let fields: Vec<u8> = zip[first + 16..first + 28].iter().chain(&zip[first + 42..first + 46]).copied().collect();
+    for (start, name) in &headers {
+        if name.starts_with("archive/data/") && name != "archive/data/0" {
+            zip[start + 16..start + 28].copy_from_slice(&fields[..12]);
+            zip[start + 42..start + 46].copy_from_slice(&fields[12..]);
+        }
+    }
+}
+
+#[test]
+fn zip_directory_pointing_many_entries_at_one_record() {
+    // 130 storages, each a full 8 MiB record in the central directory, all one record in the file.
+    let pickle = checkpoint(130, |p, i| {
+        p.tensor("FloatStorage", &i.to_string(), FLOATS_8MB, 0, &[FLOATS_8MB], &[1]);
+    });
+    let storage = vec![0u8; 4 * FLOATS_8MB as usize];
+    let names: Vec<String> = (1..130).map(|i| format!("archive/data/{i}")).collect();
+    let mut entries: Vec<(&str, &[u8])> = vec![("archive/data.pkl", &pickle), ("archive/data/0", &storage)];
+    entries.extend(names.iter().map(|name| (name.as_str(), &b"x"[..])));
+    let mut bytes = zip_with(&entries);
+    alias_zip_records(&mut bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "aliased.ckpt", &bytes);
+    assert_refused(&path, &["aliased.ckpt", "more than the whole file"]);
+}
+
+/// A list of 1000 references to a list of 1000 references to one 16 KiB string: 100 kB of pickle
+/// that names 16 GB of text.
+fn shared_string_bomb(p: &mut PickleWriter) {
+    p.str(&"x".repeat(16 << 10)).op(b"q\x000");
+    p.op(b"]q\x01(");
+    for _ in 0..1000 {
+        p.op(b"h\x00");
+    }
+    p.op(b"e0](");
+    for _ in 0..1000 {
+        p.op(b"h\x01");
+    }
+    p.op(b"e");
+}
+
+#[test]
+fn hyper_parameters_naming_gigabytes_through_shared_references() {
+    let mut p = PickleWriter::new();
+    p.op(b"}(").str("state_dict").op(b"}");
+    example_hyper_parameters(&mut p);
+    // Replace the closing SETITEMS of the hyper parameters with one more entry.
+    p.0.pop();
+    p.str("bomb");
+    shared_string_bomb(&mut p);
+    p.op(b"uu.");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "bomb.ckpt", &zip_with(&[("archive/data.pkl", &p.0)]));
+    assert_refused(&path, &["bomb.ckpt", "shared references"]);
+}
+
+fn ensemble_folder(dir: &Path) -> PathBuf {
+    let folder = dir.join("ensemble");
+    std::fs::create_dir(&folder).unwrap();
+    write(&folder, "config_00000.yaml", b"model_config: {}\nmodel_fn: nnfabrik_euler.models.models.X\n");
+    folder
+}
+
+#[test]
+fn ensemble_data_info_naming_gigabytes_through_shared_references() {
+    let mut p = PickleWriter::new();
+    p.op(b"}(").str("session").op(b"}(").str("input_dimensions");
+    shared_string_bomb(&mut p);
+    p.str("output_dimension").int(3).op(b"uu.");
+    let dir = tempfile::tempdir().unwrap();
+    let folder = ensemble_folder(dir.path());
+    write(&folder, "data_info_00000.pkl", &p.0);
+    assert_refused(&folder, &["data_info_00000.pkl", "shared references"]);
+}
+
+#[test]
+fn a_checkpoint_that_would_run_code() {
+    let mut p = PickleWriter::new();
+    p.op(b"}(").str("state_dict").op(b"}");
+    example_hyper_parameters(&mut p);
+    p.0.pop();
+    p.str("callback").global("posix", "system").str("echo hello").op(b"\x85R");
+    p.op(b"uu.");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "model.ckpt", &zip_with(&[("archive/data.pkl", &p.0)]));
+    let refusal = assert_refused(&path, &[]);
+    assert_eq!(
+        refusal.line,
+        format!("error: {}: refusing to load: the checkpoint calls posix.system, which model files never need", path.display())
+    );
+}
+
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().expect("mkfifo");
+    assert!(status.success());
+}
+
+#[test]
+fn fifos_are_refused_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("model.ckpt");
+    mkfifo(&fifo);
+    assert_refused(&fifo, &["model.ckpt", "not a regular file"]);
+
+    let folder = dir.path().join("ensemble");
+    std::fs::create_dir(&folder).unwrap();
+    mkfifo(&folder.join("config_00000.yaml"));
+    assert_refused(&folder, &["config_00000.yaml", "not a regular file"]);
+}
+
+#[test]
+fn a_checkpoint_followed_by_gigabytes_of_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("appended.ckpt");
+    std::fs::copy(common::fixture("example_low_res/model.ckpt"), &path).unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    extend_sparse(&path, len + (4 << 30));
+    let refusal = assert_refused(&path, &["appended.ckpt", "end-of-archive"]);
+    assert!(refusal.elapsed < Duration::from_secs(10), "{:?}", refusal.elapsed);
+}
+
+#[test]
+fn a_safetensors_header_followed_by_gigabytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.safetensors");
+    std::fs::copy(common::fixture("example_low_res/model.safetensors"), &path).unwrap();
+    extend_sparse(&path, 3 << 30);
+    let refusal = assert_refused(&path, &["big.safetensors", "truncated or damaged"]);
+    assert!(refusal.elapsed < Duration::from_secs(10), "{:?}", refusal.elapsed);
+}
