@@ -14,6 +14,7 @@ use crate::formats::{self, RawTensor};
 use crate::model::Model;
 use crate::output::write_atomic;
 use crate::tensor::Tensor;
+use crate::visualize::Shard;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -248,7 +249,7 @@ pub struct BenchArgs {
 pub struct VisualizeArgs {
     /// The model: `demo` (built in), a .safetensors / Lightning .ckpt file, an ensemble folder, an
     /// http(s) URL or a pretrained model name (e.g. hoefling_2024_base_low_res).
-    #[arg(long, value_name = "NAME_OR_PATH", required_unless_present = "is_hoefling_ensemble_model", conflicts_with = "is_hoefling_ensemble_model")]
+    #[arg(long, value_name = "NAME_OR_PATH", required_unless_present_any = ["is_hoefling_ensemble_model", "merge"], conflicts_with = "is_hoefling_ensemble_model")]
     pub model_path: Option<String>,
     /// Use a member (`--model-id`) of the Hoefling 2024 ensemble, downloaded into the cache.
     #[arg(long)]
@@ -294,8 +295,16 @@ pub struct VisualizeArgs {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Redo every output, even those a previous identical run finished.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "shard")]
     pub overwrite: bool,
+    /// Do only shard K of N (0 <= K < N) of the work; N processes (e.g. a SLURM job array:
+    /// `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`) share one save folder, and the last to
+    /// finish writes meis.safetensors, summary.csv and index.html.
+    #[arg(long, value_name = "K/N", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
+    /// Only write meis.safetensors, summary.csv and index.html of a folder whose shards are all done.
+    #[arg(long, conflicts_with_all = ["model_path", "is_hoefling_ensemble_model", "shard"])]
+    pub merge: bool,
     /// Print only errors.
     #[arg(short, long)]
     pub quiet: bool,
@@ -498,8 +507,19 @@ fn mei_command(args: &MeiArgs) -> Result<()> {
     Ok(())
 }
 
+fn parse_shard(text: &str) -> std::result::Result<Shard, String> {
+    Shard::parse(text).map_err(|e| e.to_string())
+}
+
 fn visualize_command(args: &VisualizeArgs) -> Result<()> {
     let start = std::time::Instant::now();
+    if args.merge {
+        let meis = crate::visualize::merge_folder(&args.save_folder)?;
+        if !args.quiet {
+            println!("{}: merged {meis} MEIs into meis.safetensors, summary.csv and index.html", args.save_folder.display());
+        }
+        return Ok(());
+    }
     if args.device != "cpu" {
         bail!("--device {}: not available in this build; retina runs on the CPU (use --device cpu)", args.device);
     }
@@ -561,9 +581,18 @@ fn visualize_command(args: &VisualizeArgs) -> Result<()> {
         overwrite: args.overwrite,
         quiet: args.quiet,
         ensemble_layout: ensemble,
+        shard: args.shard.unwrap_or(Shard::ALL),
     };
     let report = crate::visualize::visualize(&model, centred.as_ref().unwrap_or(&model), &options)?;
     if !args.quiet {
+        if report.missing > 0 {
+            println!(
+                "{}: this shard is done; {} pieces of work of other shards are missing, and the last shard to finish (or `retina visualize --merge --save-folder {}`) writes meis.safetensors, summary.csv and index.html",
+                args.save_folder.display(),
+                report.missing,
+                args.save_folder.display()
+            );
+        }
         println!(
             "{}: {} MEIs ({} optimised, {} from the previous run), {} files written, {} kept, in {:.1} s",
             args.save_folder.display(),

@@ -8,433 +8,17 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+#[path = "common/visualize.rs"]
+mod vis;
+
+use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::fixture;
-use retina::formats::download::DownloadOptions;
-use retina::model::config::Architecture;
-use retina::model::Model;
 use tempfile::TempDir;
-
-const BIN: &str = env!("CARGO_BIN_EXE_retina");
-const DPI: u32 = 20;
-/// Frames of the optimised stimulus (`--time-steps-stimulus`, openretina's default).
-const TIME_STEPS: u32 = 50;
-/// Figure sizes in inches, as openretina's matplotlib figures.
-const MEI_INCHES: (u32, u32) = (21, 12);
-const CONV_INCHES: (u32, u32) = (18, 6);
-const READOUT_INCHES: (u32, u32) = (12, 6);
-const STATE_FILE: &str = ".retina-visualize-state";
-const SESSION_1: &str = "session_1_ventral1_20200226";
-
-// ---------------------------------------------------------------------------------------------------
-// Running the binary
-
-fn retina_cmd(args: &[String]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args);
-    // Never touch the user's cache, whatever a test does.
-    cmd.env("OPENRETINA_CACHE_DIRECTORY", std::env::temp_dir().join("retina-visualize-test-cache-unused"));
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-fn retina(args: &[String]) -> Output {
-    retina_cmd(args).output().expect("run the retina binary")
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
-}
-
-/// The model options of a fixture spec: a file, or `folder#id` for an ensemble member.
-fn model_args(spec: &ModelSpec) -> Vec<String> {
-    let mut args = vec!["--model-path".to_string(), spec.path.display().to_string()];
-    if let Some(id) = spec.model_id {
-        args.extend(["--model-id".to_string(), id.to_string()]);
-    }
-    args
-}
-
-/// `retina visualize` that must succeed; returns the counts of its last stdout line.
-fn visualize(spec: &ModelSpec, folder: &Path, extra: &[&str]) -> RunReport {
-    let mut args = strings(&["visualize"]);
-    args.extend(model_args(spec));
-    args.extend(["--save-folder".to_string(), folder.display().to_string(), "--dpi".to_string(), DPI.to_string()]);
-    args.extend(strings(extra));
-    let out = retina(&args);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "retina {args:?} failed ({}):\nstdout: {stdout}\nstderr: {stderr}", out.status);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let last = stdout.lines().last().unwrap_or_else(|| panic!("no report line on stdout for {args:?}"));
-    RunReport::parse(last)
-}
-
-/// The numbers of the report line
-/// `<folder>: 60 MEIs (60 optimised, 0 from the previous run), 436 files written, 0 kept, in 1.2 s`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct RunReport {
-    meis: usize,
-    optimised: usize,
-    reused: usize,
-    written: usize,
-    kept: usize,
-}
-
-impl RunReport {
-    fn parse(line: &str) -> RunReport {
-        let tail = line.rsplit(": ").next().unwrap();
-        let numbers: Vec<usize> = tail
-            .split_whitespace()
-            .filter_map(|w| w.trim_matches(|c| c == '(' || c == ',' || c == ')').parse().ok())
-            .collect();
-        assert!(
-            numbers.len() >= 5 && tail.contains("MEIs") && tail.contains("files written") && tail.contains("kept"),
-            "unexpected report line: {line}"
-        );
-        RunReport { meis: numbers[0], optimised: numbers[1], reused: numbers[2], written: numbers[3], kept: numbers[4] }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------
-// What a run must write, derived from the model
-
-struct ModelSpec {
-    path: PathBuf,
-    model_id: Option<i64>,
-}
-
-fn example() -> ModelSpec {
-    ModelSpec { path: fixture("example_low_res/model.ckpt"), model_id: None }
-}
-
-fn unified() -> ModelSpec {
-    ModelSpec { path: fixture("unified_low_res/model.ckpt"), model_id: None }
-}
-
-fn ensemble_member0() -> ModelSpec {
-    ModelSpec { path: fixture("ensemble_replica/ensemble"), model_id: Some(0) }
-}
-
-fn load(spec: &ModelSpec) -> Model<f32> {
-    let offline = DownloadOptions { cache_dir: None, offline: true, quiet: true };
-    let raw = retina::formats::read_model(&spec.path.display().to_string(), spec.model_id.unwrap_or(-1), &offline)
-        .unwrap_or_else(|e| panic!("{}: {e}", spec.path.display()));
-    Model::from_raw(&raw).unwrap()
-}
-
-/// What a run was asked for.
-struct Selection {
-    ext: &'static str,
-    layers: Option<Vec<usize>>,
-    sessions: Option<Vec<String>>,
-    neurons: Option<Vec<usize>>,
-    videos: bool,
-    weights: bool,
-}
-
-impl Selection {
-    fn all(ext: &'static str) -> Selection {
-        Selection { ext, layers: None, sessions: None, neurons: None, videos: true, weights: true }
-    }
-}
-
-/// The model's shape in the terms of the layout: (in, out) channels per core layer, neurons per session.
-struct Shape {
-    layers: Vec<(usize, usize)>,
-    sessions: BTreeMap<String, usize>,
-    ensemble: bool,
-}
-
-fn shape(model: &Model<f32>) -> Shape {
-    Shape {
-        layers: model.core.layers.iter().map(|l| (l.conv.in_channels, l.conv.out_channels)).collect(),
-        sessions: model.readouts.iter().map(|(s, r)| (s.clone(), r.neurons)).collect(),
-        ensemble: matches!(model.config.architecture, Architecture::HoeflingEnsembleMember { .. }),
-    }
-}
-
-/// Kinds of file in the layout, to check each by what it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    MeiFigure,
-    Video,
-    ConvWeights,
-    ReadoutWeights,
-    Other,
-}
-
-/// Every file (relative path with `/`) openretina's layout holds for this model and selection.
-fn expected_files(shape: &Shape, sel: &Selection) -> BTreeMap<String, Kind> {
-    let ext = sel.ext;
-    let mut files = BTreeMap::new();
-    let mut meis = 0;
-    for (layer, &(_, out)) in shape.layers.iter().enumerate() {
-        if sel.layers.as_ref().is_some_and(|ls| !ls.contains(&layer)) {
-            continue;
-        }
-        for c in 0..out {
-            files.insert(format!("core_features_layer{layer}/{c}.{ext}"), Kind::MeiFigure);
-            if sel.videos {
-                files.insert(format!("core_features_layer{layer}/{c}.mp4"), Kind::Video);
-            }
-            meis += 1;
-        }
-    }
-    for (session, &neurons) in &shape.sessions {
-        if sel.sessions.as_ref().is_some_and(|ss| !ss.contains(session)) {
-            continue;
-        }
-        for n in (0..neurons).filter(|n| sel.neurons.as_ref().is_none_or(|ns| ns.contains(n))) {
-            files.insert(format!("output_neurons/{session}/{n}.{ext}"), Kind::MeiFigure);
-            if sel.videos {
-                files.insert(format!("output_neurons/{session}/{n}.mp4"), Kind::Video);
-            }
-            meis += 1;
-        }
-    }
-    if sel.weights {
-        let conv_root = if shape.ensemble { "" } else { "weights_core/" };
-        for (layer, &(inputs, outputs)) in shape.layers.iter().enumerate() {
-            for i in 0..inputs {
-                for o in 0..outputs {
-                    files.insert(format!("{conv_root}weights_layer_{layer}/{i}_{o}_.{ext}"), Kind::ConvWeights);
-                }
-            }
-        }
-        for (session, &neurons) in &shape.sessions {
-            for n in 0..neurons {
-                files.insert(format!("weights_readout/{session}/neuron_{n}.{ext}"), Kind::ReadoutWeights);
-            }
-        }
-    }
-    if meis > 0 {
-        files.insert("meis.safetensors".into(), Kind::Other);
-    }
-    for f in ["summary.csv", "index.html", STATE_FILE] {
-        files.insert(f.into(), Kind::Other);
-    }
-    files
-}
-
-/// Every file under `dir`, hidden ones included, as relative paths with `/`.
-fn files_under(dir: &Path) -> BTreeSet<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                out.insert(path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/"));
-            }
-        }
-    }
-    let mut out = BTreeSet::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
-fn assert_exact_layout(folder: &Path, expected: &BTreeMap<String, Kind>) {
-    let found = files_under(folder);
-    let wanted: BTreeSet<String> = expected.keys().cloned().collect();
-    let missing: Vec<_> = wanted.difference(&found).collect();
-    let extra: Vec<_> = found.difference(&wanted).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "{}: layout differs from openretina's: {} missing (e.g. {:?}), {} unexpected (e.g. {:?})",
-        folder.display(),
-        missing.len(),
-        &missing[..missing.len().min(5)],
-        extra.len(),
-        &extra[..extra.len().min(5)]
-    );
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Checking files
-
-fn inches_px(inches: (u32, u32), dpi: u32) -> (u32, u32) {
-    (inches.0 * dpi, inches.1 * dpi)
-}
-
-fn figure_size(kind: Kind, dpi: u32) -> (u32, u32) {
-    match kind {
-        Kind::MeiFigure => inches_px(MEI_INCHES, dpi),
-        Kind::ConvWeights => inches_px(CONV_INCHES, dpi),
-        Kind::ReadoutWeights => inches_px(READOUT_INCHES, dpi),
-        _ => unreachable!("not a figure"),
-    }
-}
-
-/// A raster figure: decodes, has the size of its figure at `dpi`, and is not blank (a drawing, not one
-/// flat colour: at least 2% of the pixels differ from the most common colour, at least 8 colours).
-fn check_raster(path: &Path, size: (u32, u32)) {
-    let img = image::open(path).unwrap_or_else(|e| panic!("{}: does not decode: {e}", path.display())).to_rgb8();
-    assert_eq!(img.dimensions(), size, "{}: size", path.display());
-    let mut counts: BTreeMap<[u8; 3], usize> = BTreeMap::new();
-    for p in img.pixels() {
-        *counts.entry(p.0).or_default() += 1;
-    }
-    let background = counts.values().max().copied().unwrap_or(0);
-    let total = (size.0 * size.1) as usize;
-    assert!(
-        counts.len() >= 8 && (total - background) * 50 >= total,
-        "{}: looks blank ({} colours, {} of {} pixels are the background)",
-        path.display(),
-        counts.len(),
-        background,
-        total
-    );
-}
-
-/// An SVG figure: a complete drawing of the figure's size with content beyond the background.
-fn check_svg(path: &Path, size: (u32, u32)) {
-    let text = std::fs::read_to_string(path).unwrap();
-    assert!(text.trim_end().ends_with("</svg>"), "{}: incomplete SVG", path.display());
-    let open = text.find("<svg").unwrap_or_else(|| panic!("{}: no <svg> element", path.display()));
-    let tag = &text[open..open + text[open..].find('>').unwrap()];
-    let attr = |name: &str| -> u32 {
-        let start = tag.find(&format!(" {name}=\"")).unwrap_or_else(|| panic!("{}: <svg> has no {name}", path.display()))
-            + name.len()
-            + 3;
-        tag[start..start + tag[start..].find('"').unwrap()].parse().unwrap()
-    };
-    assert_eq!((attr("width"), attr("height")), size, "{}: size", path.display());
-    let shapes = ["<path", "<rect", "<text", "<image", "<line", "<polyline"].iter().map(|t| text.matches(t).count()).sum::<usize>();
-    assert!(shapes >= 10, "{}: almost empty SVG ({shapes} elements)", path.display());
-}
-
-fn check_figure(path: &Path, kind: Kind, ext: &str, dpi: u32) {
-    let size = figure_size(kind, dpi);
-    match ext {
-        "svg" => check_svg(path, size),
-        "jpg" | "png" => {
-            let magic: &[u8] = if ext == "jpg" { &[0xff, 0xd8, 0xff] } else { b"\x89PNG" };
-            let head = std::fs::read(path).unwrap();
-            assert!(head.starts_with(magic), "{}: not a {ext} file", path.display());
-            check_raster(path, size);
-        }
-        other => panic!("unexpected extension {other}"),
-    }
-}
-
-/// An MEI video: one H.264 (`avc1`) track with one frame per stimulus time step, even dimensions
-/// larger than the stimulus.
-fn check_video(path: &Path, stimulus_hw: (usize, usize)) {
-    let size = std::fs::metadata(path).unwrap().len();
-    let reader = mp4::Mp4Reader::read_header(BufReader::new(File::open(path).unwrap()), size)
-        .unwrap_or_else(|e| panic!("{}: not an MP4 file: {e}", path.display()));
-    assert_eq!(reader.tracks().len(), 1, "{}: one track", path.display());
-    let track = reader.tracks().values().next().unwrap();
-    assert_eq!(track.box_type().unwrap().to_string(), "avc1", "{}: codec", path.display());
-    assert_eq!(track.sample_count(), TIME_STEPS, "{}: frames", path.display());
-    let (w, h) = (track.width() as usize, track.height() as usize);
-    assert!(w % 2 == 0 && h % 2 == 0, "{}: odd size {w}x{h}", path.display());
-    assert!(w > stimulus_hw.1 && h > stimulus_hw.0, "{}: {w}x{h} is not larger than the stimulus", path.display());
-}
-
-/// summary.csv: a header and one row per MEI, each naming its figure (and video) in the layout.
-fn check_summary(folder: &Path, expected: &BTreeMap<String, Kind>, sel: &Selection) {
-    let text = std::fs::read_to_string(folder.join("summary.csv")).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().expect("a header").split(',').collect();
-    assert_eq!(&header[..4], ["kind", "layer_or_session", "index", "objective"], "summary.csv header");
-    let figure_col = header.iter().position(|h| *h == "figure").expect("a figure column");
-    let video_col = header.iter().position(|h| *h == "video").expect("a video column");
-    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
-    let mei_figures: BTreeSet<&String> = expected.iter().filter(|(_, k)| **k == Kind::MeiFigure).map(|(p, _)| p).collect();
-    assert_eq!(rows.len(), mei_figures.len(), "summary.csv: one row per MEI");
-    let mut named = BTreeSet::new();
-    for row in &rows {
-        assert_eq!(row.len(), header.len(), "summary.csv row {row:?}");
-        assert!(row[3].parse::<f64>().is_ok_and(f64::is_finite), "summary.csv objective {row:?}");
-        let figure = row[figure_col].to_string();
-        assert!(figure.ends_with(&format!(".{}", sel.ext)), "{figure}");
-        assert!(folder.join(&figure).is_file(), "summary.csv names {figure}, which is missing");
-        if sel.videos {
-            assert!(folder.join(row[video_col]).is_file(), "summary.csv names video {}, which is missing", row[video_col]);
-        } else {
-            assert_eq!(row[video_col], "", "no video column without videos");
-        }
-        named.insert(figure);
-    }
-    assert_eq!(named.iter().collect::<BTreeSet<_>>(), mei_figures, "summary.csv names each MEI figure once");
-}
-
-/// meis.safetensors: an MEI stimulus (1, C, T, H, W) for each MEI.
-fn check_meis_file(folder: &Path, expected: &BTreeMap<String, Kind>, model: &Model<f32>) {
-    let bytes = std::fs::read(folder.join("meis.safetensors")).unwrap();
-    let (tensors, _) = retina::formats::safetensors::parse(&bytes, "meis.safetensors").unwrap();
-    let meis: Vec<_> = tensors.iter().filter(|(name, _)| name.starts_with("mei.")).collect();
-    let figures = expected.values().filter(|k| **k == Kind::MeiFigure).count();
-    assert_eq!(meis.len(), figures, "meis.safetensors: one stimulus per MEI");
-    let c = &model.config;
-    for (name, t) in meis {
-        assert_eq!(t.shape, vec![1, c.input_channels, TIME_STEPS as usize, c.height, c.width], "{name}");
-    }
-}
-
-/// index.html links every figure with an <img> and every video with a <video>, and nothing else.
-fn check_index(folder: &Path, expected: &BTreeMap<String, Kind>) {
-    let html = std::fs::read_to_string(folder.join("index.html")).unwrap();
-    let srcs = |tag: &str| -> BTreeSet<String> {
-        html.split(&format!("<{tag} "))
-            .skip(1)
-            .map(|rest| {
-                let start = rest.find("src=\"").expect("a src") + 5;
-                rest[start..start + rest[start..].find('"').unwrap()].to_string()
-            })
-            .collect()
-    };
-    let figures: BTreeSet<String> =
-        expected.iter().filter(|(_, k)| !matches!(k, Kind::Video | Kind::Other)).map(|(p, _)| p.clone()).collect();
-    let videos: BTreeSet<String> = expected.iter().filter(|(_, k)| **k == Kind::Video).map(|(p, _)| p.clone()).collect();
-    assert_eq!(html.matches("<img ").count(), figures.len(), "index.html: one <img> per figure");
-    assert_eq!(html.matches("<video ").count(), videos.len(), "index.html: one <video> per mp4");
-    assert_eq!(srcs("img"), figures, "index.html <img> sources");
-    assert_eq!(srcs("video"), videos, "index.html <video> sources");
-}
-
-/// The whole check of a finished run: exact layout, every file readable.
-fn check_run(folder: &Path, model: &Model<f32>, sel: &Selection) -> BTreeMap<String, Kind> {
-    let expected = expected_files(&shape(model), sel);
-    assert_exact_layout(folder, &expected);
-    let stimulus_hw = (model.config.height, model.config.width);
-    // Decoding ~400 figures is the slow part of the check: spread it over a few threads.
-    let items: Vec<(&String, &Kind)> = expected.iter().collect();
-    let workers = 4;
-    std::thread::scope(|s| {
-        for part in 0..workers {
-            let items = &items;
-            s.spawn(move || {
-                for (path, kind) in items.iter().skip(part).step_by(workers) {
-                    let p = folder.join(path);
-                    match kind {
-                        Kind::Video => check_video(&p, stimulus_hw),
-                        Kind::Other => {}
-                        _ => check_figure(&p, **kind, sel.ext, DPI),
-                    }
-                }
-            });
-        }
-    });
-    check_summary(folder, &expected, sel);
-    if expected.contains_key("meis.safetensors") {
-        check_meis_file(folder, &expected, model);
-    }
-    check_index(folder, &expected);
-    expected
-}
-
-fn count(expected: &BTreeMap<String, Kind>, kind: Kind) -> usize {
-    expected.values().filter(|k| **k == kind).count()
-}
+use vis::*;
 
 // ---------------------------------------------------------------------------------------------------
 // 1. Full layout
@@ -457,7 +41,7 @@ fn full_layout_example_low_res() {
     assert_eq!(count(&expected, Kind::ReadoutWeights), 8 + 9 + 11);
     assert_eq!(count(&expected, Kind::MeiFigure), 32 + 28);
     assert_eq!(count(&expected, Kind::Video), 32 + 28);
-    let files = expected.len() - 4; // all but meis.safetensors, summary.csv, index.html and the state file
+    let files = drawn(&expected);
     assert_eq!(report, RunReport { meis: 60, optimised: 60, reused: 0, written: files, kept: 0 });
 }
 
@@ -470,7 +54,7 @@ fn full_layout_unified_low_res() {
     let out = dir.path().join("vis");
     let report = visualize(&spec, &out, &[]);
     let expected = check_run(&out, &model, &Selection::all("jpg"));
-    assert_eq!(report.written, expected.len() - 4);
+    assert_eq!(report.written, drawn(&expected));
     assert_eq!(report.meis, count(&expected, Kind::MeiFigure));
 }
 
@@ -485,7 +69,7 @@ fn full_layout_ensemble_member() {
     let expected = check_run(&out, &model, &Selection::all("jpg"));
     // openretina's ensemble layout: conv weight folders at the top level, no weights_core.
     assert!(out.join("weights_layer_0").is_dir() && !out.join("weights_core").exists());
-    assert_eq!(report.written, expected.len() - 4);
+    assert_eq!(report.written, drawn(&expected));
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -556,22 +140,10 @@ fn subsets_write_exactly_what_was_asked() {
 // ---------------------------------------------------------------------------------------------------
 // 4. Resume
 
-fn mtimes(folder: &Path) -> BTreeMap<String, SystemTime> {
-    files_under(folder)
-        .into_iter()
-        .map(|f| {
-            let t = std::fs::metadata(folder.join(&f)).unwrap().modified().unwrap();
-            (f, t)
-        })
-        .collect()
-}
+/// The folder's lock files: created once, never written.
+const LOCK_FILES: [&str; 2] = [".retina-visualize/lock", ".retina-visualize/running"];
 
-/// Files whose modification time changed, among those that existed before.
-fn touched(before: &BTreeMap<String, SystemTime>, after: &BTreeMap<String, SystemTime>) -> BTreeSet<String> {
-    before.iter().filter(|(f, t)| after.get(*f) != Some(t)).map(|(f, _)| f.clone()).collect()
-}
-
-/// Files every run rewrites (cheap, and they describe the run).
+/// Files a run may rewrite (cheap, and they describe the run).
 fn always_rewritten() -> BTreeSet<String> {
     ["summary.csv", "index.html", STATE_FILE].iter().map(|s| s.to_string()).collect()
 }
@@ -591,7 +163,7 @@ fn resume_keeps_finished_work_and_redoes_what_changed() {
     };
     let first = visualize(&spec, &out, &subset);
     let expected = check_run(&out, &model, &sel);
-    let outputs = expected.len() - 4;
+    let outputs = drawn(&expected);
     assert_eq!(first, RunReport { meis: 18, optimised: 18, reused: 0, written: outputs, kept: 0 });
 
     // The same command again: nothing optimised or drawn, every file kept as it was.
@@ -622,7 +194,7 @@ fn resume_keeps_finished_work_and_redoes_what_changed() {
     let reseeded = visualize(&spec, &out, &seeded);
     assert_eq!(reseeded, RunReport { meis: 18, optimised: 18, reused: 0, written: outputs, kept: 0 });
     let after = mtimes(&out);
-    assert_eq!(touched(&before, &after).len(), before.len(), "another seed must redo every file");
+    assert_eq!(touched(&before, &after).len(), before.len() - LOCK_FILES.len(), "another seed must redo every file");
     let meis_seed1 = std::fs::read(out.join("meis.safetensors")).unwrap();
     assert!(meis_seed1 != meis_before, "another seed gave the same MEIs");
     check_run(&out, &model, &sel);
@@ -634,26 +206,9 @@ fn resume_keeps_finished_work_and_redoes_what_changed() {
     let before = mtimes(&out);
     let overwritten = visualize(&spec, &out, &seeded);
     assert_eq!(overwritten, RunReport { meis: 18, optimised: 18, reused: 0, written: outputs, kept: 0 });
-    assert_eq!(touched(&before, &mtimes(&out)).len(), before.len(), "--overwrite must redo every file");
+    assert_eq!(touched(&before, &mtimes(&out)).len(), before.len() - LOCK_FILES.len(), "--overwrite must redo every file");
     assert!(std::fs::read(out.join("meis.safetensors")).unwrap() == meis_seed1, "--overwrite gave other MEIs");
     check_run(&out, &model, &sel);
-}
-
-/// Start `retina visualize` and kill it as soon as `ready` says so; false if it ended by itself first.
-fn run_and_kill(args: &[String], ready: impl Fn() -> bool) -> bool {
-    let mut child: Child = retina_cmd(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return false; // finished before the moment came: nothing to interrupt
-        }
-        if ready() || Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// A run with new settings that is killed half-way must not be taken for finished by the next run:
@@ -701,12 +256,12 @@ fn an_interrupted_run_with_new_settings_is_not_resumed_from_stale_files() {
         assert!(std::fs::read(out.join(&f)).unwrap() == std::fs::read(fresh.join(&f)).unwrap(), "{f} differs from a fresh run");
     }
 
-    // Then a run at another dpi, killed while it draws (right after it saved its MEIs).
-    let meis = out.join("meis.safetensors");
-    let saved = std::fs::metadata(&meis).unwrap().modified().unwrap();
+    // Then a run at another dpi, killed while it works (as soon as it saved its first MEI, whose figure
+    // it has drawn at the new dpi; the old-dpi figures of the others must not survive).
+    let records = out.join(".retina-visualize/meis");
     let new_args = args(&out, DPI + 1, &["--seed", "1"]);
-    // (If it finishes drawing before it is killed, there is nothing to check but a normal rerun.)
-    run_and_kill(&new_args, || std::fs::metadata(&meis).and_then(|m| m.modified()).is_ok_and(|t| t != saved));
+    // (If it finishes before it is killed, there is nothing to check but a normal rerun.)
+    run_and_kill(&new_args, || std::fs::read_dir(&records).is_ok_and(|mut d| d.next().is_some()));
     let rerun = retina(&new_args);
     assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
     assert_exact_layout(&out, &expected_files(&shape(&model), &sel));
@@ -913,20 +468,6 @@ window.addEventListener('load', async () => {
 
 // ---------------------------------------------------------------------------------------------------
 // 7. Errors: one line on stderr, exit code 2, no panic, nothing written
-
-fn assert_one_line_error(args: &[String], must_contain: &[&str]) -> String {
-    let out = retina(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(2), "exit code for {args:?}; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "not one line for {args:?}:\n{stderr}");
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    assert!(out.stdout.is_empty(), "stdout for {args:?}: {}", String::from_utf8_lossy(&out.stdout));
-    for m in must_contain {
-        assert!(stderr.contains(m), "error for {args:?} does not mention `{m}`: {stderr}");
-    }
-    stderr
-}
 
 #[test]
 fn errors_are_one_line_with_exit_code_2() {

@@ -1,0 +1,121 @@
+//! Drawing one piece of work: an MEI's figure and video, or a weight figure.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::plan::Item;
+use super::{strip_batch, FRAME_RATE};
+use crate::error::Result;
+use crate::model::{Float, Model};
+use crate::plot::video::{write_mei_video, VideoOptions};
+use crate::plot::{self, ConvWeightLimits, ConvWeights, FigureStyle, MeiFigureInput, ReadoutLimits, ReadoutNeuron};
+use crate::tensor::Tensor;
+
+/// An MEI's figure at `path`; `compositions` from `plot::mei_composition` of its stimulus.
+pub fn draw_mei(
+    stimulus: &Tensor<f32>,
+    response: &[f32],
+    highlighted_frames: (usize, usize),
+    compositions: &[plot::ChannelComposition],
+    style: &FigureStyle,
+    path: &Path,
+) -> Result<()> {
+    let input = MeiFigureInput {
+        stimulus: strip_batch(stimulus),
+        response: Some(response.to_vec()),
+        window: (highlighted_frames.0, highlighted_frames.1 + 1),
+        frame_rate: FRAME_RATE,
+    };
+    plot::draw_mei_with(&input, compositions, style, path)
+}
+
+pub fn draw_video(stimulus: &Tensor<f32>, path: &Path) -> Result<()> {
+    write_mei_video(&strip_batch(stimulus), path, &VideoOptions::default())
+}
+
+/// Axis limits shared by the weight figures of a layer or a session, computed once per run and only
+/// for what the run draws.
+pub struct WeightLimits {
+    conv: BTreeMap<usize, ConvWeightLimits>,
+    readout: BTreeMap<String, ReadoutLimits>,
+}
+
+impl WeightLimits {
+    pub fn for_items<'a>(model: &Model<f32>, items: impl Iterator<Item = &'a Item>) -> WeightLimits {
+        let mut limits = WeightLimits { conv: BTreeMap::new(), readout: BTreeMap::new() };
+        for item in items {
+            match item {
+                Item::ConvWeights { layer, .. } if !limits.conv.contains_key(layer) => {
+                    limits.conv.insert(*layer, layer_conv_limits(model, *layer));
+                }
+                Item::ReadoutWeights { session, .. } if !limits.readout.contains_key(session) => {
+                    limits.readout.insert(session.clone(), session_readout_limits(model, session));
+                }
+                _ => {}
+            }
+        }
+        limits
+    }
+}
+
+/// A weight figure at `path`.
+pub fn draw_weights(model: &Model<f32>, item: &Item, limits: &WeightLimits, style: &FigureStyle, path: &Path) -> Result<()> {
+    match item {
+        Item::ConvWeights { layer, input, output } => {
+            let w = conv_weights(model, *layer, *input, *output).centre_positive()?;
+            plot::draw_conv_weights(&w, &limits.conv[layer], style, path)
+        }
+        Item::ReadoutWeights { session, neuron } => {
+            plot::draw_readout_neuron(&readout_neuron(model, session, *neuron), &limits.readout[session], style, path)
+        }
+        _ => unreachable!("MEIs are drawn by draw_mei"),
+    }
+}
+
+/// The weights of one (in, out) channel pair of a core layer, temporal kernel at the default log speed.
+pub fn conv_weights<F: Float>(model: &Model<F>, layer: usize, input: usize, output: usize) -> ConvWeights {
+    let conv = &model.core.layers[layer].conv;
+    let (i_n, k, kt) = (conv.in_channels, conv.spatial_kernel, conv.temporal_kernel);
+    let nk = conv.sin_weights.len() / (conv.out_channels * i_n);
+    let pair = output * i_n + input;
+    let f = |v: &[F]| v.iter().map(|x| x.to_f64() as f32).collect::<Vec<f32>>();
+    let temporal = conv.temporal_kernels(conv.log_speed_default);
+    ConvWeights {
+        spatial: Tensor { shape: vec![k, k], data: f(&conv.spatial_weights[pair * k * k..(pair + 1) * k * k]) },
+        temporal: f(&temporal[pair * kt..(pair + 1) * kt]),
+        sin: f(&conv.sin_weights[pair * nk..(pair + 1) * nk]),
+        cos: f(&conv.cos_weights[pair * nk..(pair + 1) * nk]),
+        in_channel: input,
+        out_channel: output,
+    }
+}
+
+/// Axis limits shared by every weight figure of a core layer.
+pub fn layer_conv_limits<F: Float>(model: &Model<F>, layer: usize) -> ConvWeightLimits {
+    let conv = &model.core.layers[layer].conv;
+    let all: Vec<ConvWeights> = (0..conv.in_channels)
+        .flat_map(|i| (0..conv.out_channels).map(move |o| (i, o)))
+        .map(|(i, o)| conv_weights(model, layer, i, o))
+        .collect();
+    ConvWeightLimits::of_layer(&all)
+}
+
+/// One neuron's mask `(h, w)` and feature weights.
+pub fn readout_neuron<F: Float>(model: &Model<F>, session: &str, neuron: usize) -> ReadoutNeuron {
+    let r = &model.readouts[session];
+    let hw = r.height * r.width;
+    ReadoutNeuron {
+        mask: Tensor {
+            shape: vec![r.height, r.width],
+            data: r.masks()[neuron * hw..(neuron + 1) * hw].iter().map(|v| v.to_f64() as f32).collect(),
+        },
+        feature_weights: (0..r.channels).map(|c| r.features[c * r.neurons + neuron].to_f64() as f32).collect(),
+        neuron,
+    }
+}
+
+/// Axis limits shared by every readout figure of a session.
+pub fn session_readout_limits<F: Float>(model: &Model<F>, session: &str) -> ReadoutLimits {
+    let all: Vec<ReadoutNeuron> = (0..model.readouts[session].neurons).map(|n| readout_neuron(model, session, n)).collect();
+    ReadoutLimits::of_session(&all)
+}
