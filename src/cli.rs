@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench;
 use crate::formats::download::DownloadOptions;
@@ -39,6 +39,9 @@ pub enum Command {
     Predict(PredictArgs),
     /// Optimise one most exciting input (MEI) for an output neuron or an inner channel.
     Mei(MeiArgs),
+    /// Optimise a most discriminative stimulus (MDS): what drives one group of a session's neurons
+    /// more than another (openretina's contrastive objective).
+    Mds(MdsArgs),
     /// Measure speed: forward/backward per stimulus and all MEIs of a model, against openretina.
     Bench(BenchArgs),
     /// Write a model (Lightning .ckpt, ensemble member, ...) as a native .safetensors file.
@@ -141,12 +144,27 @@ pub struct OptimizationArgs {
     /// Seed of the initial noise; each MEI's own seed derives from it and the MEI's name.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// SGD steps per MEI.
+    /// Optimiser steps per MEI; with --early-stop, the most steps.
     #[arg(long, default_value_t = 10)]
     pub iterations: usize,
-    /// SGD learning rate.
-    #[arg(long, default_value_t = 100.0, allow_negative_numbers = true)]
-    pub lr: f64,
+    /// Learning rate. Default: 100 for SGD (openretina visualize), 0.1 for Adam.
+    #[arg(long, allow_negative_numbers = true)]
+    pub lr: Option<f64>,
+    /// The optimiser: plain SGD (openretina visualize) or Adam (PyTorch's, betas 0.9/0.999, eps 1e-8).
+    #[arg(long, value_enum, default_value = "sgd")]
+    pub optimizer: OptimizerArg,
+    /// Stop when the loss has been more than MIN_DELTA above its best value PATIENCE times since it
+    /// last improved (openretina's EarlyStopper), e.g. `3,0.003`; at most --iterations steps.
+    #[arg(long, value_name = "PATIENCE,MIN_DELTA", allow_hyphen_values = true)]
+    pub early_stop: Option<String>,
+    /// Low-pass each pixel over time with a Gaussian after every step (openretina's
+    /// TemporalGaussianLowPassFilterProcessor), e.g. `0.5,5`, or `none`.
+    #[arg(long, value_name = "SIGMA,KERNEL_SIZE|none", allow_hyphen_values = true)]
+    pub temporal_smoothing: Option<String>,
+    /// Weight of the range/norm penalty in the loss; 0 turns it off. Default: 0.1 (openretina
+    /// visualize); `retina mds`: 0 (the MDS notebook).
+    #[arg(long, value_name = "FACTOR", allow_negative_numbers = true)]
+    pub range_penalty: Option<f64>,
     /// Frames of the stimulus to optimise.
     #[arg(long = "time-steps-stimulus", default_value_t = 50, value_name = "N")]
     pub time_steps: usize,
@@ -161,16 +179,62 @@ pub struct OptimizationArgs {
     pub channel_ranges: Vec<String>,
 }
 
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptimizerArg {
+    Sgd,
+    Adam,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectiveArg {
+    /// The most exciting input: maximise the response.
+    Increase,
+    /// The most depressing input: minimise the response.
+    Decrease,
+}
+
+impl ObjectiveArg {
+    fn direction(self) -> mei::Direction {
+        match self {
+            ObjectiveArg::Increase => mei::Direction::Increase,
+            ObjectiveArg::Decrease => mei::Direction::Decrease,
+        }
+    }
+}
+
 impl OptimizationArgs {
+    /// openretina visualize's procedure changed by these flags.
     pub fn settings(&self, channels: usize) -> Result<MeiSettings> {
-        let mut settings = MeiSettings::openretina(channels);
+        self.apply(MeiSettings::openretina(channels), channels)
+    }
+
+    /// `defaults` changed by these flags.
+    pub fn apply(&self, defaults: MeiSettings, channels: usize) -> Result<MeiSettings> {
+        let mut settings = defaults;
         settings.seed = self.seed;
         settings.iterations = self.iterations;
         settings.time_steps = self.time_steps;
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            bail!("--lr must be a positive number, got {}", self.lr);
+        settings.optimizer = match self.optimizer {
+            OptimizerArg::Sgd => mei::OptimizerKind::Sgd,
+            OptimizerArg::Adam => mei::OptimizerKind::ADAM,
+        };
+        let lr = self.lr.unwrap_or(if self.optimizer == OptimizerArg::Adam { 0.1 } else { settings.learning_rate });
+        if !(lr.is_finite() && lr > 0.0) {
+            bail!("--lr must be a positive number, got {lr}");
         }
-        settings.learning_rate = self.lr;
+        settings.learning_rate = lr;
+        if let Some(text) = &self.early_stop {
+            settings.early_stop = Some(parse_early_stop(text)?);
+        }
+        if let Some(text) = &self.temporal_smoothing {
+            settings.lowpass = parse_smoothing(text, settings.time_steps)?;
+        }
+        if let Some(factor) = self.range_penalty {
+            if !(factor.is_finite() && factor >= 0.0) {
+                bail!("--range-penalty must be a number >= 0 (0 turns the penalty off), got {factor}");
+            }
+            settings.constraints.penalty_factor = factor;
+        }
         if let Some(norm) = &self.norm {
             settings.constraints.norm = match norm.as_str() {
                 "none" => None,
@@ -189,6 +253,31 @@ impl OptimizationArgs {
     }
 }
 
+fn parse_early_stop(text: &str) -> Result<mei::EarlyStop> {
+    let parsed = text.split_once(',').and_then(|(a, b)| Some((a.trim().parse::<usize>().ok()?, b.trim().parse::<f64>().ok()?)));
+    match parsed {
+        Some((patience, min_delta)) if patience >= 1 && min_delta.is_finite() && min_delta >= 0.0 => {
+            Ok(mei::EarlyStop { patience, min_delta })
+        }
+        _ => bail!("--early-stop must be PATIENCE,MIN_DELTA with PATIENCE >= 1 and MIN_DELTA >= 0 (e.g. 3,0.003); got `{text}`"),
+    }
+}
+
+fn parse_smoothing(text: &str, time_steps: usize) -> Result<Option<mei::TemporalLowPass>> {
+    if text == "none" {
+        return Ok(None);
+    }
+    let parsed = text.split_once(',').and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<usize>().ok()?)));
+    match parsed {
+        Some((sigma, kernel_size)) if sigma.is_finite() && sigma > 0.0 && (1..=time_steps.max(1)).contains(&kernel_size) => {
+            Ok(Some(mei::TemporalLowPass { sigma, kernel_size }))
+        }
+        _ => bail!(
+            "--temporal-smoothing must be SIGMA,KERNEL_SIZE with SIGMA > 0 and KERNEL_SIZE 1 … {time_steps} frames (e.g. 0.5,5), or `none`; got `{text}`"
+        ),
+    }
+}
+
 fn parse_range(text: &str) -> Result<Option<(f64, f64)>> {
     if text == "none" {
         return Ok(None);
@@ -201,7 +290,10 @@ fn parse_range(text: &str) -> Result<Option<(f64, f64)>> {
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = "Examples:\n  retina mei --model-path demo --session session_1_ventral1_20200226 --neuron 5 --output mei.safetensors\n  retina mei --model-path demo --layer core_features_layer1 --channel 3 --output mei.safetensors")]
+#[command(after_help = "Examples:
+  retina mei --model-path demo --session session_1_ventral1_20200226 --neuron 5 --output mei.safetensors
+  retina mei --model-path demo --layer core_features_layer1 --channel 3 --output mei.safetensors
+  retina mei --model-path demo --session session_1_ventral1_20200226 --neuron 5 --objective decrease --optimizer adam --iterations 100 --early-stop 3,0.003 --temporal-smoothing 0.5,5 --output mdi.safetensors")]
 pub struct MeiArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -220,12 +312,56 @@ pub struct MeiArgs {
     /// Start from the tensor `stimulus` of this safetensors file, as is, instead of seeded noise.
     #[arg(long, value_name = "IN.safetensors")]
     pub init: Option<PathBuf>,
+    /// Maximise the response (most exciting input) or minimise it (most depressing input).
+    #[arg(long, value_enum, default_value = "increase")]
+    pub objective: ObjectiveArg,
     #[command(flatten)]
     pub optimization: OptimizationArgs,
-    /// Where to write `mei` (1, channels, time, height, width), `loss` (one value per step) and
+    /// Where to write `mei` (1, channels, time, height, width), `loss` (one value per step taken) and
     /// `response` (the objective's time series for the MEI).
     #[arg(long, value_name = "OUT.safetensors")]
     pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  retina mds --model-path demo --session session_1_ventral1_20200226 --neurons 0 --against 4 --output mds.safetensors --figure mds.png
+  retina mds --model-path demo --session session_1_ventral1_20200226 --neurons 1,2,3 --against rest --temperature 1.6 --optimizer adam --iterations 100 --early-stop 3,0.003 --output mds.safetensors
+
+Defaults follow openretina's most_discriminative_stimulus notebook: SGD at lr 100 for 10 steps,
+temperature 1.6, norm 30 with ranges -0.6,6.2 (green) and -0.9,6.2 (UV), temporal smoothing 0.5,5,
+no range penalty.")]
+pub struct MdsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The session whose neurons are compared.
+    #[arg(long, value_name = "KEY")]
+    pub session: String,
+    /// The neurons the stimulus should drive, comma-separated (e.g. `1,9,10`).
+    #[arg(long, value_delimiter = ',', value_name = "A,B,C", required = true)]
+    pub neurons: Vec<usize>,
+    /// The neurons it should drive less, comma-separated, or `rest` (every other neuron of the session).
+    #[arg(long, value_name = "D,E|rest")]
+    pub against: String,
+    /// Temperature of the contrastive objective (openretina's default 1.6).
+    #[arg(long, default_value_t = mei::DEFAULT_TEMPERATURE, value_name = "T")]
+    pub temperature: f64,
+    /// Start from the tensor `stimulus` of this safetensors file, as is, instead of seeded noise.
+    #[arg(long, value_name = "IN.safetensors")]
+    pub init: Option<PathBuf>,
+    #[command(flatten)]
+    pub optimization: OptimizationArgs,
+    /// Where to write `mds` (1, channels, time, height, width), `loss` (one value per step taken),
+    /// `response.neurons` and `response.against` (each group's mean response over time).
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub output: PathBuf,
+    /// Also draw the MEI figure of the stimulus, both groups' responses in its fourth panel
+    /// (format from the extension: jpg, png or svg).
+    #[arg(long, value_name = "FIGURE")]
+    pub figure: Option<PathBuf>,
+    /// Figure resolution in dots per inch.
+    #[arg(long, default_value_t = 150, value_name = "DPI")]
+    pub dpi: u32,
 }
 
 #[derive(Args, Debug)]
@@ -245,7 +381,8 @@ pub struct BenchArgs {
   retina visualize --model-path demo --save-folder visualizations
   retina visualize --model-path hoefling_2024_base_low_res --save-folder visualizations
   retina visualize --is-hoefling-ensemble-model --model-id 0 --save-folder vis_ensemble_0
-  retina visualize --model-path model.ckpt --save-folder out --layers 0 --no-video --image-file-format png")]
+  retina visualize --model-path model.ckpt --save-folder out --layers 0 --no-video --image-file-format png
+  retina visualize --model-path demo --save-folder mdis --objective decrease --optimizer adam --iterations 100 --early-stop 3,0.003")]
 pub struct VisualizeArgs {
     /// The model: `demo` (built in), a .safetensors / Lightning .ckpt file, an ensemble folder, an
     /// http(s) URL or a pretrained model name (e.g. hoefling_2024_base_low_res).
@@ -268,6 +405,9 @@ pub struct VisualizeArgs {
     pub dpi: u32,
     #[command(flatten)]
     pub source: SourceArgs,
+    /// Maximise the responses (most exciting inputs) or minimise them (most depressing inputs).
+    #[arg(long, value_enum, default_value = "increase")]
+    pub objective: ObjectiveArg,
     #[command(flatten)]
     pub optimization: OptimizationArgs,
     /// Only these core layers' channel MEIs, as indices or names, comma-separated (e.g. `0,1`).
@@ -351,6 +491,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Info(args) => info(&args),
         Command::Predict(args) => predict(&args),
         Command::Mei(args) => mei_command(&args),
+        Command::Mds(args) => mds_command(&args),
         Command::Convert(args) => {
             let raw = formats::read_model(&args.input, args.source.model_id, &args.source.download_options(false))?;
             // Refuse to write what retina could not run.
@@ -468,27 +609,33 @@ pub fn read_stimulus(path: &std::path::Path) -> Result<Tensor<f32>> {
     raw.to_float("stimulus").map_err(|e| Error::file(path, e))
 }
 
+/// The starting stimulus: the `--init` file's `stimulus` as is, or seeded noise post-processed.
+fn initial_stimulus(init: Option<&std::path::Path>, model: &Model<f32>, target: &MeiTarget, settings: &MeiSettings) -> Result<Tensor<f32>> {
+    // Before the initial stimulus is made: refuses too few or impossibly many frames.
+    let expected = model.config.stimulus_shape(settings.time_steps, 1);
+    model.check_stimulus(&expected)?;
+    match init {
+        Some(path) => {
+            let init = read_stimulus(path)?;
+            if init.shape != expected {
+                return Err(Error::file(path, format!("`stimulus` has shape {:?}; this stimulus needs {expected:?}", init.shape)));
+            }
+            Ok(init)
+        }
+        None => Ok(mei::initial_stimulus(model, target, settings)),
+    }
+}
+
 fn mei_command(args: &MeiArgs) -> Result<()> {
     let model = args.model.load()?;
-    let settings = args.optimization.settings(model.config.input_channels)?;
+    let mut settings = args.optimization.settings(model.config.input_channels)?;
+    settings.direction = args.objective.direction();
     let target = match (&args.session, args.neuron, &args.layer, args.channel) {
         (Some(session), Some(neuron), None, None) => MeiTarget::OutputNeuron { session: session.clone(), neuron },
         (None, None, Some(layer), Some(channel)) => MeiTarget::InnerChannel { layer: model.layer_index(layer)?, channel },
         _ => bail!("say which MEI: --session KEY --neuron N, or --layer NAME --channel C"),
     };
-    // Before the initial stimulus is made: refuses too few or impossibly many frames.
-    model.check_stimulus(&model.config.stimulus_shape(settings.time_steps, 1))?;
-    let init = match &args.init {
-        Some(path) => {
-            let init = read_stimulus(path)?;
-            let expected = model.config.stimulus_shape(settings.time_steps, 1);
-            if init.shape != expected {
-                return Err(Error::file(path, format!("`stimulus` has shape {:?}; this MEI needs {expected:?}", init.shape)));
-            }
-            init
-        }
-        None => mei::initial_stimulus(&model, &target, &settings),
-    };
+    let init = initial_stimulus(args.init.as_deref(), &model, &target, &settings)?;
     let result = mei::optimize(&model, &target, init, &settings)?;
     let mut tensors = BTreeMap::new();
     tensors.insert("mei".to_string(), RawTensor::f32(result.stimulus.shape.clone(), result.stimulus.data.clone()));
@@ -499,7 +646,7 @@ fn mei_command(args: &MeiArgs) -> Result<()> {
         "{}: objective {:.6} after {} steps (loss {:.6} -> {:.6}); wrote {}",
         target.id(),
         result.objective,
-        settings.iterations,
+        result.losses.len(),
         result.losses.first().copied().unwrap_or(f64::NAN),
         result.losses.last().copied().unwrap_or(f64::NAN),
         args.output.display()
@@ -509,6 +656,81 @@ fn mei_command(args: &MeiArgs) -> Result<()> {
 
 fn parse_shard(text: &str) -> std::result::Result<Shard, String> {
     Shard::parse(text).map_err(|e| e.to_string())
+}
+
+fn mds_command(args: &MdsArgs) -> Result<()> {
+    if !(args.temperature.is_finite() && args.temperature > 0.0) {
+        bail!("--temperature must be a positive number, got {}", args.temperature);
+    }
+    let style = match &args.figure {
+        Some(path) => {
+            let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            let format = extension.parse().map_err(|e| Error::new(format!("--figure {}: {e}", path.display())))?;
+            if !(10..=1200).contains(&args.dpi) {
+                bail!("--dpi {} is out of range; use 10 … 1200", args.dpi);
+            }
+            Some(crate::plot::FigureStyle { format, dpi: args.dpi })
+        }
+        None => None,
+    };
+    let model = args.model.load()?;
+    let channels = model.config.input_channels;
+    let mut settings = args.optimization.apply(MeiSettings::mds_notebook(channels), channels)?;
+    settings.temperature = args.temperature;
+    let neurons = model.readout(&args.session)?.neurons;
+    let against: Vec<usize> = if args.against.trim() == "rest" {
+        (0..neurons).filter(|n| !args.neurons.contains(n)).collect()
+    } else {
+        args.against
+            .split(',')
+            .map(|n| n.trim().parse::<usize>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::new(format!("--against must be neuron indices separated by commas, or `rest`; got `{}`", args.against)))?
+    };
+    let target = MeiTarget::Contrastive { session: args.session.clone(), on: args.neurons.clone(), off: vec![against.clone()] };
+    let init = initial_stimulus(args.init.as_deref(), &model, &target, &settings)?;
+    let result = mei::optimize(&model, &target, init, &settings)?;
+    let traces = mei::objective(&model, &target, &settings)?.group_traces(&result.stimulus.data);
+    let mut tensors = BTreeMap::new();
+    tensors.insert("mds".to_string(), RawTensor::f32(result.stimulus.shape.clone(), result.stimulus.data.clone()));
+    tensors.insert("loss".to_string(), RawTensor { shape: vec![result.losses.len()], data: formats::TensorData::F64(result.losses.clone()) });
+    for (name, trace) in ["response.neurons", "response.against"].iter().zip(&traces) {
+        tensors.insert(name.to_string(), RawTensor::f32(vec![trace.len()], trace.clone()));
+    }
+    write_atomic(&args.output, &formats::safetensors::serialize(&tensors, None)?)?;
+    if let (Some(path), Some(style)) = (&args.figure, style) {
+        let [_, c, t, h, w] = <[usize; 5]>::try_from(result.stimulus.shape.as_slice()).map_err(|_| Error::new("unexpected stimulus shape"))?;
+        let (first, last) = result.highlighted_frames;
+        let input = crate::plot::MeiFigureInput {
+            stimulus: Tensor::new(vec![c, t, h, w], result.stimulus.data.clone())?,
+            response: None,
+            window: (first, last + 1),
+            frame_rate: 30.0,
+        };
+        let group = |g: &[usize]| {
+            let list = g.iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
+            if g.len() == 1 { format!("neuron {list}") } else { format!("neurons {list}") }
+        };
+        let annotations = crate::plot::MeiAnnotations {
+            traces: vec![
+                (group(&args.neurons), traces[0].clone()),
+                (if args.against.trim() == "rest" { "all other neurons".into() } else { group(&against) }, traces[1].clone()),
+            ],
+            note: Some(format!("MDS, temperature {}", args.temperature)),
+        };
+        crate::plot::draw_mei_annotated(&input, &annotations, &style, path)?;
+    }
+    println!(
+        "{}: contrastive objective {:.6} after {} steps (loss {:.6} -> {:.6}); wrote {}{}",
+        target.id(),
+        result.objective,
+        result.losses.len(),
+        result.losses.first().copied().unwrap_or(f64::NAN),
+        result.losses.last().copied().unwrap_or(f64::NAN),
+        args.output.display(),
+        args.figure.as_ref().map(|f| format!(" and {}", f.display())).unwrap_or_default()
+    );
+    Ok(())
 }
 
 fn visualize_command(args: &VisualizeArgs) -> Result<()> {
@@ -570,7 +792,7 @@ fn visualize_command(args: &VisualizeArgs) -> Result<()> {
     let options = crate::visualize::VisualizeOptions {
         save_folder: args.save_folder.clone(),
         style,
-        mei: args.optimization.settings(model.config.input_channels)?,
+        mei: MeiSettings { direction: args.objective.direction(), ..args.optimization.settings(model.config.input_channels)? },
         layers,
         sessions: args.sessions.clone(),
         neurons: args.neurons.clone(),

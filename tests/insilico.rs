@@ -145,3 +145,136 @@ fn lowpass_kernel_is_openretinas() {
     }
     assert_eq!(kernel.len(), expected.len());
 }
+
+// ---- the CLI: `retina mds`, and `retina mei` / `visualize` with the new flags ----
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn retina(args: &[&str]) -> Run {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_retina"))
+        .args(args)
+        .env("OPENRETINA_CACHE_DIRECTORY", std::env::temp_dir().join("retina-insilico-test-empty-cache"))
+        .output()
+        .expect("cannot start the retina binary");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn read_tensors(path: &std::path::Path) -> std::collections::BTreeMap<String, formats::RawTensor> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    formats::safetensors::parse(&bytes, "output").unwrap().0
+}
+
+fn demo() -> Model<f32> {
+    Model::from_raw(&formats::read_model("demo", -1, &Default::default()).unwrap()).unwrap()
+}
+
+const SESSION: &str = "session_1_ventral1_20200226";
+
+#[test]
+fn mds_command_writes_the_library_result_and_its_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, figure) = (dir.path().join("mds.safetensors"), dir.path().join("mds.png"));
+    let run = retina(&[
+        "mds", "--model-path", "demo", "--session", SESSION, "--neurons", "0", "--against", "4",
+        "--output", out.to_str().unwrap(), "--figure", figure.to_str().unwrap(), "--dpi", "20",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stdout.contains("after 10 steps"), "{}", run.stdout);
+    assert!(std::fs::metadata(&figure).unwrap().len() > 1000, "figure not written");
+    let tensors = read_tensors(&out);
+    // The CLI must run exactly the library's procedure with the notebook's defaults.
+    let model = demo();
+    let target = MeiTarget::Contrastive { session: SESSION.into(), on: vec![0], off: vec![vec![4]] };
+    let settings = MeiSettings::mds_notebook(2);
+    let expected = mei::optimize(&model, &target, mei::initial_stimulus(&model, &target, &settings), &settings).unwrap();
+    let mds = tensors["mds"].to_float::<f32>("mds").unwrap();
+    assert_eq!(mds.shape, vec![1, 2, 50, 18, 16]);
+    assert_eq!(mds.data, expected.stimulus.data, "same computation, same bits");
+    assert_eq!(tensors["loss"].to_float::<f64>("loss").unwrap().data, expected.losses);
+    // The stimulus separates the groups: neuron 0's mean response over the window exceeds neuron 4's.
+    let window = |name: &str| tensors[name].to_float::<f32>(name).unwrap().data[10..20].iter().sum::<f32>();
+    assert!(window("response.neurons") > window("response.against"));
+}
+
+#[test]
+fn mei_command_decrease_adam_early_stop_smoothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mdi.safetensors");
+    let run = retina(&[
+        "mei", "--model-path", "demo", "--session", SESSION, "--neuron", "5", "--objective", "decrease",
+        "--optimizer", "adam", "--iterations", "40", "--early-stop", "2,0.0", "--temporal-smoothing", "0.5,5",
+        "--range-penalty", "0", "--output", out.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let model = demo();
+    let target = MeiTarget::OutputNeuron { session: SESSION.into(), neuron: 5 };
+    let mut settings = MeiSettings::openretina(2);
+    settings.direction = Direction::Decrease;
+    settings.optimizer = OptimizerKind::ADAM;
+    settings.learning_rate = 0.1; // the CLI's Adam default
+    settings.iterations = 40;
+    settings.early_stop = Some(EarlyStop { patience: 2, min_delta: 0.0 });
+    settings.lowpass = Some(TemporalLowPass { sigma: 0.5, kernel_size: 5 });
+    settings.constraints.penalty_factor = 0.0;
+    let expected = mei::optimize(&model, &target, mei::initial_stimulus(&model, &target, &settings), &settings).unwrap();
+    let tensors = read_tensors(&out);
+    let loss = tensors["loss"].to_float::<f64>("loss").unwrap().data;
+    assert_eq!(loss, expected.losses, "one loss per step taken");
+    assert_eq!(tensors["mei"].to_float::<f32>("mei").unwrap().data, expected.stimulus.data);
+    // Minimising: the response falls.
+    assert!(loss.last() < loss.first(), "{loss:?}");
+}
+
+#[test]
+fn visualize_decrease_adam_early_stop_on_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("vis");
+    let run = retina(&[
+        "visualize", "--model-path", "demo", "--save-folder", folder.to_str().unwrap(), "--objective", "decrease",
+        "--optimizer", "adam", "--iterations", "30", "--early-stop", "3,0.003", "--layers", "0",
+        "--sessions", SESSION, "--neurons", "0,1", "--no-video", "--no-weights", "--dpi", "20", "-q",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let tensors = read_tensors(&folder.join("meis.safetensors"));
+    let losses: Vec<usize> = tensors.keys().filter(|k| k.starts_with("loss.")).map(|k| tensors[k].shape[0]).collect();
+    assert_eq!(losses.len(), 16 + 2, "16 channels of layer 0 and 2 neurons");
+    assert!(losses.iter().all(|&n| (1..=30).contains(&n)), "{losses:?}");
+}
+
+#[test]
+fn bad_insilico_flags_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let out = out.to_str().unwrap();
+    let mei = ["mei", "--model-path", "demo", "--session", SESSION, "--neuron", "0", "--output", out];
+    let mds = ["mds", "--model-path", "demo", "--session", SESSION, "--neurons", "0", "--output", out];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        ([&mei[..], &["--early-stop", "3"]].concat(), "--early-stop"),
+        ([&mei[..], &["--early-stop", "0,0.1"]].concat(), "--early-stop"),
+        ([&mei[..], &["--temporal-smoothing", "-1,5"]].concat(), "--temporal-smoothing"),
+        ([&mei[..], &["--temporal-smoothing", "0.5,500"]].concat(), "--temporal-smoothing"),
+        ([&mei[..], &["--range-penalty", "-0.1"]].concat(), "--range-penalty"),
+        ([&mei[..], &["--optimizer", "rmsprop"]].concat(), "--optimizer"),
+        ([&mei[..], &["--objective", "maximise"]].concat(), "--objective"),
+        ([&mds[..], &["--against", "1,x"]].concat(), "--against"),
+        ([&mds[..], &["--against", "99"]].concat(), "neuron 99"),
+        ([&mds[..], &["--against", "1", "--temperature", "0"]].concat(), "--temperature"),
+        ([&mds[..], &["--against", "1", "--figure", "f.gif"]].concat(), "gif"),
+    ];
+    for (args, word) in cases {
+        let run = retina(&args);
+        assert_eq!(run.code, Some(2), "{args:?}: {}", run.stderr);
+        assert!(!run.stderr.contains("panicked"), "{args:?}: {}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(word), "{args:?}: `{}` lacks `{word}`", run.stderr.trim());
+        assert!(!std::path::Path::new(out).exists(), "{args:?} left an output behind");
+    }
+}

@@ -42,6 +42,21 @@ pub fn draw_mei_with(input: &MeiFigureInput, compositions: &[ChannelComposition]
     mei_canvas(input, compositions)?.save(style, path)
 }
 
+/// What a figure adds to the MEI figure: labelled response traces for the fourth panel (e.g. the
+/// two groups of neurons of a most discriminative stimulus), drawn instead of `input.response`
+/// with a legend, and a note under the fourth panel's title (e.g. how the stimulus was optimised).
+#[derive(Debug, Clone, Default)]
+pub struct MeiAnnotations {
+    pub traces: Vec<(String, Vec<f32>)>,
+    pub note: Option<String>,
+}
+
+/// [`draw_mei`] with annotations.
+pub fn draw_mei_annotated(input: &MeiFigureInput, annotations: &MeiAnnotations, style: &FigureStyle, path: &Path) -> Result<()> {
+    let compositions = mei_composition(&input.stimulus, input.frame_rate)?;
+    mei_canvas_annotated(input, &compositions, annotations)?.save(style, path)
+}
+
 /// Line colours and names of the colour channels, as openretina picks them by channel count.
 fn channel_looks(channels: usize) -> Vec<(Colour, String)> {
     let named: &[(Colour, &str)] = match channels {
@@ -70,6 +85,14 @@ fn channel_looks(channels: usize) -> Vec<(Colour, String)> {
 }
 
 pub(crate) fn mei_canvas(input: &MeiFigureInput, compositions: &[ChannelComposition]) -> Result<Canvas> {
+    mei_canvas_annotated(input, compositions, &MeiAnnotations::default())
+}
+
+pub(crate) fn mei_canvas_annotated(
+    input: &MeiFigureInput,
+    compositions: &[ChannelComposition],
+    annotations: &MeiAnnotations,
+) -> Result<Canvas> {
     // mei_composition accepted the stimulus, so it is (C, T, H, W) and not empty.
     let &[channels, frames, height, width] = input.stimulus.shape.as_slice() else {
         return Err(Error::new(format!("an MEI must have shape (C, T, H, W), got {:?}", input.stimulus.shape)));
@@ -135,21 +158,43 @@ pub(crate) fn mei_canvas(input: &MeiFigureInput, compositions: &[ChannelComposit
     let (x, y) = panel(0, 1);
     draw_spatial_components(&mut canvas, compositions, (x, y, panel_w, panel_h), height, width, &names);
 
-    // The model's response to the MEI.
-    if let Some(response) = &input.response {
+    // The model's response to the MEI, or the annotations' labelled traces.
+    let single: Vec<(String, Vec<f32>)> = input.response.iter().map(|r| (String::new(), r.clone())).collect();
+    let traces = if annotations.traces.is_empty() { &single } else { &annotations.traces };
+    if !traces.is_empty() {
+        const TRACE_COLOURS: [Colour; 4] = [BLACK, [0xd6, 0x27, 0x28], [0x1f, 0x77, 0xb4], [0x2c, 0xa0, 0x2c]];
         let (x, y) = panel(1, 1);
-        let offset = frames.saturating_sub(response.len());
-        let response_times: Vec<f64> = (0..response.len()).map(|i| (offset + i) as f64 * time_step).collect();
-        let values: Vec<f64> = response.iter().map(|&v| v as f64).collect();
-        let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let (lo, hi) = traces
+            .iter()
+            .flat_map(|(_, r)| r)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v as f64), hi.max(v as f64)));
         let axes = Axes { x, y, w: panel_w, h: panel_h, xlim: time_limits, ylim: auto_limits(lo, hi) };
         axes.shade_x(&mut canvas, window_from, window_to);
-        axes.plot(&mut canvas, &response_times, &values, BLACK);
+        for (i, (_, response)) in traces.iter().enumerate() {
+            let offset = frames.saturating_sub(response.len());
+            let response_times: Vec<f64> = (0..response.len()).map(|i| (offset + i) as f64 * time_step).collect();
+            let values: Vec<f64> = response.iter().map(|&v| v as f64).collect();
+            axes.plot(&mut canvas, &response_times, &values, TRACE_COLOURS[i % TRACE_COLOURS.len()]);
+        }
         axes.frame(&mut canvas);
         axes.x_ticks(&mut canvas, false);
         axes.y_ticks(&mut canvas, false);
-        axes.title(&mut canvas, "Model Response to the Stimulus");
+        let title = if traces.len() > 1 { "Model Responses to the Stimulus" } else { "Model Response to the Stimulus" };
+        let title = match &annotations.note {
+            Some(note) => format!("{title} ({note})"),
+            None => title.to_string(),
+        };
+        axes.title(&mut canvas, &title);
         axes.x_label(&mut canvas, "Time [s]");
+        let entries: Vec<(&str, Colour)> = traces
+            .iter()
+            .enumerate()
+            .filter(|(_, (label, _))| !label.is_empty())
+            .map(|(i, (label, _))| (label.as_str(), TRACE_COLOURS[i % TRACE_COLOURS.len()]))
+            .collect();
+        if !entries.is_empty() {
+            axes.legend(&mut canvas, &entries);
+        }
     }
     Ok(canvas)
 }

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 
 pub use composition::{mei_composition, ChannelComposition};
 pub use conv_weights::{draw_conv_weights, ConvWeightLimits, ConvWeights};
-pub use mei::{draw_mei, draw_mei_with, MeiFigureInput};
+pub use mei::{draw_mei, draw_mei_annotated, draw_mei_with, MeiAnnotations, MeiFigureInput};
 pub use readout::{draw_readout_neuron, ReadoutLimits, ReadoutNeuron};
 
 /// File format of a figure.
