@@ -31,23 +31,10 @@ fn median_seconds(runs: usize, mut f: impl FnMut()) -> f64 {
     times[times.len() / 2]
 }
 
-/// Floating-point operations of the convolutions of the first `layers` core layers for one stimulus
-/// of `shape` `(channels, t, h, w)`, as this crate computes them (separable: spatial step on every
-/// input frame, then the temporal correlation). The backward pass costs the same again.
-pub fn conv_flops(model: &Model<f32>, shape: [usize; 4], layers: usize) -> f64 {
-    let mut input = [shape[1], shape[2], shape[3]];
-    let mut flops = 0.0;
-    for layer in model.core.layers.iter().take(layers) {
-        let conv = &layer.conv;
-        let Some(out) = conv.output_shape(input) else { break };
-        let p = (out[1] * out[2]) as f64;
-        let pairs = (conv.in_channels * conv.out_channels) as f64;
-        let tp = (input[0] + conv.padding[0].0 + conv.padding[0].1) as f64;
-        let kk = (conv.spatial_kernel * conv.spatial_kernel) as f64;
-        flops += 2.0 * pairs * (tp * p * kk + out[0] as f64 * p * conv.temporal_kernel as f64);
-        input = if layer.max_pool { [out[0], out[1] / 2, out[2] / 2] } else { out };
-    }
-    flops
+/// Floating-point operations of the first `blocks` core blocks for one stimulus of `shape`
+/// `(channels, t, h, w)`, as this crate computes them. The backward pass costs the same again.
+pub fn conv_flops(model: &Model<f32>, shape: [usize; 4], blocks: usize) -> f64 {
+    model.core.flops(shape, blocks)
 }
 
 /// Peak single-precision matrix product rate of this machine with all threads, in FLOP/s.
@@ -85,7 +72,7 @@ pub fn run(model: &Model<f32>, time_steps: usize) -> crate::Result<BenchReport> 
     let objective = Objective::new(model, target, time_steps)?;
     let full_shape = model.config.stimulus_shape(time_steps, 1);
     let full = [full_shape[1], full_shape[2], full_shape[3], full_shape[4]];
-    let flops_fwd = conv_flops(model, full, model.core.layers.len());
+    let flops_fwd = conv_flops(model, full, model.core.blocks.len());
     let (gradient_shape, gradient_layers) = objective.gradient_work();
     let flops_step = 2.0 * conv_flops(model, gradient_shape, gradient_layers);
     let mut rng = Rng::new(2);

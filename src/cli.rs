@@ -531,26 +531,13 @@ pub fn describe(model: &Model<f32>) -> String {
     if let Some(t) = c.train_time_steps {
         s += &format!("trained on:     {t} frames\n");
     }
-    let shapes = c.layer_output_shapes(c.train_time_steps.unwrap_or(50)).unwrap_or_default();
-    s += "core:\n";
-    for (i, l) in c.layers.iter().enumerate() {
-        let pad = l.padding.map(|(a, b)| if a == b { a.to_string() } else { format!("{a}+{b}") });
-        s += &format!(
-            "  core_features_layer{i}: {} -> {} channels, kernel {}x{}x{} (time x space), padding ({}){}{}\n",
-            l.in_channels,
-            l.out_channels,
-            l.temporal_kernel,
-            l.spatial_kernel,
-            l.spatial_kernel,
-            pad.join(", "),
-            if l.max_pool { ", max-pool 1x2x2" } else { "" },
-            shapes.get(i).map(|o| format!(", output {o:?}")).unwrap_or_default()
-        );
-    }
+    s += &format!("core:           {}\n", c.core_class);
+    s += &crate::model::describe_core(model);
     if c.cut_first_n_frames > 0 {
         s += &format!("  first {} output frames cut\n", c.cut_first_n_frames);
     }
     let total: usize = c.sessions.iter().map(|(_, n)| n).sum();
+    s += &format!("readout:        {}\n", c.readout.class);
     s += &format!("sessions:       {} ({} neurons in all)\n", c.sessions.len(), total);
     for (name, n) in &c.sessions {
         s += &format!("  {name}: {n} neurons\n");

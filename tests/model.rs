@@ -44,15 +44,20 @@ fn check_weights(fixture_name: &str, model_file: &str, center: bool) {
     if center {
         model.center_readouts();
     }
-    for (i, layer) in model.core.layers.iter().enumerate() {
+    for i in 0..model.core.n_layers() {
         let expected = reference.get(&format!("weights.layer{i}.temporal"));
-        let kernels = layer.conv.temporal_kernels(0.0);
+        // Every (out, in) pair's temporal kernel at the default log speed, in openretina's order.
+        let conv = model.core.layer_kernel(i).unwrap();
+        let (inputs, outputs) = conv.kernel_channels().unwrap();
+        let kernels: Vec<f32> =
+            (0..outputs).flat_map(|o| (0..inputs).flat_map(move |c| conv.kernel(c, o).unwrap().temporal)).collect();
         let d = rel_max_diff(&to_f64(&kernels), &expected.data);
         assert!(d <= WEIGHTS_TOL, "{fixture_name} layer {i} temporal kernels differ by {d:e}");
     }
     for (session, readout) in &model.readouts {
         let expected = reference.get(&format!("readout.{session}.mask"));
-        let d = rel_max_diff(&to_f64(readout.masks()), &expected.data);
+        let masks: Vec<f32> = (0..readout.neurons()).flat_map(|n| readout.neuron_weights(n).spatial.data).collect();
+        let d = rel_max_diff(&to_f64(&masks), &expected.data);
         assert!(d <= WEIGHTS_TOL, "{fixture_name} {session} masks differ by {d:e}");
     }
 }

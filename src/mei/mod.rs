@@ -197,13 +197,15 @@ pub fn optimize_all<F: Float>(
 /// each session.
 pub fn all_targets<F: Float>(model: &Model<F>) -> Vec<MeiTarget> {
     let mut targets = Vec::new();
-    for (layer, l) in model.core.layers.iter().enumerate() {
-        for channel in 0..l.conv.out_channels {
+    // Shapes for the training length (or 50 frames): only the channel counts are used.
+    let shapes = model.layer_output_shapes(model.config.train_time_steps.unwrap_or(50)).unwrap_or_default();
+    for (layer, shape) in shapes.iter().enumerate() {
+        for channel in 0..shape[0] {
             targets.push(MeiTarget::InnerChannel { layer, channel });
         }
     }
     for (session, readout) in &model.readouts {
-        for neuron in 0..readout.neurons {
+        for neuron in 0..readout.neurons() {
             targets.push(MeiTarget::OutputNeuron { session: session.clone(), neuron });
         }
     }

@@ -6,7 +6,7 @@
 //! depressing inputs).
 
 use crate::error::{Error, Result};
-use crate::model::core::CoreKernels;
+use crate::model::layer::Reach;
 use crate::model::{Float, Model};
 
 /// Frames the reducer averages over (openretina's `SliceMeanReducer(length=10)`).
@@ -64,7 +64,6 @@ impl MeiTarget {
 pub struct Objective<'m, F> {
     model: &'m Model<F>,
     pub target: MeiTarget,
-    kernels: CoreKernels<F>,
     session: String,
     stimulus_shape: [usize; 4],
     /// Frames of the objective's time series (output responses or layer output).
@@ -110,14 +109,14 @@ impl<'m, F: Float> Objective<'m, F> {
         let (session, series_len, start) = match &target {
             MeiTarget::OutputNeuron { session, neuron } => {
                 let readout = model.readout(session)?;
-                if *neuron >= readout.neurons {
+                let neurons = readout.neurons();
+                if *neuron >= neurons {
                     return Err(Error::new(format!(
-                        "neuron {neuron} does not exist: session {session} has {} neurons (0 … {})",
-                        readout.neurons,
-                        readout.neurons - 1
+                        "neuron {neuron} does not exist: session {session} has {neurons} neurons (0 … {})",
+                        neurons - 1
                     )));
                 }
-                let t_out = model.config.core_output_shape(time_steps)?[1];
+                let t_out = model.core_output_shape(time_steps)?[1];
                 (session.clone(), t_out, OUTPUT_WINDOW_START)
             }
             MeiTarget::Contrastive { session, on, off } => {
@@ -125,18 +124,18 @@ impl<'m, F: Float> Objective<'m, F> {
                 if on.is_empty() || off.is_empty() || off.iter().any(|g| g.is_empty()) {
                     return Err(Error::new("a most discriminative stimulus needs a non-empty group of neurons and at least one non-empty group to contrast it with"));
                 }
-                if let Some(n) = on.iter().chain(off.iter().flatten()).find(|&&n| n >= readout.neurons) {
+                let neurons = readout.neurons();
+                if let Some(n) = on.iter().chain(off.iter().flatten()).find(|&&n| n >= neurons) {
                     return Err(Error::new(format!(
-                        "neuron {n} does not exist: session {session} has {} neurons (0 … {})",
-                        readout.neurons,
-                        readout.neurons - 1
+                        "neuron {n} does not exist: session {session} has {neurons} neurons (0 … {})",
+                        neurons - 1
                     )));
                 }
-                let t_out = model.config.core_output_shape(time_steps)?[1];
+                let t_out = model.core_output_shape(time_steps)?[1];
                 (session.clone(), t_out, OUTPUT_WINDOW_START)
             }
             MeiTarget::InnerChannel { layer, channel } => {
-                let shapes = model.config.layer_output_shapes(time_steps)?;
+                let shapes = model.layer_output_shapes(time_steps)?;
                 let s = shapes.get(*layer).ok_or_else(|| {
                     Error::new(format!("layer {layer} does not exist: the model has {} core layers", shapes.len()))
                 })?;
@@ -154,7 +153,6 @@ impl<'m, F: Float> Objective<'m, F> {
         let region = dependency_region(model, &target, stimulus_shape, window.0);
         Ok(Objective {
             model,
-            kernels: model.core.kernels(Some(&session)),
             target,
             session,
             stimulus_shape,
@@ -185,14 +183,10 @@ impl<'m, F: Float> Objective<'m, F> {
         (offset + self.window.0, offset + self.window.0 + self.window.1 - 1)
     }
 
-    /// The stimulus shape `(channels, t, h, w)` gradients are computed on, and how many core layers
+    /// The stimulus shape `(channels, t, h, w)` gradients are computed on, and how many core blocks
     /// they run through (for operation counts).
     pub fn gradient_work(&self) -> ([usize; 4], usize) {
-        let layers = match &self.target {
-            MeiTarget::InnerChannel { layer, .. } => layer + 1,
-            _ => self.model.core.layers.len(),
-        };
-        (self.region.shape, layers)
+        (self.region.shape, blocks_used(self.model, &self.target))
     }
 
     /// The objective and its full time series (for figures and reports).
@@ -245,25 +239,26 @@ impl<'m, F: Float> Objective<'m, F> {
     ) -> (f64, Vec<F>, Option<Vec<F>>) {
         // d objective / d (one frame of the window), with the direction's sign.
         let inv_len = F::from_f64(self.sign) / F::from_f64(len as f64);
+        let session = Some(self.session.as_str());
+        let core = &self.model.core;
         match &self.target {
             MeiTarget::OutputNeuron { .. } | MeiTarget::Contrastive { .. } => {
                 let readout = &self.model.readouts[&self.session];
-                let tape = self.model.core.forward(&self.kernels, x, shape);
-                let (core_out, [_, t, _, _]) = self.model.core.output(&tape);
-                let (responses, readout_tape) = readout.forward(&core_out, t);
-                let (objective, series, g_resp) = self.score_responses(&responses, t, (start, len));
+                let tape = core.forward(x, shape, session);
+                let (core_out, out_shape) = core.output(&tape);
+                let (responses, readout_tape) = readout.forward(&core_out, out_shape);
+                let (objective, series, g_resp) = self.score_responses(&responses, out_shape[1], (start, len));
                 let gradient = with_gradient.then(|| {
-                    let g_core = readout.backward(&readout_tape, &g_resp, t);
-                    self.model.core.backward(&self.kernels, &tape, vec![], Some(&g_core))
+                    let g_core = readout.backward(&readout_tape, &g_resp, out_shape);
+                    core.backward(&tape, vec![], Some(&g_core), session)
                 });
                 (objective, series, gradient)
             }
             MeiTarget::InnerChannel { layer, channel } => {
-                let tape = self.model.core.forward_layers(&self.kernels, x, shape, layer + 1);
-                let [c, t, h, w] = tape.output_shapes[*layer];
+                let tape = core.forward_to_layer(x, shape, session, *layer);
+                let (out, [c, t, h, w]) = tape.block_output(core.layer_blocks[*layer]);
                 let (cy, cx) = centre.unwrap_or((h / 2, w / 2));
                 let centre = cy * w + cx;
-                let out = &tape.outputs[*layer];
                 let series: Vec<F> = (0..t).map(|ti| out[(channel * t + ti) * h * w + centre]).collect();
                 let objective = self.sign * mean(&series[start..start + len]);
                 let gradient = with_gradient.then(|| {
@@ -273,7 +268,7 @@ impl<'m, F: Float> Objective<'m, F> {
                     }
                     let mut layer_grads = vec![None; layer + 1];
                     layer_grads[*layer] = Some(g);
-                    self.model.core.backward(&self.kernels, &tape, layer_grads, None)
+                    core.backward(&tape, layer_grads, None, session)
                 });
                 (objective, series, gradient)
             }
@@ -336,9 +331,10 @@ impl<F: Float> Objective<'_, F> {
             return vec![self.evaluate(x).1];
         };
         let readout = &self.model.readouts[&self.session];
-        let tape = self.model.core.forward(&self.kernels, x, self.stimulus_shape);
-        let (core_out, [_, t, _, _]) = self.model.core.output(&tape);
-        let (responses, _) = readout.forward(&core_out, t);
+        let tape = self.model.core.forward(x, self.stimulus_shape, Some(&self.session));
+        let (core_out, out_shape) = self.model.core.output(&tape);
+        let t = out_shape[1];
+        let (responses, _) = readout.forward(&core_out, out_shape);
         std::iter::once(on).chain(off).map(|g| group_trace(&responses, t, g)).collect()
     }
 }
@@ -351,43 +347,61 @@ fn group_trace<F: Float>(responses: &[F], t: usize, group: &[usize]) -> Vec<F> {
         .collect()
 }
 
-/// The part of the stimulus an objective depends on, when it can be bounded exactly.
+/// How many core blocks an objective runs through.
+fn blocks_used<F: Float>(model: &Model<F>, target: &MeiTarget) -> usize {
+    match target {
+        MeiTarget::InnerChannel { layer, .. } => model.core.layer_blocks[*layer] + 1,
+        _ => model.core.blocks.len(),
+    }
+}
+
+/// The part of the stimulus an objective depends on, when it can be bounded exactly from each
+/// layer's [`Reach`].
 ///
-/// Time: with no temporal padding and no input downsampling, the window starting at series frame
-/// `window_start` depends on stimulus frames from `window_start` on (every conv is "valid" in time,
-/// and the cut of the first frames shifts series and layer frames alike).
+/// Time: when every layer is a stride-1 window without temporal padding (or works frame by frame),
+/// the window starting at series frame `window_start` depends on stimulus frames from `window_start`
+/// on (the cut of the first frames shifts series and layer frames alike).
 ///
-/// Space, for an inner channel's centre unit with no pooling or downsampling below it: walking down
-/// the layers, the rows a needed output reads are `[a - pad, b - 1 - pad + k)`; if they never reach into
-/// the zero padding, the unit's value depends only on that box of the stimulus. Computed from the box
-/// alone (each layer padding its own, smaller input), every needed value is the same, and output row
-/// `o` stands for row `o + box start` of the full computation. The tests check that results are
-/// identical to a full evaluation.
+/// Space, for an inner channel's centre unit when every layer below it is a stride-1 window: walking
+/// down the layers, the rows a needed output reads are `[a - pad, b - 1 - pad + k)`; if they never
+/// reach into the zero padding, the unit's value depends only on that box of the stimulus. Computed
+/// from the box alone (each layer padding its own, smaller input), every needed value is the same,
+/// and output row `o` stands for row `o + box start` of the full computation. The tests check that
+/// results are identical to a full evaluation.
 fn dependency_region<F: Float>(model: &Model<F>, target: &MeiTarget, full: [usize; 4], window_start: usize) -> Region {
-    let config = &model.config;
     let everything = Region { t0: 0, y0: 0, x0: 0, shape: full, centre: None };
-    let last_layer = match target {
-        MeiTarget::InnerChannel { layer, .. } => *layer,
-        _ => config.layers.len() - 1,
-    };
-    let layers = &config.layers[..=last_layer];
-    if config.downsample_input_kernel_size.is_some() || layers.iter().any(|l| l.padding[0] != (0, 0)) {
+    // Each layer's reach with the input shape it sees, in order.
+    let mut layers = Vec::new();
+    let mut shape = full;
+    for block in &model.core.blocks[..blocks_used(model, target)] {
+        for layer in &block.layers {
+            layers.push((layer.reach(), shape));
+            let Ok(next) = layer.output_shape(shape) else { return everything };
+            shape = next;
+        }
+    }
+    let time_ok = layers.iter().all(|(reach, _)| match reach {
+        Reach::Window { padding, .. } => padding[0] == (0, 0),
+        Reach::SameFrame => true,
+        Reach::Everything => false,
+    });
+    if !time_ok {
         return everything;
     }
     let mut region = Region { t0: window_start, shape: [full[0], full[1] - window_start, full[2], full[3]], ..everything };
-    if !matches!(target, MeiTarget::InnerChannel { .. }) || layers.iter().any(|l| l.max_pool) {
+    if !matches!(target, MeiTarget::InnerChannel { .. }) || layers.iter().any(|(reach, _)| !matches!(reach, Reach::Window { .. })) {
         return region;
     }
-    let Ok(shapes) = config.layer_output_shapes(full[1]) else { return region };
+    let [_, _, out_h, out_w] = shape;
     // Per spatial axis (1 = rows, 2 = columns): the stimulus range the centre unit reads.
     let reach = |axis: usize| -> Option<(usize, usize)> {
-        let centre = shapes[last_layer][axis + 1] / 2;
+        let centre = shape[axis + 1] / 2;
         let (mut a, mut b) = (centre, centre + 1);
-        for (l, layer) in layers.iter().enumerate().rev() {
-            let input_size = if l == 0 { full[axis + 1] } else { shapes[l - 1][axis + 1] };
-            let pad = layer.padding[axis].0;
-            let (lo, hi) = (a.checked_sub(pad)?, b - 1 + layer.spatial_kernel - pad);
-            if hi > input_size {
+        for (reach, in_shape) in layers.iter().rev() {
+            let Reach::Window { kernel, padding } = reach else { return None };
+            let pad = padding[axis].0;
+            let (lo, hi) = (a.checked_sub(pad)?, b - 1 + kernel[axis] - pad);
+            if hi > in_shape[axis + 1] {
                 return None;
             }
             (a, b) = (lo, hi);
@@ -395,7 +409,6 @@ fn dependency_region<F: Float>(model: &Model<F>, target: &MeiTarget, full: [usiz
         Some((a, b - a))
     };
     if let (Some((y0, h)), Some((x0, w))) = (reach(1), reach(2)) {
-        let [_, _, out_h, out_w] = shapes[last_layer];
         region.y0 = y0;
         region.x0 = x0;
         region.shape[2] = h;

@@ -7,6 +7,7 @@
 
 use serde_json::{Map, Value};
 
+use super::registry;
 use crate::error::{Error, Result};
 
 /// Zero padding before and after, per dimension (time, height, width).
@@ -14,6 +15,8 @@ pub type Padding = [(usize, usize); 3];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerConfig {
+    /// The `convolution_type` option: which convolution kind of `registry.rs` the layer has.
+    pub convolution: String,
     pub in_channels: usize,
     pub out_channels: usize,
     pub temporal_kernel: usize,
@@ -38,6 +41,8 @@ pub enum Architecture {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadoutConfig {
+    /// The readout class of `registry.rs` (openretina's `readout._target_` class name).
+    pub class: String,
     pub gaussian_mean_scale: f64,
     pub gaussian_var_scale: f64,
     /// Feature weights are clamped at 0.
@@ -51,6 +56,8 @@ pub struct ReadoutConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     pub model_class: String,
+    /// The core class of `registry.rs` (openretina's `core._target_` class name).
+    pub core_class: String,
     pub architecture: Architecture,
     /// Stimulus channels (colours), height and width.
     pub input_channels: usize,
@@ -332,20 +339,18 @@ fn input_shape(hp: &Options) -> Result<([usize; 3], Option<usize>)> {
     }
 }
 
-fn check_conv_type(opts: &Options, key: &str) -> Result<()> {
-    match opts.str(key, "custom_separable")? {
-        "custom_separable" => Ok(()),
-        other => Err(Error::new(format!(
-            "hyper parameter `{}{key}` = \"{other}\": retina implements only \"custom_separable\" convolutions",
-            opts.prefix
-        ))),
-    }
+/// The convolution type option, checked against the kinds `registry.rs` knows.
+fn conv_type(opts: &Options, key: &str) -> Result<String> {
+    let name = opts.str(key, "custom_separable")?;
+    registry::conv_kind::<f32>(name).map_err(|e| Error::new(format!("hyper parameter `{}{key}`: {e}", opts.prefix)))?;
+    Ok(name.to_string())
 }
 
 /// The layers of a `SimpleCoreWrapper`.
 #[allow(clippy::too_many_arguments)]
 fn simple_core_layers(
     opts: &Options,
+    convolution: &str,
     channels: &[usize],
     temporal: &[usize],
     spatial: &[usize],
@@ -382,6 +387,7 @@ fn simple_core_layers(
                 (hidden_padding_key, Value::Bool(true))
             };
             Ok(LayerConfig {
+                convolution: convolution.to_string(),
                 in_channels: channels[i],
                 out_channels: channels[i + 1],
                 temporal_kernel: temporal[i],
@@ -400,7 +406,14 @@ fn example_core_readout(hp: &Map<String, Value>) -> Result<ModelConfig> {
     let mut channels = vec![input_shape(&o)?.0[0]];
     channels.extend(o.usize_list("hidden_channels", None)?);
     // ExampleCoreReadout's own defaults (the readout keys carry a `readout_` prefix).
-    let defaults = ReadoutConfig { gaussian_mean_scale: 6.0, gaussian_var_scale: 4.0, positive: true, scale: true, bias: true };
+    let defaults = ReadoutConfig {
+        class: "MultiGaussianMaskReadout".into(),
+        gaussian_mean_scale: 6.0,
+        gaussian_var_scale: 4.0,
+        positive: true,
+        scale: true,
+        bias: true,
+    };
     let keys = CoreKeys { input_padding: "core_input_padding", hidden_padding: "core_hidden_padding", cut: "cut_first_n_frames_in_core" };
     simple_core_readout("ExampleCoreReadout", &o, &o, &keys, channels, gaussian_readout(&o, "readout_", defaults)?)
 }
@@ -416,6 +429,7 @@ struct CoreKeys {
 fn gaussian_readout(o: &Options, prefix: &str, defaults: ReadoutConfig) -> Result<ReadoutConfig> {
     let key = |name: &str| format!("{prefix}{name}");
     Ok(ReadoutConfig {
+        class: defaults.class.clone(),
         gaussian_mean_scale: o.f64(&key("gaussian_mean_scale"), defaults.gaussian_mean_scale)?,
         gaussian_var_scale: o.f64(&key("gaussian_var_scale"), defaults.gaussian_var_scale)?,
         positive: o.bool(&key("positive"), defaults.positive)?,
@@ -434,12 +448,13 @@ fn simple_core_readout(
     readout: ReadoutConfig,
 ) -> Result<ModelConfig> {
     let ([c, h, w], t) = input_shape(top)?;
-    check_conv_type(core, "convolution_type")?;
+    let convolution = conv_type(core, "convolution_type")?;
     if channels[0] != c {
         bail!("hyper parameters disagree: the core's channels start with {} but the stimulus has {c} channels", channels[0]);
     }
     let layers = simple_core_layers(
         core,
+        &convolution,
         &channels,
         &core.usize_list("temporal_kernel_sizes", None)?,
         &core.usize_list("spatial_kernel_sizes", None)?,
@@ -449,6 +464,7 @@ fn simple_core_readout(
     )?;
     validate(ModelConfig {
         model_class: model_class.into(),
+        core_class: "SimpleCoreWrapper".into(),
         architecture: Architecture::CoreReadout,
         input_channels: c,
         height: h,
@@ -469,15 +485,10 @@ fn unified_core_readout(hp: &Map<String, Value>) -> Result<ModelConfig> {
     let readout = Options { map: obj(o.required("readout")?, "readout")?, prefix: "readout." };
 
     let core_target = core.str("_target_", "")?;
-    if !core_target.ends_with("SimpleCoreWrapper") {
-        bail!("hyper parameter `core._target_` = \"{core_target}\": retina implements only SimpleCoreWrapper cores");
-    }
+    let core_class = registry::core_kind::<f32>(core_target).map_err(|e| Error::new(format!("hyper parameter `core._target_`: {e}")))?.class;
     let readout_target = readout.str("_target_", "")?;
-    if !readout_target.ends_with("MultiGaussianMaskReadout") {
-        bail!(
-            "hyper parameter `readout._target_` = \"{readout_target}\": retina implements only MultiGaussianMaskReadout readouts"
-        );
-    }
+    let readout_class =
+        registry::readout_kind::<f32>(readout_target).map_err(|e| Error::new(format!("hyper parameter `readout._target_`: {e}")))?.class;
     // As in openretina, `hidden_channels` (when given) overrides `core.channels`.
     let channels = match o.get("hidden_channels") {
         Some(_) => {
@@ -488,9 +499,17 @@ fn unified_core_readout(hp: &Map<String, Value>) -> Result<ModelConfig> {
         None => core.usize_list("channels", None)?,
     };
     // The readout class's own defaults.
-    let defaults = ReadoutConfig { gaussian_mean_scale: 1.0, gaussian_var_scale: 1.0, positive: false, scale: false, bias: true };
+    let defaults = ReadoutConfig {
+        class: readout_class.into(),
+        gaussian_mean_scale: 1.0,
+        gaussian_var_scale: 1.0,
+        positive: false,
+        scale: false,
+        bias: true,
+    };
     let keys = CoreKeys { input_padding: "input_padding", hidden_padding: "hidden_padding", cut: "cut_first_n_frames" };
-    let config = simple_core_readout("UnifiedCoreReadout", &o, &core, &keys, channels, gaussian_readout(&readout, "", defaults)?)?;
+    let mut config = simple_core_readout("UnifiedCoreReadout", &o, &core, &keys, channels, gaussian_readout(&readout, "", defaults)?)?;
+    config.core_class = core_class.into();
     // The readout's stored in_shape (c, t, h, w) must match the core: t depends on the training
     // stimulus length, so only channels and space are compared.
     if readout.get("in_shape").is_some() {
@@ -512,7 +531,7 @@ fn unified_core_readout(hp: &Map<String, Value>) -> Result<ModelConfig> {
 fn hoefling_ensemble_member(hp: &Map<String, Value>) -> Result<ModelConfig> {
     let top = Options { map: hp, prefix: "" };
     let mc = Options { map: obj(top.required("model_config")?, "model_config")?, prefix: "model_config." };
-    check_conv_type(&mc, "conv_type")?;
+    let convolution = conv_type(&mc, "conv_type")?;
     if mc.str("nonlinearity", "ELU")? != "ELU" {
         bail!("hyper parameter `model_config.nonlinearity`: retina implements only ELU");
     }
@@ -570,6 +589,7 @@ fn hoefling_ensemble_member(hp: &Map<String, Value>) -> Result<ModelConfig> {
                 bail!("hyper parameters: temporal kernel size {} of layer {i} is below the subsampling factor 3", temporal[i]);
             }
             Ok(LayerConfig {
+                convolution: convolution.clone(),
                 in_channels: channels[i],
                 out_channels: channels[i + 1],
                 temporal_kernel: temporal[i],
@@ -599,6 +619,7 @@ fn hoefling_ensemble_member(hp: &Map<String, Value>) -> Result<ModelConfig> {
 
     let config = ModelConfig {
         model_class: "SFB3d_core_SxF3d_readout".into(),
+        core_class: "ParametricFactorizedBatchConv3dCore".into(),
         architecture: Architecture::HoeflingEnsembleMember { stack },
         input_channels: c,
         height: h,
@@ -610,6 +631,7 @@ fn hoefling_ensemble_member(hp: &Map<String, Value>) -> Result<ModelConfig> {
         cut_first_n_frames: 0,
         sessions: sessions(&top)?,
         readout: ReadoutConfig {
+            class: "SpatialXFeature3d".into(),
             gaussian_mean_scale: mc.f64("gaussian_mean_scale", 1.0)?,
             gaussian_var_scale: mc.f64("gaussian_var_scale", 1.0)?,
             positive: mc.bool("readout_positive", false)?,

@@ -1,190 +1,288 @@
-//! The convolutional core: input preprocessing, then per layer conv → BatchNorm (eval) → bias → ELU
-//! → optional max-pool, as openretina's `SimpleCoreWrapper` and the legacy
-//! `ParametricFactorizedBatchConv3dCore`. Works on one stimulus `(channels, time, height, width)` at a
-//! time; batches are parallel maps over stimuli (every op here is per-sample in eval mode).
+//! The core: a sequence of blocks, each a sequence of layer kinds (`dyn Layer`). A block is one of
+//! openretina's core children (`layer0`, `projection`, `gru`, ...) whose output its hooks see as
+//! `core_features_<name>`; unnamed blocks are input preprocessing (colour squashing, downsampling).
+//! Works on one stimulus `(channels, time, height, width)` at a time; batches are parallel maps over
+//! stimuli (every layer is per-sample in eval mode).
 
-use super::config::{Architecture, ModelConfig};
-use super::conv::{ConvKernels, SeparableConv3d};
+use std::sync::Arc;
+
+use super::layer::{BackwardValues, Layer, LayerState, Needs, Shape};
 use super::Float;
-
-/// BatchNorm3d's epsilon.
-pub const BATCH_NORM_EPS: f64 = 1e-5;
+use crate::error::{Error, Result};
 
 #[derive(Debug, Clone)]
-pub struct CoreLayer<F> {
-    pub conv: SeparableConv3d<F>,
-    /// BatchNorm in eval mode and the bias layer folded into `y = scale * x + shift` per channel.
-    pub scale: Vec<F>,
-    pub shift: Vec<F>,
-    pub max_pool: bool,
+pub struct Block<F> {
+    /// openretina's name of the core child (`layer0`, `projection`, ...); `None` for preprocessing.
+    pub name: Option<String>,
+    pub layers: Vec<Arc<dyn Layer<F>>>,
+}
+
+impl<F: Float> Block<F> {
+    /// The hook name, `core_features_<name>`.
+    pub fn hook(&self) -> Option<String> {
+        self.name.as_ref().map(|n| format!("core_features_{n}"))
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Core<F> {
-    pub layers: Vec<CoreLayer<F>>,
-    pub color_squashing_weights: Option<Vec<F>>,
-    pub downsample: Option<[usize; 3]>,
+    pub blocks: Vec<Block<F>>,
+    /// Blocks whose outputs form the core output (concatenated along channels).
+    pub output_blocks: Vec<usize>,
     pub cut_first_n_frames: usize,
-    /// Layers whose outputs form the core output (concatenated along channels).
-    pub output_layers: Vec<usize>,
+    /// The blocks `openretina visualize` optimises channels of (`layer<i>`, in order): "layer `i`"
+    /// of the MEI code and `ForwardOutput::layers` is block `layer_blocks[i]`.
+    pub layer_blocks: Vec<usize>,
 }
 
-/// Conv kernels of every layer for one log-speed choice, computed once per forward/optimisation.
-pub struct CoreKernels<F>(Vec<ConvKernels<F>>);
-
 /// What a forward pass keeps for the backward pass and for hooks.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CoreTape<F> {
-    /// Shape `(channels, t, h, w)` of the conv input of each layer.
-    pub layer_inputs: Vec<[usize; 4]>,
-    /// Post-ELU activation before pooling, per layer (needed for the ELU derivative and pooling).
-    pub activations: Vec<Vec<F>>,
-    /// Shape `(channels, t, h, w)` of each activation (the conv output).
-    pub activation_shapes: Vec<[usize; 4]>,
-    /// Output of each layer (after pooling): openretina's `core_features_layer<i>` hooks.
-    pub outputs: Vec<Vec<F>>,
-    pub output_shapes: Vec<[usize; 4]>,
-    /// Shape of the stimulus after squashing / downsampling.
-    pub preprocessed_shape: [usize; 4],
-    pub stimulus_shape: [usize; 4],
+    /// `values[j]` is the input of layer `j` (in the order of all blocks' layers), `values[j + 1]` its
+    /// output; kept where a backward pass reads it or a block ends there.
+    values: Vec<Option<Vec<F>>>,
+    shapes: Vec<Shape>,
+    states: Vec<LayerState>,
+    /// Index into `values` of each block's output, for the blocks that ran.
+    block_ends: Vec<usize>,
+}
+
+impl<F> CoreTape<F> {
+    /// The output of block `b` and its shape.
+    pub fn block_output(&self, b: usize) -> (&[F], Shape) {
+        let j = self.block_ends[b];
+        (self.values[j].as_deref().expect("block outputs are kept"), self.shapes[j])
+    }
 }
 
 impl<F: Float> Core<F> {
-    pub fn from_config(config: &ModelConfig, layers: Vec<CoreLayer<F>>) -> Self {
-        let output_layers = match &config.architecture {
-            Architecture::CoreReadout => vec![layers.len() - 1],
-            Architecture::HoeflingEnsembleMember { stack } => stack.clone(),
-        };
-        Core {
-            layers,
-            color_squashing_weights: config
-                .color_squashing_weights
-                .as_ref()
-                .map(|w| w.iter().map(|&x| F::from_f64(x)).collect()),
-            downsample: config.downsample_input_kernel_size,
-            cut_first_n_frames: config.cut_first_n_frames,
-            output_layers,
-        }
+    /// A core whose readout sees `output_blocks` (default: the last block).
+    pub fn new(blocks: Vec<Block<F>>, output_blocks: Option<Vec<usize>>, cut_first_n_frames: usize) -> Self {
+        let layer_blocks = blocks
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.name.as_deref().is_some_and(is_layer_name))
+            .map(|(i, _)| i)
+            .collect();
+        let output_blocks = output_blocks.unwrap_or_else(|| vec![blocks.len() - 1]);
+        Core { blocks, output_blocks, cut_first_n_frames, layer_blocks }
     }
 
-    pub fn kernels(&self, session: Option<&str>) -> CoreKernels<F> {
-        CoreKernels(self.layers.iter().map(|l| l.conv.kernels(l.conv.log_speed(session))).collect())
+    /// The layer of `layer<i>` whose weights the figures draw (its convolution), if it has one.
+    pub fn layer_kernel(&self, layer: usize) -> Option<&dyn Layer<F>> {
+        self.blocks[self.layer_blocks[layer]].layers.iter().find(|l| l.kernel_channels().is_some()).map(|l| l.as_ref())
     }
 
-    /// Run every layer on one stimulus of shape `shape` `(channels, t, h, w)`.
-    pub fn forward(&self, kernels: &CoreKernels<F>, stimulus: &[F], shape: [usize; 4]) -> CoreTape<F> {
-        self.forward_layers(kernels, stimulus, shape, self.layers.len())
-    }
-
-    /// Run the first `n_layers` layers only (enough for an objective on an inner layer).
-    pub fn forward_layers(&self, kernels: &CoreKernels<F>, stimulus: &[F], shape: [usize; 4], n_layers: usize) -> CoreTape<F> {
-        let (mut x, mut x_shape) = self.preprocess(stimulus, shape);
-        let preprocessed_shape = x_shape;
-        let n = self.layers.len();
-        let mut tape = CoreTape {
-            layer_inputs: Vec::with_capacity(n),
-            activations: Vec::with_capacity(n),
-            activation_shapes: Vec::with_capacity(n),
-            outputs: Vec::with_capacity(n),
-            output_shapes: Vec::with_capacity(n),
-            preprocessed_shape,
-            stimulus_shape: shape,
-        };
-        for (layer, k) in self.layers.iter().zip(&kernels.0).take(n_layers) {
-            let [_, t, h, w] = x_shape;
-            let [to, ho, wo] = layer.conv.output_shape([t, h, w]).expect("shapes checked by the config");
-            let mut y = layer.conv.forward(k, &x, [t, h, w]);
-            let frame = to * ho * wo;
-            for (o, chunk) in y.chunks_exact_mut(frame).enumerate() {
-                let (a, b) = (layer.scale[o], layer.shift[o]);
-                for v in chunk {
-                    *v = elu(a * *v + b);
-                }
+    /// Floating-point operations of the forward pass through the first `n_blocks` blocks for one
+    /// stimulus of `shape` (the backward pass costs about the same).
+    pub fn flops(&self, shape: Shape, n_blocks: usize) -> f64 {
+        let mut shape = shape;
+        let mut flops = 0.0;
+        for block in &self.blocks[..n_blocks] {
+            for layer in &block.layers {
+                flops += layer.flops(shape);
+                let Ok(next) = layer.output_shape(shape) else { return flops };
+                shape = next;
             }
-            let c = layer.conv.out_channels;
-            tape.layer_inputs.push(x_shape);
-            let (out, out_shape) = if layer.max_pool {
-                (max_pool_hw(&y, [c, to, ho, wo]), [c, to, ho / 2, wo / 2])
-            } else {
-                (y.clone(), [c, to, ho, wo])
-            };
-            tape.activations.push(y);
-            tape.activation_shapes.push([c, to, ho, wo]);
-            x = out.clone();
-            x_shape = out_shape;
-            tape.outputs.push(out);
-            tape.output_shapes.push(out_shape);
         }
-        tape
+        flops
     }
 
-    /// The core output (what the readout sees) from a tape: the selected layers concatenated along
+    /// Number of `layer<i>` blocks.
+    pub fn n_layers(&self) -> usize {
+        self.layer_blocks.len()
+    }
+
+    /// Output shape of every block for one stimulus of `input` shape, or an error naming the block.
+    pub fn block_output_shapes(&self, input: Shape) -> Result<Vec<Shape>> {
+        let mut shape = input;
+        let mut shapes = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            for layer in &block.layers {
+                shape = layer.output_shape(shape).map_err(|e| match block.hook() {
+                    Some(hook) => Error::new(format!("{hook}: {e}")),
+                    None => e,
+                })?;
+            }
+            shapes.push(shape);
+        }
+        Ok(shapes)
+    }
+
+    /// Output shape of each `layer<i>` block.
+    pub fn layer_output_shapes(&self, input: Shape) -> Result<Vec<Shape>> {
+        let shapes = self.block_output_shapes(input)?;
+        Ok(self.layer_blocks.iter().map(|&b| shapes[b]).collect())
+    }
+
+    /// Shape of the core output the readouts see.
+    pub fn output_shape(&self, input: Shape) -> Result<Shape> {
+        let shapes = self.block_output_shapes(input)?;
+        let first = shapes[self.output_blocks[0]];
+        let mut channels = 0;
+        for &b in &self.output_blocks {
+            if shapes[b][1..] != first[1..] {
+                bail!("the core's output blocks {:?} have different output sizes and cannot be concatenated", self.output_blocks);
+            }
+            channels += shapes[b][0];
+        }
+        if first[1] <= self.cut_first_n_frames {
+            bail!(
+                "cut_first_n_frames {} leaves no core output for {} time steps; use a longer stimulus",
+                self.cut_first_n_frames,
+                input[1]
+            );
+        }
+        Ok([channels, first[1] - self.cut_first_n_frames, first[2], first[3]])
+    }
+
+    /// Every layer in order, with its block.
+    fn layers(&self) -> impl Iterator<Item = (usize, &Arc<dyn Layer<F>>)> {
+        self.blocks.iter().enumerate().flat_map(|(b, block)| block.layers.iter().map(move |l| (b, l)))
+    }
+
+    /// Run every block on one stimulus of `shape` `(channels, t, h, w)`.
+    pub fn forward(&self, stimulus: &[F], shape: Shape, session: Option<&str>) -> CoreTape<F> {
+        self.forward_blocks(stimulus, shape, session, self.blocks.len())
+    }
+
+    /// Run the blocks up to and including `layer<i>` (enough for an objective on that layer).
+    pub fn forward_to_layer(&self, stimulus: &[F], shape: Shape, session: Option<&str>, layer: usize) -> CoreTape<F> {
+        self.forward_blocks(stimulus, shape, session, self.layer_blocks[layer] + 1)
+    }
+
+    fn forward_blocks(&self, stimulus: &[F], shape: Shape, session: Option<&str>, n_blocks: usize) -> CoreTape<F> {
+        let layers: Vec<(usize, &Arc<dyn Layer<F>>)> = self.layers().filter(|(b, _)| *b < n_blocks).collect();
+        let n = layers.len();
+        // Which values to keep: read by a backward pass, or a block's output.
+        let mut keep = vec![false; n + 1];
+        let mut block_ends = vec![0; n_blocks];
+        for (j, (b, layer)) in layers.iter().enumerate() {
+            match layer.needs() {
+                Needs::Input => keep[j] = true,
+                Needs::Output => keep[j + 1] = true,
+                Needs::Nothing => {}
+            }
+            block_ends[*b] = j + 1;
+        }
+        // A block without layers passes its input on.
+        for b in 1..n_blocks {
+            if self.blocks[b].layers.is_empty() {
+                block_ends[b] = block_ends[b - 1];
+            }
+        }
+        for &j in &block_ends {
+            keep[j] = true;
+        }
+        let mut values: Vec<Option<Vec<F>>> = Vec::with_capacity(n + 1);
+        let mut shapes = Vec::with_capacity(n + 1);
+        let mut states = Vec::with_capacity(n);
+        values.push(keep[0].then(|| stimulus.to_vec()));
+        shapes.push(shape);
+        let mut current: Option<Vec<F>> = None;
+        for (j, (_, layer)) in layers.iter().enumerate() {
+            let shape = shapes[j];
+            let (out, state) = match current.take() {
+                None => layer.forward(stimulus, shape, session),
+                Some(x) if keep[j] => {
+                    let r = layer.forward(&x, shape, session);
+                    values[j] = Some(x);
+                    r
+                }
+                Some(x) => layer.forward_owned(x, shape, session),
+            };
+            shapes.push(layer.output_shape(shape).expect("shapes checked before the forward pass"));
+            states.push(state);
+            values.push(None);
+            current = Some(out);
+        }
+        if let Some(x) = current {
+            values[n] = Some(x);
+        } else if keep[0] {
+            // No layers ran: the stimulus is the output (kept above).
+        }
+        CoreTape { values, shapes, states, block_ends }
+    }
+
+    /// The core output (what the readout sees) from a tape: the output blocks concatenated along
     /// channels, first `cut_first_n_frames` frames dropped.
-    pub fn output(&self, tape: &CoreTape<F>) -> (Vec<F>, [usize; 4]) {
-        let [_, t, h, w] = tape.output_shapes[self.output_layers[0]];
+    pub fn output(&self, tape: &CoreTape<F>) -> (Vec<F>, Shape) {
+        let (_, [_, t, h, w]) = tape.block_output(self.output_blocks[0]);
         let cut = self.cut_first_n_frames;
         let frame = h * w;
         let mut out = Vec::new();
         let mut channels = 0;
-        for &l in &self.output_layers {
-            let c = tape.output_shapes[l][0];
+        for &b in &self.output_blocks {
+            let (values, [c, ..]) = tape.block_output(b);
             for ch in 0..c {
-                out.extend_from_slice(&tape.outputs[l][(ch * t + cut) * frame..(ch + 1) * t * frame]);
+                out.extend_from_slice(&values[(ch * t + cut) * frame..(ch + 1) * t * frame]);
             }
             channels += c;
         }
         (out, [channels, t - cut, h, w])
     }
 
-    /// Gradient with respect to the stimulus. `layer_grads[l]`, when given, is the gradient of the
-    /// objective with respect to the output of layer `l`; `output_grad` with respect to `output()`.
+    /// Gradient with respect to the stimulus. `layer_grads[i]`, when given, is the gradient of the
+    /// objective with respect to the output of `layer<i>`; `output_grad` with respect to `output()`.
     pub fn backward(
         &self,
-        kernels: &CoreKernels<F>,
         tape: &CoreTape<F>,
-        mut layer_grads: Vec<Option<Vec<F>>>,
+        layer_grads: Vec<Option<Vec<F>>>,
         output_grad: Option<&[F]>,
+        session: Option<&str>,
     ) -> Vec<F> {
-        layer_grads.resize(self.layers.len(), None);
+        let mut block_grads: Vec<Option<Vec<F>>> = vec![None; self.blocks.len()];
+        for (i, g) in layer_grads.into_iter().enumerate() {
+            block_grads[self.layer_blocks[i]] = g;
+        }
         if let Some(g) = output_grad {
-            self.add_output_grad(tape, g, &mut layer_grads);
+            self.add_output_grad(tape, g, &mut block_grads);
         }
-        let top = layer_grads.iter().rposition(Option::is_some).expect("some gradient");
-        let mut grad: Vec<F> = Vec::new();
-        for l in (0..=top).rev() {
-            let layer = &self.layers[l];
-            // Gradient at the output of layer l: from above plus any given directly.
-            match (l == top, layer_grads[l].take()) {
-                (true, Some(g)) => grad = g,
-                (false, Some(g)) => grad.iter_mut().zip(g).for_each(|(a, b)| *a += b),
-                _ => {}
+        let top = block_grads.iter().rposition(Option::is_some).expect("some gradient");
+        let layers: Vec<(usize, &Arc<dyn Layer<F>>)> = self.layers().filter(|(b, _)| *b <= top).collect();
+        // Gradients given at block ends, by value index.
+        let mut given: Vec<(usize, Vec<F>)> = Vec::new();
+        for (b, g) in block_grads.into_iter().enumerate() {
+            if let Some(g) = g {
+                given.push((tape.block_ends[b], g));
             }
-            let act = &tape.activations[l];
-            let mut g = if layer.max_pool {
-                max_pool_hw_backward(act, tape.activation_shapes[l], &grad)
-            } else {
-                std::mem::take(&mut grad)
+        }
+        let mut grad: Option<Vec<F>> = None;
+        for j in (0..=layers.len()).rev() {
+            while let Some(pos) = given.iter().position(|(end, _)| *end == j) {
+                let (_, g) = given.swap_remove(pos);
+                grad = Some(match grad {
+                    None => g,
+                    Some(mut acc) => {
+                        acc.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+                        acc
+                    }
+                });
+            }
+            if j == 0 {
+                break;
+            }
+            let Some(g) = grad.take() else { continue };
+            let (_, layer) = layers[j - 1];
+            let values = BackwardValues {
+                input: tape.values[j - 1].as_deref(),
+                input_shape: tape.shapes[j - 1],
+                output: tape.values[j].as_deref(),
+                output_shape: tape.shapes[j],
+                state: tape.states[j - 1].as_deref(),
             };
-            let frame = act.len() / layer.conv.out_channels;
-            for (o, (gc, ac)) in g.chunks_exact_mut(frame).zip(act.chunks_exact(frame)).enumerate() {
-                let a = layer.scale[o];
-                for (gv, &z) in gc.iter_mut().zip(ac) {
-                    *gv = *gv * elu_derivative_from_output(z) * a;
-                }
-            }
-            let [_, t, h, w] = tape.layer_inputs[l];
-            grad = layer.conv.backward(&kernels.0[l], &g, [t, h, w]);
+            grad = Some(layer.backward(values, g, session));
         }
-        self.preprocess_backward(&grad, tape)
+        grad.expect("some gradient")
     }
 
-    fn add_output_grad(&self, tape: &CoreTape<F>, g: &[F], layer_grads: &mut [Option<Vec<F>>]) {
+    fn add_output_grad(&self, tape: &CoreTape<F>, g: &[F], block_grads: &mut [Option<Vec<F>>]) {
         let cut = self.cut_first_n_frames;
         let mut offset = 0;
-        for &l in &self.output_layers {
-            let [c, t, h, w] = tape.output_shapes[l];
+        for &b in &self.output_blocks {
+            let (_, [c, t, h, w]) = tape.block_output(b);
             let frame = h * w;
-            let dst = layer_grads[l].get_or_insert_with(|| vec![F::zero(); c * t * frame]);
+            let dst = block_grads[b].get_or_insert_with(|| vec![F::zero(); c * t * frame]);
             for ch in 0..c {
                 let n = (t - cut) * frame;
                 let src = &g[offset..offset + n];
@@ -195,161 +293,9 @@ impl<F: Float> Core<F> {
             }
         }
     }
-
-    fn preprocess(&self, x: &[F], shape: [usize; 4]) -> (Vec<F>, [usize; 4]) {
-        let [c, t, h, w] = shape;
-        let (mut x, mut shape) = match &self.color_squashing_weights {
-            // openretina returns single-channel input unchanged.
-            Some(weights) if c > 1 => {
-                let n = t * h * w;
-                let mut grey = vec![F::zero(); n];
-                for (ch, &wt) in weights.iter().enumerate() {
-                    for (g, &v) in grey.iter_mut().zip(&x[ch * n..(ch + 1) * n]) {
-                        *g += v * wt;
-                    }
-                }
-                (grey, [1, t, h, w])
-            }
-            _ => (x.to_vec(), shape),
-        };
-        if let Some(k) = self.downsample {
-            let (pooled, s) = avg_pool(&x, shape, k);
-            x = pooled;
-            shape = s;
-        }
-        (x, shape)
-    }
-
-    fn preprocess_backward(&self, grad: &[F], tape: &CoreTape<F>) -> Vec<F> {
-        let [c, t, h, w] = tape.stimulus_shape;
-        let squashed = self.color_squashing_weights.is_some() && (c > 1);
-        let before_pool = if squashed { [1, t, h, w] } else { tape.stimulus_shape };
-        let g = match self.downsample {
-            Some(k) => avg_pool_backward(grad, before_pool, k),
-            None => grad.to_vec(),
-        };
-        match (&self.color_squashing_weights, squashed) {
-            (Some(weights), true) => {
-                let n = t * h * w;
-                let mut out = vec![F::zero(); c * n];
-                for (ch, &wt) in weights.iter().enumerate() {
-                    for (o, &v) in out[ch * n..(ch + 1) * n].iter_mut().zip(&g) {
-                        *o = v * wt;
-                    }
-                }
-                out
-            }
-            _ => g,
-        }
-    }
 }
 
-pub fn elu<F: Float>(x: F) -> F {
-    if x > F::zero() {
-        x
-    } else {
-        x.exp_m1()
-    }
-}
-
-/// d ELU / dx written with the output z: 1 for x > 0, exp(x) = z + 1 otherwise.
-pub fn elu_derivative_from_output<F: Float>(z: F) -> F {
-    if z > F::zero() {
-        F::one()
-    } else {
-        z + F::one()
-    }
-}
-
-/// `MaxPool3d((1, 2, 2))`: floor mode, no padding.
-fn max_pool_hw<F: Float>(x: &[F], [c, t, h, w]: [usize; 4]) -> Vec<F> {
-    let (ho, wo) = (h / 2, w / 2);
-    let mut out = vec![F::zero(); c * t * ho * wo];
-    for ct in 0..c * t {
-        let src = &x[ct * h * w..];
-        for y in 0..ho {
-            for xx in 0..wo {
-                let mut m = src[(2 * y) * w + 2 * xx];
-                for (dy, dx) in [(0, 1), (1, 0), (1, 1)] {
-                    let v = src[(2 * y + dy) * w + 2 * xx + dx];
-                    if v > m {
-                        m = v;
-                    }
-                }
-                out[(ct * ho + y) * wo + xx] = m;
-            }
-        }
-    }
-    out
-}
-
-/// Route each pooled gradient to the first maximum of its window (PyTorch's choice).
-fn max_pool_hw_backward<F: Float>(x: &[F], [c, t, h, w]: [usize; 4], grad: &[F]) -> Vec<F> {
-    let (ho, wo) = (h / 2, w / 2);
-    let mut g = vec![F::zero(); x.len()];
-    for ct in 0..c * t {
-        let base = ct * h * w;
-        for y in 0..ho {
-            for xx in 0..wo {
-                let mut best = base + (2 * y) * w + 2 * xx;
-                for (dy, dx) in [(0, 1), (1, 0), (1, 1)] {
-                    let idx = base + (2 * y + dy) * w + 2 * xx + dx;
-                    if x[idx] > x[best] {
-                        best = idx;
-                    }
-                }
-                g[best] += grad[(ct * ho + y) * wo + xx];
-            }
-        }
-    }
-    g
-}
-
-/// `avg_pool3d` with kernel = stride = `k`, floor mode.
-fn avg_pool<F: Float>(x: &[F], [c, t, h, w]: [usize; 4], k: [usize; 3]) -> (Vec<F>, [usize; 4]) {
-    let out_shape = [c, t / k[0], h / k[1], w / k[2]];
-    let [_, to, ho, wo] = out_shape;
-    let inv = F::one() / F::from_f64((k[0] * k[1] * k[2]) as f64);
-    let mut out = vec![F::zero(); c * to * ho * wo];
-    for ch in 0..c {
-        for ot in 0..to {
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let mut sum = F::zero();
-                    for dt in 0..k[0] {
-                        for dy in 0..k[1] {
-                            for dx in 0..k[2] {
-                                sum += x[((ch * t + ot * k[0] + dt) * h + oy * k[1] + dy) * w + ox * k[2] + dx];
-                            }
-                        }
-                    }
-                    out[((ch * to + ot) * ho + oy) * wo + ox] = sum * inv;
-                }
-            }
-        }
-    }
-    (out, out_shape)
-}
-
-fn avg_pool_backward<F: Float>(grad: &[F], [c, t, h, w]: [usize; 4], k: [usize; 3]) -> Vec<F> {
-    let [to, ho, wo] = [t / k[0], h / k[1], w / k[2]];
-    let inv = F::one() / F::from_f64((k[0] * k[1] * k[2]) as f64);
-    let mut g = vec![F::zero(); c * t * h * w];
-    for ch in 0..c {
-        for ot in 0..to {
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let v = grad[((ch * to + ot) * ho + oy) * wo + ox] * inv;
-                    for dt in 0..k[0] {
-                        for dy in 0..k[1] {
-                            for dx in 0..k[2] {
-                                g[((ch * t + ot * k[0] + dt) * h + oy * k[1] + dy) * w + ox * k[2] + dx] += v;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    g
+/// openretina's visualize optimises the channels of hooks whose name contains `layer` and ends in a digit.
+fn is_layer_name(name: &str) -> bool {
+    name.contains("layer") && name.ends_with(|c: char| c.is_ascii_digit())
 }

@@ -4,27 +4,28 @@
 //! keeps for training only), mis-shaped and non-finite tensors are reported by name.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::config::{Architecture, ModelConfig};
-use super::conv::{SeparableConv3d, SUBSAMPLING_FACTOR};
-use super::core::{Core, CoreLayer, BATCH_NORM_EPS};
-use super::readout::GaussianReadout;
-use super::{Float, Model};
+use super::core::{Block, Core};
+use super::layer::Layer;
+use super::layers::{avg_pool::AvgPoolDownsample, batch_norm::BatchNormBias, color_squash::ColorSquash, elu::Elu, max_pool::MaxPoolSpace2};
+use super::{registry, Float, Model};
 use crate::error::{Error, Result};
 use crate::formats::{RawModel, RawTensor};
 
-/// Tensors still to be taken, by name.
-struct StateDict<'a> {
+/// Tensors still to be taken, by name: what layer and readout kinds load their weights from.
+pub struct StateDict<'a> {
     tensors: BTreeMap<&'a str, &'a RawTensor>,
 }
 
 impl<'a> StateDict<'a> {
-    fn take_raw(&mut self, name: &str) -> Result<&'a RawTensor> {
+    pub fn take_raw(&mut self, name: &str) -> Result<&'a RawTensor> {
         self.tensors.remove(name).ok_or_else(|| Error::new(format!("tensor `{name}` is missing from the model file")))
     }
 
     /// A float tensor of exactly `shape`, with finite values.
-    fn take<F: Float>(&mut self, name: &str, shape: &[usize]) -> Result<Vec<F>> {
+    pub fn take<F: Float>(&mut self, name: &str, shape: &[usize]) -> Result<Vec<F>> {
         let raw = self.take_raw(name)?;
         if raw.shape != shape {
             bail!("tensor `{name}` has shape {:?}, the configuration needs {shape:?}", raw.shape);
@@ -36,11 +37,11 @@ impl<'a> StateDict<'a> {
         Ok(t.data.into_iter().map(F::from_f64).collect())
     }
 
-    fn take_scalar<F: Float>(&mut self, name: &str) -> Result<F> {
+    pub fn take_scalar<F: Float>(&mut self, name: &str) -> Result<F> {
         Ok(self.take::<F>(name, &[1])?[0])
     }
 
-    fn has(&self, name: &str) -> bool {
+    pub fn has(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
 
@@ -69,94 +70,47 @@ fn is_training_buffer(name: &str) -> bool {
 pub fn model_from_raw<F: Float>(raw: &RawModel) -> Result<Model<F>> {
     let config = ModelConfig::from_hyper_parameters(&raw.model_class, &raw.hyper_parameters)?;
     let mut sd = StateDict { tensors: raw.tensors.iter().map(|(k, v)| (k.as_str(), v)).collect() };
-    let legacy = matches!(config.architecture, Architecture::HoeflingEnsembleMember { .. });
-
-    let mut layers = Vec::with_capacity(config.layers.len());
-    for (i, lc) in config.layers.iter().enumerate() {
-        let p = format!("core.features.layer{i}");
-        let (o, c) = (lc.out_channels, lc.in_channels);
-        let nk = lc.temporal_kernel / SUBSAMPLING_FACTOR;
-        let k = lc.spatial_kernel;
-        let mut log_speeds = BTreeMap::new();
-        if legacy {
-            for session in config.session_names() {
-                log_speeds.insert(session.to_string(), sd.take_scalar(&format!("{p}.conv.log_speed_{session}"))?);
-            }
-        }
-        let conv = SeparableConv3d {
-            in_channels: c,
-            out_channels: o,
-            temporal_kernel: lc.temporal_kernel,
-            spatial_kernel: k,
-            padding: lc.padding,
-            sin_weights: sd.take(&format!("{p}.conv.sin_weights"), &[o, c, nk])?,
-            cos_weights: sd.take(&format!("{p}.conv.cos_weights"), &[o, c, nk])?,
-            spatial_weights: sd.take(&format!("{p}.conv.weight_spatial"), &[o, c, 1, k, k])?,
-            log_speed_default: sd.take_scalar(&format!("{p}.conv._log_speed_default"))?,
-            log_speeds,
-        };
-        let mean: Vec<f64> = sd.take(&format!("{p}.norm.running_mean"), &[o])?;
-        let var: Vec<f64> = sd.take(&format!("{p}.norm.running_var"), &[o])?;
-        if let Some(v) = var.iter().find(|&&v| v < 0.0) {
-            bail!("tensor `{p}.norm.running_var` holds a negative variance ({v}); the model file is damaged");
-        }
-        let (weight, bn_bias): (Vec<f64>, Vec<f64>) = if lc.batch_norm_affine {
-            (sd.take(&format!("{p}.norm.weight"), &[o])?, sd.take(&format!("{p}.norm.bias"), &[o])?)
-        } else {
-            (vec![1.0; o], vec![0.0; o])
-        };
-        let extra_bias: Vec<f64> =
-            if lc.bias_layer { sd.take(&format!("{p}.bias.bias"), &[1, o, 1, 1, 1])? } else { vec![0.0; o] };
-        // Eval-mode BatchNorm then bias: y = (x - mean) / sqrt(var + eps) * weight + bias + extra.
-        // Folded in float64, rounded once.
-        let scale: Vec<f64> = (0..o).map(|j| weight[j] / (var[j] + BATCH_NORM_EPS).sqrt()).collect();
-        let shift: Vec<F> = (0..o).map(|j| F::from_f64(bn_bias[j] - mean[j] * scale[j] + extra_bias[j])).collect();
-        layers.push(CoreLayer { conv, scale: scale.into_iter().map(F::from_f64).collect(), shift, max_pool: lc.max_pool });
-    }
-
-    let mut core = Core::from_config(&config, layers);
-    if config.color_squashing_weights.is_some() {
-        let n = config.input_channels;
-        let name = "core.color_squashing_layer.channel_weights";
-        if sd.has(name) {
-            core.color_squashing_weights = Some(sd.take(name, &[n])?);
-        }
-    }
-
+    let core = (registry::core_kind::<F>(&config.core_class)?.load)(&config, &mut sd)?;
     let t = config.train_time_steps.unwrap_or(50);
-    let [channels, _, height, width] = config.core_output_shape(t)?;
-    let mut readouts = BTreeMap::new();
-    for (session, neurons) in &config.sessions {
-        let p = format!("readout.{session}");
-        let n = *neurons;
-        let rc = &config.readout;
-        let mut features: Vec<F> = sd.take(&format!("{p}.features"), &[1, channels, 1, n])?;
-        if rc.positive {
-            features.iter_mut().for_each(|f| *f = if *f < F::zero() { F::zero() } else { *f });
-        }
-        // The scale parameter is `scale_param` in openretina's readout and `scale` in the legacy one.
-        let scale_name = if legacy { format!("{p}.scale") } else { format!("{p}.scale_param") };
-        let scale = if rc.scale || (!legacy && sd.has(&scale_name)) { sd.take(&scale_name, &[n])? } else { vec![F::one(); n] };
-        let bias = if rc.bias || (!legacy && sd.has(&format!("{p}.bias"))) {
-            sd.take(&format!("{p}.bias"), &[n])?
-        } else {
-            vec![F::zero(); n]
-        };
-        let readout = GaussianReadout::new(
-            channels,
-            height,
-            width,
-            sd.take(&format!("{p}.mask_mean"), &[n, 2])?,
-            sd.take(&format!("{p}.mask_log_var"), &[n])?,
-            sd.take(&format!("{p}.grid"), &[n, height, width, 2])?,
-            F::from_f64(rc.gaussian_mean_scale),
-            F::from_f64(rc.gaussian_var_scale),
-            features,
-            scale,
-            bias,
-        );
-        readouts.insert(session.clone(), readout);
-    }
+    let core_out = core.output_shape(config.stimulus_shape(t, 1)[1..].try_into().expect("4 dimensions"))?;
+    let readouts = (registry::readout_kind::<F>(&config.readout.class)?.load)(&config.readout, &mut sd, &config.sessions, core_out)?;
     sd.finish()?;
     Ok(Model { config, core, readouts })
+}
+
+/// `SimpleCoreWrapper` (and the legacy `ParametricFactorizedBatchConv3dCore`): optional colour
+/// squashing and input downsampling, then per layer `core.features.layer<i>`: convolution ->
+/// BatchNorm (eval) + bias -> ELU -> optional max-pool.
+pub fn simple_core<F: Float>(config: &ModelConfig, sd: &mut StateDict) -> Result<Core<F>> {
+    let legacy = matches!(config.architecture, Architecture::HoeflingEnsembleMember { .. });
+    let log_speed_sessions: Vec<String> = if legacy { config.session_names().map(String::from).collect() } else { Vec::new() };
+    let mut blocks = Vec::new();
+    let mut preprocessing: Vec<Arc<dyn Layer<F>>> = Vec::new();
+    if let Some(weights) = &config.color_squashing_weights {
+        let name = "core.color_squashing_layer.channel_weights";
+        let weights = if sd.has(name) { sd.take(name, &[config.input_channels])? } else { weights.iter().map(|&w| F::from_f64(w)).collect() };
+        preprocessing.push(Arc::new(ColorSquash { weights }));
+    }
+    if let Some(kernel) = config.downsample_input_kernel_size {
+        preprocessing.push(Arc::new(AvgPoolDownsample { kernel }));
+    }
+    if !preprocessing.is_empty() {
+        blocks.push(Block { name: None, layers: preprocessing });
+    }
+    let first_layer = blocks.len();
+    for (i, lc) in config.layers.iter().enumerate() {
+        let p = format!("core.features.layer{i}");
+        let conv = (registry::conv_kind::<F>(&lc.convolution)?.load)(lc, sd, &format!("{p}.conv"), &log_speed_sessions)?;
+        let norm = BatchNormBias::<F>::load(sd, &p, lc.out_channels, lc.batch_norm_affine, lc.bias_layer)?;
+        let mut layers: Vec<Arc<dyn Layer<F>>> = vec![conv, Arc::new(norm), Arc::new(Elu)];
+        if lc.max_pool {
+            layers.push(Arc::new(MaxPoolSpace2));
+        }
+        blocks.push(Block { name: Some(format!("layer{i}")), layers });
+    }
+    let output_blocks = match &config.architecture {
+        Architecture::CoreReadout => None,
+        Architecture::HoeflingEnsembleMember { stack } => Some(stack.iter().map(|&l| first_layer + l).collect()),
+    };
+    Ok(Core::new(blocks, output_blocks, config.cut_first_n_frames))
 }

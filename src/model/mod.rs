@@ -1,20 +1,23 @@
 //! The Core + Readout model.
 
 pub mod config;
-pub mod conv;
 pub mod core;
+pub mod layer;
+pub mod layers;
 pub mod linalg;
 pub mod load;
 pub mod readout;
+pub mod registry;
 pub mod simd;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
 pub use self::config::ModelConfig;
 use self::core::Core;
-use self::readout::GaussianReadout;
+use self::readout::Readout;
 use crate::error::{Error, Result};
 use crate::formats::RawModel;
 use crate::tensor::Tensor;
@@ -25,7 +28,7 @@ pub struct Model<F = f32> {
     pub config: ModelConfig,
     pub core: Core<F>,
     /// One readout per session, by name (sorted, as openretina's `readout_keys()`).
-    pub readouts: BTreeMap<String, GaussianReadout<F>>,
+    pub readouts: BTreeMap<String, Arc<dyn Readout<F>>>,
 }
 
 /// Most values a stimulus may have (4 GiB as f32; every core layer's output is kept as well).
@@ -45,14 +48,15 @@ impl<F: Float> Model<F> {
         load::model_from_raw(raw)
     }
 
-    /// openretina's hook names of the core layers: `core_features_layer0`, ...
+    /// openretina's hook names of the core layers whose channels `visualize` optimises:
+    /// `core_features_layer0`, ...
     pub fn layer_names(&self) -> Vec<String> {
-        (0..self.core.layers.len()).map(|i| format!("core_features_layer{i}")).collect()
+        self.core.layer_blocks.iter().map(|&b| self.core.blocks[b].hook().expect("layer blocks are named")).collect()
     }
 
     /// The index of a layer given by hook name (`core_features_layer1`) or number (`1`).
     pub fn layer_index(&self, name: &str) -> Result<usize> {
-        let n = self.core.layers.len();
+        let n = self.core.n_layers();
         name.strip_prefix("core_features_layer")
             .unwrap_or(name)
             .parse::<usize>()
@@ -65,18 +69,36 @@ impl<F: Float> Model<F> {
         self.readouts.keys().map(String::as_str)
     }
 
-    pub fn readout(&self, session: &str) -> Result<&GaussianReadout<F>> {
-        self.readouts.get(session).ok_or_else(|| {
+    pub fn readout(&self, session: &str) -> Result<&dyn Readout<F>> {
+        self.readouts.get(session).map(|r| r.as_ref()).ok_or_else(|| {
             let known: Vec<&str> = self.sessions().collect();
             Error::new(format!("unknown session `{session}`; this model has {}", known.join(", ")))
         })
     }
 
-    /// Move every readout's Gaussian mean to (0, 0), as openretina's `Center(target_mean=(0, 0))`.
+    /// Move every readout's position to (0, 0), as openretina's `Center(target_mean=(0, 0))`
+    /// (readouts without a learned position are left as they are).
     pub fn center_readouts(&mut self) {
         for r in self.readouts.values_mut() {
-            r.center([F::zero(), F::zero()]);
+            if let Some(centred) = r.centered([0.0, 0.0]) {
+                *r = centred;
+            }
         }
+    }
+
+    /// Output shape `(channels, time, height, width)` of each core layer for `time_steps` frames.
+    pub fn layer_output_shapes(&self, time_steps: usize) -> Result<Vec<[usize; 4]>> {
+        self.core.layer_output_shapes(self.input_shape(time_steps))
+    }
+
+    /// Shape `(channels, time, height, width)` of the core output the readouts see.
+    pub fn core_output_shape(&self, time_steps: usize) -> Result<[usize; 4]> {
+        self.core.output_shape(self.input_shape(time_steps))
+    }
+
+    fn input_shape(&self, time_steps: usize) -> [usize; 4] {
+        let c = &self.config;
+        [c.input_channels, time_steps, c.height, c.width]
     }
 
     /// Check a stimulus `(batch, channels, time, height, width)` against the model.
@@ -92,7 +114,7 @@ impl<F: Float> Model<F> {
         }
         match shape {
             [b, ch, t, h, w] if *b > 0 && *ch == c.input_channels && *h == c.height && *w == c.width => {
-                c.core_output_shape(*t)?;
+                self.core_output_shape(*t)?;
                 Ok([*ch, *t, *h, *w])
             }
             _ => bail!(
@@ -109,30 +131,48 @@ impl<F: Float> Model<F> {
     pub fn forward(&self, stimulus: &Tensor<F>, session: &str) -> Result<ForwardOutput<F>> {
         let shape = self.check_stimulus(&stimulus.shape)?;
         let readout = self.readout(session)?;
-        let kernels = self.core.kernels(Some(session));
         let per_sample = stimulus.numel() / stimulus.shape[0];
         let results: Vec<_> = stimulus
             .data
             .par_chunks_exact(per_sample)
             .map(|x| {
-                let tape = self.core.forward(&kernels, x, shape);
-                let (out, [_, t, _, _]) = self.core.output(&tape);
-                let (responses, _) = readout.forward(&out, t);
-                (tape, responses, t)
+                let tape = self.core.forward(x, shape, Some(session));
+                let (out, out_shape) = self.core.output(&tape);
+                let (responses, _) = readout.forward(&out, out_shape);
+                (tape, responses, out_shape[1])
             })
             .collect();
         let b = stimulus.shape[0];
         let t_out = results[0].2;
         let mut layers = Vec::new();
-        for l in 0..self.core.layers.len() {
-            let [c, t, h, w] = results[0].0.output_shapes[l];
-            let data = results.iter().flat_map(|r| r.0.outputs[l].iter().copied()).collect();
+        for &block in &self.core.layer_blocks {
+            let (_, [c, t, h, w]) = results[0].0.block_output(block);
+            let data = results.iter().flat_map(|r| r.0.block_output(block).0.iter().copied()).collect();
             layers.push(Tensor::new(vec![b, c, t, h, w], data)?);
         }
         let data = results.into_iter().flat_map(|r| r.1).collect();
-        let responses = Tensor::new(vec![b, t_out, readout.neurons], data)?;
+        let responses = Tensor::new(vec![b, t_out, readout.neurons()], data)?;
         Ok(ForwardOutput { layers, responses })
     }
+}
+
+/// The core's blocks, one line each with its layers and output shape for the training length, as
+/// `retina info` prints them.
+pub fn describe_core<F: Float>(model: &Model<F>) -> String {
+    let c = &model.config;
+    let input = [c.input_channels, c.train_time_steps.unwrap_or(50), c.height, c.width];
+    let shapes = model.core.block_output_shapes(input).unwrap_or_default();
+    let mut s = String::new();
+    for (b, block) in model.core.blocks.iter().enumerate() {
+        let layers: Vec<String> = block.layers.iter().map(|l| l.describe()).collect();
+        s += &format!(
+            "  {}: {}{}\n",
+            block.hook().unwrap_or_else(|| "input".into()),
+            layers.join(" -> "),
+            shapes.get(b).map(|o| format!(", output {o:?}")).unwrap_or_default()
+        );
+    }
+    s
 }
 
 /// The float types the model runs in: f32 (the tool) and f64 (exactness checks).

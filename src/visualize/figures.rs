@@ -72,19 +72,19 @@ pub fn draw_weights(model: &Model<f32>, item: &Item, limits: &WeightLimits, styl
     }
 }
 
-/// The weights of one (in, out) channel pair of a core layer, temporal kernel at the default log speed.
+/// The weights of one (in, out) channel pair of a core layer's convolution, temporal kernel at the
+/// default log speed.
 pub fn conv_weights<F: Float>(model: &Model<F>, layer: usize, input: usize, output: usize) -> ConvWeights {
-    let conv = &model.core.layers[layer].conv;
-    let (i_n, k, kt) = (conv.in_channels, conv.spatial_kernel, conv.temporal_kernel);
-    let nk = conv.sin_weights.len() / (conv.out_channels * i_n);
-    let pair = output * i_n + input;
-    let f = |v: &[F]| v.iter().map(|x| x.to_f64() as f32).collect::<Vec<f32>>();
-    let temporal = conv.temporal_kernels(conv.log_speed_default);
+    let k = model
+        .core
+        .layer_kernel(layer)
+        .and_then(|l| l.kernel(input, output))
+        .expect("weight figures are only made for layers with a convolution");
     ConvWeights {
-        spatial: Tensor { shape: vec![k, k], data: f(&conv.spatial_weights[pair * k * k..(pair + 1) * k * k]) },
-        temporal: f(&temporal[pair * kt..(pair + 1) * kt]),
-        sin: f(&conv.sin_weights[pair * nk..(pair + 1) * nk]),
-        cos: f(&conv.cos_weights[pair * nk..(pair + 1) * nk]),
+        spatial: Tensor { shape: k.spatial_shape.to_vec(), data: k.spatial },
+        temporal: k.temporal,
+        sin: k.sin,
+        cos: k.cos,
         in_channel: input,
         out_channel: output,
     }
@@ -92,30 +92,20 @@ pub fn conv_weights<F: Float>(model: &Model<F>, layer: usize, input: usize, outp
 
 /// Axis limits shared by every weight figure of a core layer.
 pub fn layer_conv_limits<F: Float>(model: &Model<F>, layer: usize) -> ConvWeightLimits {
-    let conv = &model.core.layers[layer].conv;
-    let all: Vec<ConvWeights> = (0..conv.in_channels)
-        .flat_map(|i| (0..conv.out_channels).map(move |o| (i, o)))
-        .map(|(i, o)| conv_weights(model, layer, i, o))
-        .collect();
+    let (inputs, outputs) = model.core.layer_kernel(layer).and_then(|l| l.kernel_channels()).unwrap_or((0, 0));
+    let all: Vec<ConvWeights> =
+        (0..inputs).flat_map(|i| (0..outputs).map(move |o| (i, o))).map(|(i, o)| conv_weights(model, layer, i, o)).collect();
     ConvWeightLimits::of_layer(&all)
 }
 
-/// One neuron's mask `(h, w)` and feature weights.
+/// One neuron's spatial weights `(h, w)` and feature weights.
 pub fn readout_neuron<F: Float>(model: &Model<F>, session: &str, neuron: usize) -> ReadoutNeuron {
-    let r = &model.readouts[session];
-    let hw = r.height * r.width;
-    ReadoutNeuron {
-        mask: Tensor {
-            shape: vec![r.height, r.width],
-            data: r.masks()[neuron * hw..(neuron + 1) * hw].iter().map(|v| v.to_f64() as f32).collect(),
-        },
-        feature_weights: (0..r.channels).map(|c| r.features[c * r.neurons + neuron].to_f64() as f32).collect(),
-        neuron,
-    }
+    let w = model.readouts[session].neuron_weights(neuron);
+    ReadoutNeuron { mask: w.spatial, feature_weights: w.features, neuron }
 }
 
 /// Axis limits shared by every readout figure of a session.
 pub fn session_readout_limits<F: Float>(model: &Model<F>, session: &str) -> ReadoutLimits {
-    let all: Vec<ReadoutNeuron> = (0..model.readouts[session].neurons).map(|n| readout_neuron(model, session, n)).collect();
+    let all: Vec<ReadoutNeuron> = (0..model.readouts[session].neurons()).map(|n| readout_neuron(model, session, n)).collect();
     ReadoutLimits::of_session(&all)
 }

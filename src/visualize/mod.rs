@@ -260,8 +260,8 @@ fn select_targets(model: &Model<f32>, opts: &VisualizeOptions) -> Result<Vec<Mei
         }
     }
     if let Some(layers) = &opts.layers {
-        if let Some(&bad) = layers.iter().find(|&&l| l >= model.core.layers.len()) {
-            bail!("--layers: layer {bad} does not exist; the model has {} core layers", model.core.layers.len());
+        if let Some(&bad) = layers.iter().find(|&&l| l >= model.core.n_layers()) {
+            bail!("--layers: layer {bad} does not exist; the model has {} core layers", model.core.n_layers());
         }
     }
     let targets: Vec<MeiTarget> = mei::all_targets(model)
@@ -276,7 +276,7 @@ fn select_targets(model: &Model<f32>, opts: &VisualizeOptions) -> Result<Vec<Mei
         })
         .collect();
     if let Some(neurons) = &opts.neurons {
-        let max = model.readouts.values().map(|r| r.neurons).max().unwrap_or(0);
+        let max = model.readouts.values().map(|r| r.neurons()).max().unwrap_or(0);
         if let Some(&bad) = neurons.iter().find(|&&n| n >= max) {
             bail!("--neurons: neuron {bad} does not exist in any session (the largest session has {max} neurons)");
         }

@@ -100,15 +100,16 @@ impl Plan {
             })
             .collect();
         if opts.weights {
-            for (layer, l) in model.core.layers.iter().enumerate() {
-                for input in 0..l.conv.in_channels {
-                    for output in 0..l.conv.out_channels {
+            for layer in 0..model.core.n_layers() {
+                let Some((inputs, outputs)) = model.core.layer_kernel(layer).and_then(|l| l.kernel_channels()) else { continue };
+                for input in 0..inputs {
+                    for output in 0..outputs {
                         items.push(Item::ConvWeights { layer, input, output });
                     }
                 }
             }
             for (session, readout) in &model.readouts {
-                for neuron in 0..readout.neurons {
+                for neuron in 0..readout.neurons() {
                     items.push(Item::ReadoutWeights { session: session.clone(), neuron });
                 }
             }
@@ -116,7 +117,7 @@ impl Plan {
         Plan {
             fingerprint: fingerprint(model, output_model, opts),
             model_class: model.config.model_class.clone(),
-            core_layers: model.core.layers.len(),
+            core_layers: model.core.n_layers(),
             sessions: model.readouts.len(),
             ext: opts.style.format.extension().to_string(),
             videos: opts.videos,

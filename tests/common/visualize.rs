@@ -149,8 +149,8 @@ pub struct Shape {
 
 pub fn shape(model: &Model<f32>) -> Shape {
     Shape {
-        layers: model.core.layers.iter().map(|l| (l.conv.in_channels, l.conv.out_channels)).collect(),
-        sessions: model.readouts.iter().map(|(s, r)| (s.clone(), r.neurons)).collect(),
+        layers: (0..model.core.n_layers()).map(|l| model.core.layer_kernel(l).unwrap().kernel_channels().unwrap()).collect(),
+        sessions: model.readouts.iter().map(|(s, r)| (s.clone(), r.neurons())).collect(),
         ensemble: matches!(model.config.architecture, Architecture::HoeflingEnsembleMember { .. }),
     }
 }

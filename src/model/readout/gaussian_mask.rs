@@ -2,8 +2,17 @@
 //! which computes the same): each neuron weights the core output in space by a normalised 2D Gaussian,
 //! then across channels by its feature weights, then applies scale, bias and softplus.
 
-use super::linalg::{gemm, Layout};
-use super::Float;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{nan_to_num, softplus, softplus_derivative, NeuronWeights, Readout, ReadoutState};
+use crate::error::Result;
+use crate::model::config::ReadoutConfig;
+use crate::model::layer::Shape;
+use crate::model::linalg::{gemm, Layout};
+use crate::model::load::StateDict;
+use crate::model::Float;
+use crate::tensor::Tensor;
 
 #[derive(Debug, Clone)]
 pub struct GaussianReadout<F> {
@@ -30,8 +39,62 @@ pub struct GaussianReadout<F> {
 }
 
 /// What the readout keeps for its backward pass: the pre-softplus values `(t, neurons)`.
-pub struct ReadoutTape<F> {
+struct Tape<F> {
     pre_activation: Vec<F>,
+}
+
+/// `{prefix}.*` of one session's `GaussianMaskReadout` (or legacy `SpatialXFeature3d`, `legacy`:
+/// its scale is `scale`, not `scale_param`) reading a core output of `(channels, _, height, width)`.
+pub fn load<F: Float>(
+    rc: &ReadoutConfig,
+    sd: &mut StateDict,
+    prefix: &str,
+    neurons: usize,
+    [channels, _, height, width]: Shape,
+    legacy: bool,
+) -> Result<Arc<dyn Readout<F>>> {
+    let (p, n) = (prefix, neurons);
+    let mut features: Vec<F> = sd.take(&format!("{p}.features"), &[1, channels, 1, n])?;
+    if rc.positive {
+        features.iter_mut().for_each(|f| *f = if *f < F::zero() { F::zero() } else { *f });
+    }
+    let scale_name = if legacy { format!("{p}.scale") } else { format!("{p}.scale_param") };
+    let scale = if rc.scale || (!legacy && sd.has(&scale_name)) { sd.take(&scale_name, &[n])? } else { vec![F::one(); n] };
+    let bias =
+        if rc.bias || (!legacy && sd.has(&format!("{p}.bias"))) { sd.take(&format!("{p}.bias"), &[n])? } else { vec![F::zero(); n] };
+    Ok(Arc::new(GaussianReadout::new(
+        channels,
+        height,
+        width,
+        sd.take(&format!("{p}.mask_mean"), &[n, 2])?,
+        sd.take(&format!("{p}.mask_log_var"), &[n])?,
+        sd.take(&format!("{p}.grid"), &[n, height, width, 2])?,
+        F::from_f64(rc.gaussian_mean_scale),
+        F::from_f64(rc.gaussian_var_scale),
+        features,
+        scale,
+        bias,
+    )))
+}
+
+/// Every session's `GaussianMaskReadout` (`MultiGaussianMaskReadout`).
+pub fn load_sessions<F: Float>(
+    rc: &ReadoutConfig,
+    sd: &mut StateDict,
+    sessions: &[(String, usize)],
+    core_out: Shape,
+) -> Result<BTreeMap<String, Arc<dyn Readout<F>>>> {
+    sessions.iter().map(|(s, n)| Ok((s.clone(), load(rc, sd, &format!("readout.{s}"), *n, core_out, false)?))).collect()
+}
+
+/// Every session's legacy `SpatialXFeature3d` readout (Hoefling 2024 ensemble members).
+pub fn load_sessions_legacy<F: Float>(
+    rc: &ReadoutConfig,
+    sd: &mut StateDict,
+    sessions: &[(String, usize)],
+    core_out: Shape,
+) -> Result<BTreeMap<String, Arc<dyn Readout<F>>>> {
+    sessions.iter().map(|(s, n)| Ok((s.clone(), load(rc, sd, &format!("readout.{s}"), *n, core_out, true)?))).collect()
 }
 
 impl<F: Float> GaussianReadout<F> {
@@ -106,7 +169,7 @@ impl<F: Float> GaussianReadout<F> {
     }
 
     /// Responses `(t, neurons)` for one core output `(channels, t, height, width)`.
-    pub fn forward(&self, core_out: &[F], t: usize) -> (Vec<F>, ReadoutTape<F>) {
+    fn forward_t(&self, core_out: &[F], t: usize) -> (Vec<F>, Tape<F>) {
         let (c_n, n_n, hw) = (self.channels, self.neurons, self.height * self.width);
         // a[c, t, n] = sum_p core[c, t, p] * mask[n, p]
         let mut a = vec![F::zero(); c_n * t * n_n];
@@ -128,11 +191,11 @@ impl<F: Float> GaussianReadout<F> {
             }
         }
         let out = pre.iter().map(|&x| softplus(x)).collect();
-        (out, ReadoutTape { pre_activation: pre })
+        (out, Tape { pre_activation: pre })
     }
 
     /// Gradient with respect to the core output, given the gradient of the responses `(t, neurons)`.
-    pub fn backward(&self, tape: &ReadoutTape<F>, grad_out: &[F], t: usize) -> Vec<F> {
+    fn backward_t(&self, tape: &Tape<F>, grad_out: &[F], t: usize) -> Vec<F> {
         let (c_n, n_n, hw) = (self.channels, self.neurons, self.height * self.width);
         let g_y: Vec<F> = grad_out
             .iter()
@@ -155,32 +218,39 @@ impl<F: Float> GaussianReadout<F> {
     }
 }
 
-/// PyTorch's softplus (beta 1, threshold 20).
-pub fn softplus<F: Float>(x: F) -> F {
-    if x > F::from_f64(20.0) {
-        x
-    } else {
-        x.exp().ln_1p()
+impl<F: Float> Readout<F> for GaussianReadout<F> {
+    fn class_name(&self) -> &'static str {
+        "GaussianMaskReadout"
     }
-}
 
-fn softplus_derivative<F: Float>(x: F) -> F {
-    if x > F::from_f64(20.0) {
-        F::one()
-    } else {
-        let z = x.exp();
-        z / (z + F::one())
+    fn neurons(&self) -> usize {
+        self.neurons
     }
-}
 
-/// `torch.nan_to_num`: NaN → 0, ±inf → the largest finite value of the type.
-fn nan_to_num<F: Float>(x: F) -> F {
-    let v = x.to_f64();
-    if v.is_nan() {
-        F::zero()
-    } else if v.is_infinite() {
-        F::from_f64(if v > 0.0 { F::MAX } else { -F::MAX })
-    } else {
-        x
+    fn forward(&self, core_out: &[F], [_, t, _, _]: Shape) -> (Vec<F>, ReadoutState) {
+        let (out, tape) = self.forward_t(core_out, t);
+        (out, Box::new(tape))
+    }
+
+    fn backward(&self, state: &ReadoutState, grad_out: &[F], [_, t, _, _]: Shape) -> Vec<F> {
+        let tape = state.downcast_ref::<Tape<F>>().expect("the state of this readout's forward pass");
+        self.backward_t(tape, grad_out, t)
+    }
+
+    fn centered(&self, target: [f64; 2]) -> Option<Arc<dyn Readout<F>>> {
+        let mut r = self.clone();
+        r.center(target.map(F::from_f64));
+        Some(Arc::new(r))
+    }
+
+    fn neuron_weights(&self, neuron: usize) -> NeuronWeights {
+        let hw = self.height * self.width;
+        NeuronWeights {
+            spatial: Tensor {
+                shape: vec![self.height, self.width],
+                data: self.masks[neuron * hw..(neuron + 1) * hw].iter().map(|v| v.to_f64() as f32).collect(),
+            },
+            features: (0..self.channels).map(|c| self.features[c * self.neurons + neuron].to_f64() as f32).collect(),
+        }
     }
 }

@@ -9,10 +9,13 @@
 
 use std::collections::BTreeMap;
 
-use super::config::Padding;
-use super::linalg::{gemm, Layout};
-use super::simd::SpatialShape;
-use super::Float;
+use crate::error::{Error, Result};
+use crate::model::config::{LayerConfig, Padding};
+use crate::model::layer::{BackwardValues, KernelView, Layer, LayerState, Reach, Shape};
+use crate::model::linalg::{gemm, Layout};
+use crate::model::load::StateDict;
+use crate::model::simd::SpatialShape;
+use crate::model::Float;
 
 /// openretina's `subsampling_factor`: the temporal kernel of length `t` has `t / 3` sines and cosines.
 pub const SUBSAMPLING_FACTOR: usize = 3;
@@ -33,6 +36,9 @@ pub struct SeparableConv3d<F> {
     pub log_speed_default: F,
     /// Per-session log speeds (`log_speed_<session>`; legacy ensemble members only).
     pub log_speeds: BTreeMap<String, F>,
+    /// Kernels at the default log speed and per session, computed once at load.
+    default_kernels: ConvKernels<F>,
+    session_kernels: BTreeMap<String, ConvKernels<F>>,
 }
 
 /// The weights of a convolution for one log speed, laid out for the kernels below.
@@ -45,6 +51,39 @@ pub struct ConvKernels<F> {
 }
 
 impl<F: Float> SeparableConv3d<F> {
+    /// The convolution `{prefix}.*` of a layer (`STSeparableBatchConv3d`), with the per-session log
+    /// speeds `{prefix}.log_speed_<session>` of legacy ensemble members when `sessions` are given.
+    pub fn load(lc: &LayerConfig, sd: &mut StateDict, prefix: &str, sessions: &[String]) -> Result<Self> {
+        let (o, c) = (lc.out_channels, lc.in_channels);
+        let nk = lc.temporal_kernel / SUBSAMPLING_FACTOR;
+        let k = lc.spatial_kernel;
+        let mut log_speeds = BTreeMap::new();
+        for session in sessions {
+            log_speeds.insert(session.clone(), sd.take_scalar(&format!("{prefix}.log_speed_{session}"))?);
+        }
+        let mut conv = SeparableConv3d {
+            in_channels: c,
+            out_channels: o,
+            temporal_kernel: lc.temporal_kernel,
+            spatial_kernel: k,
+            padding: lc.padding,
+            sin_weights: sd.take(&format!("{prefix}.sin_weights"), &[o, c, nk])?,
+            cos_weights: sd.take(&format!("{prefix}.cos_weights"), &[o, c, nk])?,
+            spatial_weights: sd.take(&format!("{prefix}.weight_spatial"), &[o, c, 1, k, k])?,
+            log_speed_default: sd.take_scalar(&format!("{prefix}._log_speed_default"))?,
+            log_speeds,
+            default_kernels: ConvKernels { spatial: Vec::new(), temporal: Vec::new() },
+            session_kernels: BTreeMap::new(),
+        };
+        conv.default_kernels = conv.kernels(conv.log_speed_default);
+        conv.session_kernels = conv.log_speeds.iter().map(|(s, &v)| (s.clone(), conv.kernels(v))).collect();
+        Ok(conv)
+    }
+
+    fn kernels_for(&self, session: Option<&str>) -> &ConvKernels<F> {
+        session.and_then(|s| self.session_kernels.get(s)).unwrap_or(&self.default_kernels)
+    }
+
     /// The log speed for a session: its own (legacy ensemble members) or the default.
     pub fn log_speed(&self, session: Option<&str>) -> F {
         session.and_then(|s| self.log_speeds.get(s).copied()).unwrap_or(self.log_speed_default)
@@ -91,7 +130,7 @@ impl<F: Float> SeparableConv3d<F> {
     }
 
     /// Output `(time, height, width)` for an input of `(time, height, width)`, if the kernel fits.
-    pub fn output_shape(&self, input: [usize; 3]) -> Option<[usize; 3]> {
+    pub fn output_size(&self, input: [usize; 3]) -> Option<[usize; 3]> {
         let k = [self.temporal_kernel, self.spatial_kernel, self.spatial_kernel];
         let mut out = [0; 3];
         for d in 0..3 {
@@ -102,7 +141,7 @@ impl<F: Float> SeparableConv3d<F> {
     }
 
     /// Convolve one stimulus `x` of shape `(in, t, h, w)`; returns `(out, t', h', w')`.
-    pub fn forward(&self, kernels: &ConvKernels<F>, x: &[F], input: [usize; 3]) -> Vec<F> {
+    pub fn convolve(&self, kernels: &ConvKernels<F>, x: &[F], input: [usize; 3]) -> Vec<F> {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
@@ -112,7 +151,7 @@ impl<F: Float> SeparableConv3d<F> {
     }
 
     /// Gradient with respect to the input, given the gradient `grad_out` of the output `(out, t', h', w')`.
-    pub fn backward(&self, kernels: &ConvKernels<F>, grad_out: &[F], input: [usize; 3]) -> Vec<F> {
+    pub fn convolve_backward(&self, kernels: &ConvKernels<F>, grad_out: &[F], input: [usize; 3]) -> Vec<F> {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
@@ -242,7 +281,7 @@ impl<F: Float> SeparableConv3d<F> {
     }
 
     fn geometry(&self, input: [usize; 3]) -> Geometry {
-        let out = self.output_shape(input).expect("kernel larger than padded input (checked by the config)");
+        let out = self.output_size(input).expect("kernel larger than padded input (checked by the config)");
         let [(pt0, pt1), (ph, _), (pw, _)] = self.padding;
         Geometry {
             kt: self.temporal_kernel,
@@ -259,6 +298,95 @@ impl<F: Float> SeparableConv3d<F> {
             in_len: input.iter().product(),
         }
     }
+}
+
+impl<F: Float> Layer<F> for SeparableConv3d<F> {
+    fn describe(&self) -> String {
+        let pad = self.padding.map(|(a, b)| if a == b { a.to_string() } else { format!("{a}+{b}") });
+        format!(
+            "STSeparableBatchConv3d (custom_separable) {} -> {} channels, kernel {}x{}x{} (time x space), padding ({})",
+            self.in_channels,
+            self.out_channels,
+            self.temporal_kernel,
+            self.spatial_kernel,
+            self.spatial_kernel,
+            pad.join(", ")
+        )
+    }
+
+    fn output_shape(&self, [c, t, h, w]: Shape) -> Result<Shape> {
+        conv_output_shape(c, self.in_channels, self.out_channels, [t, h, w], [self.temporal_kernel, self.spatial_kernel, self.spatial_kernel], self.padding)
+    }
+
+    fn forward(&self, x: &[F], [_, t, h, w]: Shape, session: Option<&str>) -> (Vec<F>, LayerState) {
+        (self.convolve(self.kernels_for(session), x, [t, h, w]), None)
+    }
+
+    fn backward(&self, v: BackwardValues<'_, F>, grad: Vec<F>, session: Option<&str>) -> Vec<F> {
+        let [_, t, h, w] = v.input_shape;
+        self.convolve_backward(self.kernels_for(session), &grad, [t, h, w])
+    }
+
+    fn reach(&self) -> Reach {
+        Reach::Window { kernel: [self.temporal_kernel, self.spatial_kernel, self.spatial_kernel], padding: self.padding }
+    }
+
+    /// Separable: the spatial step on every padded input frame, then the temporal correlation.
+    fn flops(&self, [_, t, h, w]: Shape) -> f64 {
+        let Some(out) = self.output_size([t, h, w]) else { return 0.0 };
+        let p = (out[1] * out[2]) as f64;
+        let pairs = (self.in_channels * self.out_channels) as f64;
+        let tp = (t + self.padding[0].0 + self.padding[0].1) as f64;
+        let kk = (self.spatial_kernel * self.spatial_kernel) as f64;
+        2.0 * pairs * (tp * p * kk + out[0] as f64 * p * self.temporal_kernel as f64)
+    }
+
+    fn kernel_channels(&self) -> Option<(usize, usize)> {
+        Some((self.in_channels, self.out_channels))
+    }
+
+    fn kernel(&self, input: usize, output: usize) -> Option<KernelView> {
+        let (i_n, k, kt) = (self.in_channels, self.spatial_kernel, self.temporal_kernel);
+        let nk = kt / SUBSAMPLING_FACTOR;
+        let pair = output * i_n + input;
+        let f = |v: &[F]| v.iter().map(|x| x.to_f64() as f32).collect::<Vec<f32>>();
+        let temporal = self.temporal_kernels(self.log_speed_default);
+        Some(KernelView {
+            spatial: f(&self.spatial_weights[pair * k * k..(pair + 1) * k * k]),
+            spatial_shape: [k, k],
+            temporal: f(&temporal[pair * kt..(pair + 1) * kt]),
+            sin: f(&self.sin_weights[pair * nk..(pair + 1) * nk]),
+            cos: f(&self.cos_weights[pair * nk..(pair + 1) * nk]),
+        })
+    }
+}
+
+/// Output shape of a stride-1 convolution, or an error naming the axis whose kernel does not fit.
+/// Shared by every convolution kind.
+pub fn conv_output_shape(
+    channels: usize,
+    in_channels: usize,
+    out_channels: usize,
+    input: [usize; 3],
+    kernel: [usize; 3],
+    padding: Padding,
+) -> Result<Shape> {
+    if channels != in_channels {
+        return Err(Error::new(format!("input has {channels} channels, the convolution takes {in_channels}")));
+    }
+    let mut out = [out_channels, 0, 0, 0];
+    for d in 0..3 {
+        let padded = input[d] + padding[d].0 + padding[d].1;
+        if padded < kernel[d] {
+            let what = ["time steps", "height", "width"][d];
+            return Err(Error::new(format!(
+                "input {what} {} (padded {padded}) is smaller than its kernel {}; use a longer stimulus",
+                input[d], kernel[d]
+            )));
+        }
+        out[d + 1] = padded - kernel[d] + 1;
+    }
+    Ok(out)
 }
 
 /// `acc[p][o] += w[o] * src[p][o]` for every pixel `p` of a channel-last frame.

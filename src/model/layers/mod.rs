@@ -1,0 +1,9 @@
+//! The core's layer kinds, one file each (forward, input gradient, shape, reach, figure weights).
+//! `registry.rs` says which openretina class or option builds which.
+
+pub mod avg_pool;
+pub mod batch_norm;
+pub mod color_squash;
+pub mod elu;
+pub mod max_pool;
+pub mod st_separable;
