@@ -28,6 +28,7 @@ pub struct ConvKind<F> {
     /// The PyTorch module openretina builds for it.
     pub class: &'static str,
     /// Loads `{prefix}.*` (and per-session tensors for the sessions given).
+    #[allow(clippy::type_complexity)]
     pub load: fn(&LayerConfig, &mut StateDict, &str, &[String]) -> Result<Arc<dyn Layer<F>>>,
 }
 

@@ -48,7 +48,7 @@ impl<F: Float> Layer<F> for Elu {
 
     fn backward(&self, v: BackwardValues<'_, F>, mut grad: Vec<F>, _: Option<&str>) -> Vec<F> {
         let out = v.output.expect("ELU keeps its output");
-        grad.iter_mut().zip(out).for_each(|(g, &z)| *g = *g * elu_derivative_from_output(z));
+        grad.iter_mut().zip(out).for_each(|(g, &z)| *g *= elu_derivative_from_output(z));
         grad
     }
 
