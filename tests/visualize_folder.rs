@@ -201,7 +201,7 @@ fn three_concurrent_shards_merge_to_the_bytes_of_a_single_run() {
         reports.push(RunReport::parse(stdout.lines().last().unwrap()));
     }
     // Each shard did its own third of the MEIs, and together all of them, once.
-    let meis = 32 + model.readouts[SESSION_1].neurons;
+    let meis = 32 + model.readouts[SESSION_1].neurons();
     assert_eq!(reports.iter().map(|r| r.optimised).sum::<usize>(), meis);
     assert!(reports.iter().all(|r| r.optimised.abs_diff(meis / 3) <= 1), "unbalanced shards: {reports:?}");
     check_run(&sharded, &model, &sel);
