@@ -664,7 +664,7 @@ fn mds_command(args: &MdsArgs) -> Result<()> {
     let channels = model.config.input_channels;
     let mut settings = args.optimization.apply(MeiSettings::mds_notebook(channels), channels)?;
     settings.temperature = args.temperature;
-    let neurons = model.readout(&args.session)?.neurons;
+    let neurons = model.readout(&args.session)?.neurons();
     let against: Vec<usize> = if args.against.trim() == "rest" {
         (0..neurons).filter(|n| !args.neurons.contains(n)).collect()
     } else {
