@@ -104,6 +104,29 @@ impl ModelArgs {
     }
 }
 
+/// Every member of an ensemble folder, each with its readouts centred at (0, 0) as openretina
+/// centres ensemble members for output-neuron MEIs: what `--ensemble-mean` averages over.
+fn load_centred_members(folder: &std::path::Path) -> Result<Vec<Model<f32>>> {
+    formats::checkpoint::ensemble_member_ids(folder)?
+        .iter()
+        .enumerate()
+        .map(|(index, _)| {
+            let raw = formats::checkpoint::read_ensemble_member(folder, index as i64)?;
+            let mut member = Model::from_raw(&raw).map_err(|e| Error::file(folder, format!("member {index}: {e}")))?;
+            member.center_readouts();
+            Ok(member)
+        })
+        .collect()
+}
+
+/// `--ensemble-mean`: the centred members of the ensemble folder `spec` names.
+fn ensemble_members(spec: &str, source: &SourceArgs) -> Result<Vec<Model<f32>>> {
+    match formats::download::resolve_model(spec, &source.download_options(false))? {
+        formats::download::ModelLocation::Local { path, .. } if path.is_dir() => load_centred_members(&path),
+        _ => bail!("--ensemble-mean needs an ensemble folder (config_XXXXX.yaml / state_dict_XXXXX files); {} is a single model", formats::describe_source(spec)),
+    }
+}
+
 /// Read and build a model, naming its source in any error.
 fn load_model(spec: &str, source: &SourceArgs) -> Result<Model<f32>> {
     let raw = formats::read_model(spec, source.model_id, &source.download_options(false))?;
@@ -315,6 +338,10 @@ pub struct MeiArgs {
     /// Maximise the response (most exciting input) or minimise it (most depressing input).
     #[arg(long, value_enum, default_value = "increase")]
     pub objective: ObjectiveArg,
+    /// For an ensemble folder: optimise the mean response of all its members, each with its readouts
+    /// centred as openretina centres member MEIs (Hoefling et al. 2024's ensemble MEIs).
+    #[arg(long)]
+    pub ensemble_mean: bool,
     #[command(flatten)]
     pub optimization: OptimizationArgs,
     /// Where to write `mei` (1, channels, time, height, width), `loss` (one value per step taken) and
@@ -343,6 +370,9 @@ pub struct MdsArgs {
     /// The neurons it should drive less, comma-separated, or `rest` (every other neuron of the session).
     #[arg(long, value_name = "D,E|rest")]
     pub against: String,
+    /// For an ensemble folder: the mean responses of all its members, each with centred readouts.
+    #[arg(long)]
+    pub ensemble_mean: bool,
     /// Temperature of the contrastive objective (openretina's default 1.6).
     #[arg(long, default_value_t = mei::DEFAULT_TEMPERATURE, value_name = "T")]
     pub temperature: f64,
@@ -408,6 +438,11 @@ pub struct VisualizeArgs {
     /// Maximise the responses (most exciting inputs) or minimise them (most depressing inputs).
     #[arg(long, value_enum, default_value = "increase")]
     pub objective: ObjectiveArg,
+    /// For an ensemble folder or --is-hoefling-ensemble-model: output-neuron MEIs of the mean response
+    /// of all members, each with centred readouts (Hoefling et al. 2024); inner channels and weights
+    /// stay those of --model-id.
+    #[arg(long)]
+    pub ensemble_mean: bool,
     #[command(flatten)]
     pub optimization: OptimizationArgs,
     /// Only these core layers' channel MEIs, as indices or names, comma-separated (e.g. `0,1`).
@@ -623,7 +658,14 @@ fn mei_command(args: &MeiArgs) -> Result<()> {
         _ => bail!("say which MEI: --session KEY --neuron N, or --layer NAME --channel C"),
     };
     let init = initial_stimulus(args.init.as_deref(), &model, &target, &settings)?;
-    let result = mei::optimize(&model, &target, init, &settings)?;
+    let result = if args.ensemble_mean {
+        if matches!(target, MeiTarget::InnerChannel { .. }) {
+            bail!("--ensemble-mean averages output neurons; the members' inner channels are different features (drop --ensemble-mean for --layer/--channel)");
+        }
+        mei::optimize_mean(&ensemble_members(&args.model.model_path, &args.model.source)?, &target, init, &settings)?
+    } else {
+        mei::optimize(&model, &target, init, &settings)?
+    };
     let mut tensors = BTreeMap::new();
     tensors.insert("mei".to_string(), RawTensor::f32(result.stimulus.shape.clone(), result.stimulus.data.clone()));
     tensors.insert("loss".to_string(), RawTensor { shape: vec![result.losses.len()], data: formats::TensorData::F64(result.losses.clone()) });
@@ -676,8 +718,9 @@ fn mds_command(args: &MdsArgs) -> Result<()> {
     };
     let target = MeiTarget::Contrastive { session: args.session.clone(), on: args.neurons.clone(), off: vec![against.clone()] };
     let init = initial_stimulus(args.init.as_deref(), &model, &target, &settings)?;
-    let result = mei::optimize(&model, &target, init, &settings)?;
-    let traces = mei::objective(&model, &target, &settings)?.group_traces(&result.stimulus.data);
+    let members = if args.ensemble_mean { ensemble_members(&args.model.model_path, &args.model.source)? } else { vec![model] };
+    let result = mei::optimize_mean(&members, &target, init, &settings)?;
+    let traces = mei::mean_objective(&members, &target, &settings)?.group_traces(&result.stimulus.data);
     let mut tensors = BTreeMap::new();
     tensors.insert("mds".to_string(), RawTensor::f32(result.stimulus.shape.clone(), result.stimulus.data.clone()));
     tensors.insert("loss".to_string(), RawTensor { shape: vec![result.losses.len()], data: formats::TensorData::F64(result.losses.clone()) });
@@ -703,9 +746,14 @@ fn mds_command(args: &MdsArgs) -> Result<()> {
                 (group(&args.neurons), traces[0].clone()),
                 (if args.against.trim() == "rest" { "all other neurons".into() } else { group(&against) }, traces[1].clone()),
             ],
-            note: Some(format!("MDS, temperature {}", args.temperature)),
+            note: Some(if args.ensemble_mean {
+                format!("MDS, temperature {}, mean of {} centred ensemble members", args.temperature, members.len())
+            } else {
+                format!("MDS, temperature {}", args.temperature)
+            }),
         };
-        crate::plot::draw_mei_annotated(&input, &annotations, &style, path)?;
+        let compositions = crate::plot::mei_composition(&input.stimulus, input.frame_rate)?;
+        crate::plot::draw_mei_annotated(&input, &compositions, &annotations, &style, path)?;
     }
     println!(
         "{}: contrastive objective {:.6} after {} steps (loss {:.6} -> {:.6}); wrote {}{}",
@@ -750,19 +798,32 @@ fn visualize_command(args: &VisualizeArgs) -> Result<()> {
     loading.set_message("loading the model");
     loading.enable_steady_tick(std::time::Duration::from_millis(120));
     let source = args.model_path.as_deref().map(formats::describe_source).unwrap_or_else(|| "Hoefling 2024 ensemble".into());
-    let loaded = (|| -> Result<Model<f32>> {
-        let raw = match &args.model_path {
-            Some(spec) => formats::read_model(spec, args.source.model_id, &download)?,
+    let loaded = (|| -> Result<(Model<f32>, Vec<Model<f32>>)> {
+        let (raw, folder) = match &args.model_path {
+            Some(spec) => {
+                let raw = formats::read_model(spec, args.source.model_id, &download)?;
+                let folder = match args.ensemble_mean.then(|| formats::download::resolve_model(spec, &download)).transpose()? {
+                    Some(formats::download::ModelLocation::Local { path, .. }) if path.is_dir() => Some(path),
+                    _ => None,
+                };
+                (raw, folder)
+            }
             None => {
                 let folder = formats::download::fetch_hoefling_ensemble(&download)?;
-                formats::checkpoint::read_model(&folder, args.source.model_id)?
+                (formats::checkpoint::read_model(&folder, args.source.model_id)?, Some(folder))
             }
         };
-        Model::from_raw(&raw).map_err(|e| Error::new(format!("{source}: {e}")))
+        let model = Model::from_raw(&raw).map_err(|e| Error::new(format!("{source}: {e}")))?;
+        let members = match (args.ensemble_mean, folder) {
+            (false, _) => Vec::new(),
+            (true, Some(folder)) => load_centred_members(&folder)?,
+            (true, None) => bail!("--ensemble-mean needs an ensemble folder or --is-hoefling-ensemble-model; {source} is a single model"),
+        };
+        Ok((model, members))
     })();
     // Cleared before any error is printed, so the error stays one line.
     loading.finish_and_clear();
-    let model = loaded?;
+    let (model, members) = loaded?;
     // Hoefling ensemble members: output-neuron MEIs on readouts centred at (0, 0), everything else
     // on the member as stored, and openretina's ensemble folder layout.
     let ensemble = matches!(model.config.architecture, crate::model::config::Architecture::HoeflingEnsembleMember { .. });
@@ -790,9 +851,15 @@ fn visualize_command(args: &VisualizeArgs) -> Result<()> {
         overwrite: args.overwrite,
         quiet: args.quiet,
         ensemble_layout: ensemble,
+        output_note: (!members.is_empty()).then(|| format!("mean of {} centred ensemble members", members.len())),
         shard: args.shard.unwrap_or(Shard::ALL),
     };
-    let report = crate::visualize::visualize(&model, centred.as_ref().unwrap_or(&model), &options)?;
+    let output_models = match &centred {
+        _ if !members.is_empty() => &members[..],
+        Some(centred) => std::slice::from_ref(centred),
+        None => std::slice::from_ref(&model),
+    };
+    let report = crate::visualize::visualize(&model, output_models, &options)?;
     if !args.quiet {
         if report.missing > 0 {
             println!(

@@ -278,3 +278,122 @@ fn bad_insilico_flags_are_one_line_errors() {
         assert!(!std::path::Path::new(out).exists(), "{args:?} left an output behind");
     }
 }
+
+// ---- --ensemble-mean: the mean objective over ensemble members ----
+
+const MEMBER_IDS: [&str; 5] = ["00000", "01000", "02000", "03000", "04000"];
+
+fn members<F: retina::model::Float>(centred: bool) -> Vec<Model<F>> {
+    MEMBER_IDS
+        .iter()
+        .map(|id| {
+            let mut m = Model::from_raw(&raw_model(&format!("ensemble_replica/ensemble/member_{id}.safetensors"))).unwrap();
+            if centred {
+                m.center_readouts();
+            }
+            m
+        })
+        .collect()
+}
+
+#[test]
+fn ensemble_mean_objective_forward_is_openretinas_ensemble_mean() {
+    let reference = Reference::load("ensemble_replica");
+    let input = reference.get32("ensemble.input");
+    let members = members::<f32>(false);
+    let settings = MeiSettings { time_steps: input.shape[2], ..MeiSettings::openretina(2) };
+    for session in members[0].sessions() {
+        let expected = reference.get(&format!("ensemble.{session}.mean_of_members")); // (1, t, neurons)
+        let (t, n) = (expected.shape[1], expected.shape[2]);
+        let mut ours = vec![0.0f64; t * n];
+        for neuron in 0..n {
+            let target = MeiTarget::OutputNeuron { session: session.into(), neuron };
+            let (_, series) = mei::mean_objective(&members, &target, &settings).unwrap().evaluate(&input.data);
+            assert_eq!(series.len(), t);
+            for (ti, v) in series.iter().enumerate() {
+                ours[ti * n + neuron] = *v as f64;
+            }
+        }
+        // openretina's float32 EnsembleModel forward: the forward-pass bar of tests/model.rs (1e-5).
+        let d = rel_max_diff(&ours, &expected.data);
+        assert!(d <= 1e-5, "{session}: mean over members differs by {d:e}");
+    }
+}
+
+#[test]
+fn ensemble_mean_gradient_matches_finite_differences() {
+    // Float64, centred members (as --ensemble-mean uses them): the mean objective's gradient against
+    // central differences along random directions.
+    let members = members::<f64>(true);
+    let target = MeiTarget::OutputNeuron { session: "2_ventral2_20201016".into(), neuron: 3 };
+    let settings = MeiSettings::openretina(2);
+    let objective = mei::mean_objective(&members, &target, &settings).unwrap();
+    assert_eq!(objective.len(), 5);
+    let mut rng = retina::rng::Rng::new(7);
+    let x: Vec<f64> = (0..2 * 50 * 18 * 16).map(|_| rng.normal() * 0.5).collect();
+    let (value, gradient) = objective.gradient(&x);
+    let single: f64 = members.iter().map(|m| mei::objective(m, &target, &settings).unwrap().evaluate(&x).0).sum::<f64>() / 5.0;
+    assert!((value - single).abs() <= 1e-12 * single.abs().max(1.0), "mean value {value} vs {single}");
+    for _ in 0..3 {
+        let v: Vec<f64> = (0..x.len()).map(|_| rng.normal()).collect();
+        let h = 1e-4;
+        let at = |s: f64| {
+            let y: Vec<f64> = x.iter().zip(&v).map(|(a, b)| a + s * b).collect();
+            objective.evaluate(&y).0
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * h);
+        let analytic: f64 = gradient.iter().zip(&v).map(|(g, b)| g * b).sum();
+        // Central differences at h = 1e-4 in float64: truncation ~h^2 |f'''| plus rounding ~1e-16/h,
+        // both far below 1e-6 of the derivative; a wrong gradient (sign, scale, a missing member:
+        // >= 20 %) fails.
+        assert!((fd - analytic).abs() <= 1e-6 * analytic.abs().max(1e-3), "directional derivative {analytic} vs finite differences {fd}");
+    }
+}
+
+#[test]
+fn mei_command_ensemble_mean_uses_every_centred_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ens.safetensors");
+    let folder = fixture("ensemble_replica/ensemble");
+    let run = retina(&[
+        "mei", "--model-path", folder.to_str().unwrap(), "--session", "1_ventral1_20200226", "--neuron", "2",
+        "--ensemble-mean", "--output", out.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let members = members::<f32>(true);
+    let target = MeiTarget::OutputNeuron { session: "1_ventral1_20200226".into(), neuron: 2 };
+    let settings = MeiSettings::openretina(2);
+    let init = mei::initial_stimulus(&members[0], &target, &settings);
+    let expected = mei::optimize_mean(&members, &target, init, &settings).unwrap();
+    let tensors = read_tensors(&out);
+    // Same members (the folder's checkpoints hold the weights of the converted member files), same
+    // arithmetic: the same bits.
+    assert_eq!(tensors["mei"].to_float::<f32>("mei").unwrap().data, expected.stimulus.data);
+    let member0 = mei::optimize(&members[0], &target, mei::initial_stimulus(&members[0], &target, &settings), &settings).unwrap();
+    assert_ne!(member0.stimulus.data, expected.stimulus.data, "the mean must differ from one member's MEI");
+}
+
+#[test]
+fn visualize_ensemble_mean_optimises_the_mean_of_centred_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("vis");
+    let ensemble = fixture("ensemble_replica/ensemble");
+    let run = retina(&[
+        "visualize", "--model-path", ensemble.to_str().unwrap(), "--ensemble-mean", "--save-folder",
+        folder.to_str().unwrap(), "--layers", "0", "--sessions", "3_ventral1_20201021", "--neurons", "1",
+        "--no-video", "--no-weights", "--dpi", "20", "-q",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let tensors = read_tensors(&folder.join("meis.safetensors"));
+    let members = members::<f32>(true);
+    let target = MeiTarget::OutputNeuron { session: "3_ventral1_20201021".into(), neuron: 1 };
+    let settings = MeiSettings::openretina(2);
+    let expected = mei::optimize_mean(&members, &target, mei::initial_stimulus(&members[0], &target, &settings), &settings).unwrap();
+    let name = format!("mei.{}", target.id());
+    assert_eq!(tensors[&name].to_float::<f32>(&name).unwrap().data, expected.stimulus.data);
+
+    let run = retina(&["visualize", "--model-path", "demo", "--ensemble-mean", "--save-folder", dir.path().join("no").to_str().unwrap()]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.lines().count() == 1 && run.stderr.contains("--ensemble-mean"), "{}", run.stderr);
+    assert!(!dir.path().join("no").exists(), "a refused run leaves nothing behind");
+}

@@ -12,6 +12,7 @@
 //! run gives the same MEIs as a full one.
 
 pub mod constraints;
+pub mod ensemble;
 pub mod lowpass;
 pub mod objective;
 pub mod optimizer;
@@ -20,6 +21,7 @@ pub mod stopper;
 use rayon::prelude::*;
 
 pub use self::constraints::Constraints;
+pub use self::ensemble::MeanObjective;
 pub use self::lowpass::TemporalLowPass;
 pub use self::objective::{Direction, MeiTarget, Objective, DEFAULT_TEMPERATURE};
 pub use self::optimizer::OptimizerKind;
@@ -132,7 +134,22 @@ pub fn objective<'m, F: Float>(model: &'m Model<F>, target: &MeiTarget, settings
 
 /// Optimise one stimulus from `init` (already post-processed, shape `(1, C, T, H, W)`).
 pub fn optimize<F: Float>(model: &Model<F>, target: &MeiTarget, init: Tensor<F>, settings: &MeiSettings) -> Result<Mei> {
-    let objective = objective(model, target, settings)?;
+    optimize_mean(std::slice::from_ref(model), target, init, settings)
+}
+
+/// The objective `settings` ask for on `target`, averaged over `models` (e.g. ensemble members).
+pub fn mean_objective<'m, F: Float>(models: &'m [Model<F>], target: &MeiTarget, settings: &MeiSettings) -> Result<MeanObjective<'m, F>> {
+    if models.is_empty() {
+        return Err(Error::new("no models to average over"));
+    }
+    Ok(MeanObjective::new(models.iter().map(|m| objective(m, target, settings)).collect::<Result<_>>()?))
+}
+
+/// Optimise one stimulus for the mean objective over `models` (the members of an ensemble); with one
+/// model, [`optimize`].
+pub fn optimize_mean<F: Float>(models: &[Model<F>], target: &MeiTarget, init: Tensor<F>, settings: &MeiSettings) -> Result<Mei> {
+    let objective = mean_objective(models, target, settings)?;
+    let model = &models[0];
     let expected = model.config.stimulus_shape(settings.time_steps, 1);
     if init.shape != expected {
         return Err(Error::new(format!("initial stimulus has shape {:?}; expected {expected:?}", init.shape)));
@@ -170,7 +187,7 @@ pub fn optimize<F: Float>(model: &Model<F>, target: &MeiTarget, init: Tensor<F>,
         losses,
         objective: final_objective,
         response: series.iter().map(|v| v.to_f64() as f32).collect(),
-        highlighted_frames: objective.highlighted_frames(),
+        highlighted_frames: objective.first().highlighted_frames(),
     })
 }
 
@@ -182,11 +199,22 @@ pub fn optimize_all<F: Float>(
     settings: &MeiSettings,
     on_done: &(dyn Fn() + Sync),
 ) -> Result<Vec<Mei>> {
+    optimize_all_mean(std::slice::from_ref(model), targets, settings, on_done)
+}
+
+/// [`optimize_all`] for the mean objective over `models`.
+pub fn optimize_all_mean<F: Float>(
+    models: &[Model<F>],
+    targets: &[MeiTarget],
+    settings: &MeiSettings,
+    on_done: &(dyn Fn() + Sync),
+) -> Result<Vec<Mei>> {
+    let model = models.first().ok_or_else(|| Error::new("no models to optimise on"))?;
     targets
         .par_iter()
         .map(|target| {
             let init = initial_stimulus(model, target, settings);
-            let mei = optimize(model, target, init, settings);
+            let mei = optimize_mean(models, target, init, settings);
             on_done();
             mei
         })

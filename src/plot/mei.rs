@@ -51,10 +51,15 @@ pub struct MeiAnnotations {
     pub note: Option<String>,
 }
 
-/// [`draw_mei`] with annotations.
-pub fn draw_mei_annotated(input: &MeiFigureInput, annotations: &MeiAnnotations, style: &FigureStyle, path: &Path) -> Result<()> {
-    let compositions = mei_composition(&input.stimulus, input.frame_rate)?;
-    mei_canvas_annotated(input, &compositions, annotations)?.save(style, path)
+/// [`draw_mei_with`] with annotations.
+pub fn draw_mei_annotated(
+    input: &MeiFigureInput,
+    compositions: &[ChannelComposition],
+    annotations: &MeiAnnotations,
+    style: &FigureStyle,
+    path: &Path,
+) -> Result<()> {
+    mei_canvas_annotated(input, compositions, annotations)?.save(style, path)
 }
 
 /// Line colours and names of the colour channels, as openretina picks them by channel count.

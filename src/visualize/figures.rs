@@ -11,12 +11,15 @@ use crate::plot::video::{write_mei_video, VideoOptions};
 use crate::plot::{self, ConvWeightLimits, ConvWeights, FigureStyle, MeiFigureInput, ReadoutLimits, ReadoutNeuron};
 use crate::tensor::Tensor;
 
-/// An MEI's figure at `path`; `compositions` from `plot::mei_composition` of its stimulus.
+/// An MEI's figure at `path`; `compositions` from `plot::mei_composition` of its stimulus; `note`
+/// goes into the response panel's title.
+#[allow(clippy::too_many_arguments)]
 pub fn draw_mei(
     stimulus: &Tensor<f32>,
     response: &[f32],
     highlighted_frames: (usize, usize),
     compositions: &[plot::ChannelComposition],
+    note: Option<&str>,
     style: &FigureStyle,
     path: &Path,
 ) -> Result<()> {
@@ -26,7 +29,8 @@ pub fn draw_mei(
         window: (highlighted_frames.0, highlighted_frames.1 + 1),
         frame_rate: FRAME_RATE,
     };
-    plot::draw_mei_with(&input, compositions, style, path)
+    let annotations = plot::MeiAnnotations { traces: Vec::new(), note: note.map(String::from) };
+    plot::draw_mei_annotated(&input, compositions, &annotations, style, path)
 }
 
 pub fn draw_video(stimulus: &Tensor<f32>, path: &Path) -> Result<()> {

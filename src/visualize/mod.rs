@@ -56,6 +56,9 @@ pub struct VisualizeOptions {
     pub quiet: bool,
     /// openretina's layout for the Hoefling ensemble (`weights_layer_<i>` at the top level).
     pub ensemble_layout: bool,
+    /// A note in the response panel of output-neuron MEI figures (e.g. that they optimise an ensemble
+    /// mean).
+    pub output_note: Option<String>,
     /// This process's share of the work.
     pub shard: Shard,
 }
@@ -74,13 +77,14 @@ pub struct Report {
     pub missing: usize,
 }
 
-/// Run the job (this process's shard of it). `output_model` is the model output-neuron MEIs are
-/// optimised on (the centred ensemble member, or `model` itself); inner MEIs and weight figures use
-/// `model`.
-pub fn visualize(model: &Model<f32>, output_model: &Model<f32>, opts: &VisualizeOptions) -> Result<Report> {
+/// Run the job (this process's shard of it). `output_models` are the models output-neuron MEIs are
+/// optimised on (the centred ensemble member, or `model` itself; several: their mean response, as
+/// `--ensemble-mean`); inner MEIs and weight figures use `model`.
+pub fn visualize(model: &Model<f32>, output_models: &[Model<f32>], opts: &VisualizeOptions) -> Result<Report> {
+    let output_model = output_models.first().ok_or_else(|| Error::new("no model to optimise output-neuron MEIs on"))?;
     // Check the selection before touching the folder: a refused run leaves nothing behind.
     let targets = select_targets(model, opts)?;
-    let plan = Plan::new(model, output_model, &targets, opts);
+    let plan = Plan::new(model, output_models, &targets, opts);
     drop(targets);
     let folder = Folder::new(&opts.save_folder);
     let running = folder.begin(&plan, opts.overwrite)?;
@@ -104,12 +108,12 @@ pub fn visualize(model: &Model<f32>, output_model: &Model<f32>, opts: &Visualize
     let bar = progress(todo.len() + done.len(), "MEIs", opts.quiet);
     for chunk in todo.chunks(opts.batch_size.max(1)) {
         let (inner, output): (Vec<usize>, Vec<usize>) = chunk.iter().partition(|&&i| matches!(plan.items[i], plan::Item::Inner { .. }));
-        for (model, part) in [(model, inner), (output_model, output)] {
+        for (models, part) in [(std::slice::from_ref(model), inner), (output_models, output)] {
             if part.is_empty() {
                 continue;
             }
             let targets: Vec<MeiTarget> = part.iter().map(|&i| plan.items[i].target().expect("an MEI")).collect();
-            let meis = mei::optimize_all(model, &targets, &opts.mei, &|| {})?;
+            let meis = mei::optimize_all_mean(models, &targets, &opts.mei, &|| {})?;
             let written: Vec<usize> = part
                 .par_iter()
                 .zip(meis)
@@ -223,7 +227,8 @@ fn draw_mei_files(
     let figure = folder.path(&plan.figure(item));
     if all || !figure.is_file() {
         let compositions = plot::mei_composition(&strip_batch(&record.stimulus), FRAME_RATE)?;
-        figures::draw_mei(&record.stimulus, &record.response, highlighted_frames, &compositions, &opts.style, &figure)?;
+        let note = opts.output_note.as_deref().filter(|_| !matches!(item, plan::Item::Inner { .. }));
+        figures::draw_mei(&record.stimulus, &record.response, highlighted_frames, &compositions, note, &opts.style, &figure)?;
         written += 1;
     }
     if let Some(video) = plan.video(item).map(|v| folder.path(&v)) {

@@ -89,7 +89,7 @@ pub const SUMMARY_FILE: &str = "summary.csv";
 pub const INDEX_FILE: &str = "index.html";
 
 impl Plan {
-    pub fn new(model: &Model<f32>, output_model: &Model<f32>, targets: &[MeiTarget], opts: &VisualizeOptions) -> Plan {
+    pub fn new(model: &Model<f32>, output_models: &[Model<f32>], targets: &[MeiTarget], opts: &VisualizeOptions) -> Plan {
         let mut items: Vec<Item> = targets
             .iter()
             .filter_map(|t| match t {
@@ -115,7 +115,7 @@ impl Plan {
             }
         }
         Plan {
-            fingerprint: fingerprint(model, output_model, opts),
+            fingerprint: fingerprint(model, output_models, opts),
             model_class: model.config.model_class.clone(),
             core_layers: model.core.n_layers(),
             sessions: model.readouts.len(),
@@ -194,11 +194,11 @@ impl std::fmt::Write for Fnv {
 
 /// A hash of everything the outputs depend on (not the shard, the batch size or the thread count: they
 /// do not change a single byte).
-fn fingerprint(model: &Model<f32>, output_model: &Model<f32>, opts: &VisualizeOptions) -> String {
+fn fingerprint(model: &Model<f32>, output_models: &[Model<f32>], opts: &VisualizeOptions) -> String {
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
     let _ = write!(
         h,
-        "retina {} | {model:?} | {output_model:?} | {:?} | {:?} | {:?} {:?} {:?} | {} {} {} {}",
+        "retina {} | {model:?} | {output_models:?} | {:?} | {:?} | {:?} {:?} {:?} | {} {} {} {} {:?}",
         env!("CARGO_PKG_VERSION"),
         opts.mei,
         opts.style,
@@ -208,7 +208,8 @@ fn fingerprint(model: &Model<f32>, output_model: &Model<f32>, opts: &VisualizeOp
         opts.meis,
         opts.videos,
         opts.weights,
-        opts.ensemble_layout
+        opts.ensemble_layout,
+        opts.output_note
     );
     format!("{:016x}", h.0)
 }
