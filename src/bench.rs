@@ -1,10 +1,12 @@
 //! `retina bench`: speed of the model and of MEIs on this machine, against openretina's numbers
 //! measured on the same machine kind (2 cores) and against the machine's own sgemm peak.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::formats::{RawModel, RawTensor};
 use crate::mei::{self, MeiSettings, MeiTarget, Objective};
 use crate::model::linalg::{gemm, Layout};
 use crate::model::Model;
@@ -139,4 +141,116 @@ pub fn random_stimulus(shape: [usize; 5], seed: u64) -> Tensor<f32> {
     let mut rng = Rng::new(seed);
     let n = shape.iter().product();
     Tensor { shape: shape.to_vec(), data: (0..n).map(|_| rng.uniform() as f32).collect() }
+}
+
+/// A model with one session of `neurons` neurons, for measuring how cost grows with the readout: the
+/// core of `raw` and its first session's readout tiled to `neurons` rows, each neuron's Gaussian mean
+/// spread uniformly over the field (seeded, so every call gives the same model).
+pub fn tiled_model(raw: &RawModel, neurons: usize) -> crate::Result<RawModel> {
+    let original = Model::<f32>::from_raw(raw)?;
+    let session = original.sessions().next().expect("a model has sessions").to_string();
+    let n0 = original.readouts[&session].neurons;
+    let mean_scale = original.config.readout.gaussian_mean_scale.max(1e-6);
+    let prefix = format!("readout.{session}.");
+    let mut tiled = RawModel { model_class: raw.model_class.clone(), hyper_parameters: raw.hyper_parameters.clone(), tensors: BTreeMap::new() };
+    let mut rng = Rng::new(7);
+    for (name, t) in &raw.tensors {
+        if !name.starts_with("readout.") {
+            tiled.tensors.insert(name.clone(), t.clone());
+            continue;
+        }
+        if !name.starts_with(&prefix) {
+            continue; // other sessions
+        }
+        let values: Vec<f64> = t.to_float::<f64>(name)?.data;
+        // The neuron axis: last for `features` (1, C, 1, n), first for everything else.
+        let axis = if name.ends_with(".features") { t.shape.len() - 1 } else { 0 };
+        if t.shape.get(axis) != Some(&n0) {
+            crate::bail!("{name}: shape {:?} has no axis of {n0} neurons to tile", t.shape);
+        }
+        let outer: usize = t.shape[..axis].iter().product();
+        let inner: usize = t.shape[axis + 1..].iter().product();
+        let mut data = Vec::with_capacity(outer * neurons * inner);
+        for o in 0..outer {
+            for n in 0..neurons {
+                let at = (o * n0 + n % n0) * inner;
+                data.extend_from_slice(&values[at..at + inner]);
+            }
+        }
+        if name.ends_with(".mask_mean") {
+            for v in &mut data {
+                *v = (rng.uniform() * 2.0 - 1.0) / mean_scale;
+            }
+        }
+        let mut shape = t.shape.clone();
+        shape[axis] = neurons;
+        tiled.tensors.insert(name.clone(), RawTensor::f32(shape, data.iter().map(|&v| v as f32).collect()));
+    }
+    one_session(&mut tiled.hyper_parameters, &session, neurons);
+    Model::<f32>::from_raw(&tiled).map_err(|e| crate::error::Error::new(format!("the model tiled to {neurons} neurons: {e}")))?;
+    Ok(tiled)
+}
+
+/// Keep only `session` in every per-session table of the hyper parameters; its neuron count is `neurons`.
+fn one_session(value: &mut serde_json::Value, session: &str, neurons: usize) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if map.contains_key(session) {
+                map.retain(|k, _| k == session);
+            }
+            for (k, v) in map.iter_mut() {
+                if k == "n_neurons_dict" {
+                    if let Some(m) = v.as_object_mut() {
+                        m.retain(|s, _| s == session);
+                        m.insert(session.to_string(), neurons.into());
+                    }
+                } else {
+                    one_session(v, session, neurons);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| one_session(v, session, neurons)),
+        _ => {}
+    }
+}
+
+/// Output MEIs measured per size in `neurons_per_mei`.
+const SAMPLED_MEIS: usize = 16;
+
+/// Time per output-neuron MEI on `raw`'s core with one session of N neurons, for each N in `sizes`:
+/// the median of 3 runs over 16 neurons spread over the session.
+pub fn per_mei_by_neurons(raw: &RawModel, sizes: &[usize], time_steps: usize) -> crate::Result<BenchReport> {
+    let mut lines = vec![format!(
+        "output-neuron MEIs on {}'s core with one session tiled to N neurons ({SAMPLED_MEIS} MEIs spread over the session, {} threads, median of 3):",
+        raw.model_class,
+        rayon::current_num_threads()
+    )];
+    let mut first: Option<(usize, f64)> = None;
+    for &n in sizes {
+        let model = Model::<f32>::from_raw(&tiled_model(raw, n)?)?;
+        let settings = MeiSettings { time_steps, ..MeiSettings::openretina(model.config.input_channels) };
+        let session = model.sessions().next().expect("one session").to_string();
+        let k = SAMPLED_MEIS.min(n);
+        let targets: Vec<MeiTarget> =
+            (0..k).map(|i| MeiTarget::OutputNeuron { session: session.clone(), neuron: i * n / k }).collect();
+        let secs = median_seconds(3, || {
+            mei::optimize_all(&model, &targets, &settings, &|| {}).expect("MEIs");
+        }) / k as f64;
+        let base = *first.get_or_insert((n, secs));
+        lines.push(format!(
+            "  N = {n:>5}: {:.2} ms per MEI ({:.2}x the time at N = {}; openretina not measured on tiled models)",
+            secs * 1e3,
+            secs / base.1,
+            base.0
+        ));
+    }
+    Ok(BenchReport { lines })
+}
+
+/// Peak resident memory of this process so far (`VmHWM`), where the system reports it (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

@@ -404,6 +404,14 @@ pub struct BenchArgs {
     /// Frames per stimulus.
     #[arg(long = "time-steps-stimulus", default_value_t = 50, value_name = "N")]
     pub time_steps: usize,
+    /// Instead: time per output-neuron MEI on the model's core with its first session's readout tiled
+    /// to each of these neuron counts (e.g. `28,1000,3000`).
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    pub neurons: Option<Vec<usize>>,
+    /// With --neurons: also run `retina visualize --no-video --dpi 30` of the largest tiled model into
+    /// DIR and print its report line (wall time and peak memory).
+    #[arg(long, value_name = "DIR", requires = "neurons")]
+    pub visualize: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -535,14 +543,48 @@ pub fn run(command: Command) -> Result<()> {
             println!("wrote {} ({}, {} tensors)", args.output.display(), raw.model_class, raw.tensors.len());
             Ok(())
         }
-        Command::Bench(args) => {
-            let model = load_model(&args.model_path, &args.source)?;
-            for line in bench::run(&model, args.time_steps)?.lines {
-                println!("{line}");
-            }
-            Ok(())
-        }
+        Command::Bench(args) => bench_command(&args),
     }
+}
+
+fn bench_command(args: &BenchArgs) -> Result<()> {
+    let Some(sizes) = &args.neurons else {
+        let model = load_model(&args.model_path, &args.source)?;
+        for line in bench::run(&model, args.time_steps)?.lines {
+            println!("{line}");
+        }
+        return Ok(());
+    };
+    if sizes.contains(&0) {
+        bail!("--neurons: every count must be at least 1");
+    }
+    let raw = formats::read_model(&args.model_path, args.source.model_id, &args.source.download_options(false))?;
+    for line in bench::per_mei_by_neurons(&raw, sizes, args.time_steps)?.lines {
+        println!("{line}");
+    }
+    if let Some(folder) = &args.visualize {
+        let n = sizes.iter().copied().max().unwrap_or(1);
+        let model_file = std::env::temp_dir().join(format!("retina-bench-{}-{n}.safetensors", std::process::id()));
+        write_atomic(&model_file, &formats::safetensors::serialize_model(&bench::tiled_model(&raw, n)?)?)?;
+        let exe = std::env::current_exe().map_err(|e| Error::new(format!("cannot find the retina binary ({e})")))?;
+        let out = std::process::Command::new(exe)
+            .arg("visualize")
+            .arg("--model-path")
+            .arg(&model_file)
+            .arg("--save-folder")
+            .arg(folder)
+            .args(["--no-video", "--dpi", "30"])
+            .stderr(std::process::Stdio::inherit())
+            .output();
+        let _ = std::fs::remove_file(&model_file);
+        let out = out.map_err(|e| Error::new(format!("cannot run retina visualize ({e})")))?;
+        if !out.status.success() {
+            bail!("retina visualize of the model tiled to {n} neurons failed");
+        }
+        let report = String::from_utf8_lossy(&out.stdout);
+        println!("visualize, N = {n} (--no-video --dpi 30): {}", report.lines().last().unwrap_or("").trim());
+    }
+    Ok(())
 }
 
 fn info(args: &InfoArgs) -> Result<()> {
@@ -870,14 +912,15 @@ fn visualize_command(args: &VisualizeArgs) -> Result<()> {
             );
         }
         println!(
-            "{}: {} MEIs ({} optimised, {} from the previous run), {} files written, {} kept, in {:.1} s",
+            "{}: {} MEIs ({} optimised, {} from the previous run), {} files written, {} kept, in {:.1} s{}",
             args.save_folder.display(),
             report.meis_optimised + report.meis_reused,
             report.meis_optimised,
             report.meis_reused,
             report.files_written,
             report.files_kept,
-            start.elapsed().as_secs_f64()
+            start.elapsed().as_secs_f64(),
+            bench::peak_rss_bytes().map(|b| format!(", peak memory {} MB", b >> 20)).unwrap_or_default()
         );
     }
     Ok(())
