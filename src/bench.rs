@@ -149,7 +149,7 @@ pub fn random_stimulus(shape: [usize; 5], seed: u64) -> Tensor<f32> {
 pub fn tiled_model(raw: &RawModel, neurons: usize) -> crate::Result<RawModel> {
     let original = Model::<f32>::from_raw(raw)?;
     let session = original.sessions().next().expect("a model has sessions").to_string();
-    let n0 = original.readouts[&session].neurons;
+    let n0 = original.readouts[&session].neurons();
     let mean_scale = original.config.readout.gaussian_mean_scale.max(1e-6);
     let prefix = format!("readout.{session}.");
     let mut tiled = RawModel { model_class: raw.model_class.clone(), hyper_parameters: raw.hyper_parameters.clone(), tensors: BTreeMap::new() };

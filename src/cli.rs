@@ -70,9 +70,27 @@ pub struct SourceArgs {
     /// Never download: use only files already in the cache.
     #[arg(long)]
     pub offline: bool,
-    /// Member of an ensemble folder (negative counts from the end).
-    #[arg(long, default_value_t = -1, allow_negative_numbers = true, value_name = "ID")]
+    /// Member of an ensemble folder (negative counts from the end); `all` (visualize only): every member.
+    #[arg(long, default_value = "-1", allow_negative_numbers = true, value_name = "ID", value_parser = parse_model_id)]
     pub model_id: i64,
+}
+
+/// `--model-id all`: every member of the ensemble (visualize only).
+pub const ALL_MEMBERS: i64 = i64::MIN;
+
+fn parse_model_id(text: &str) -> std::result::Result<i64, String> {
+    if text == "all" {
+        return Ok(ALL_MEMBERS);
+    }
+    text.parse().map_err(|_| format!("`{text}` is not a member number (e.g. 0, -1) or `all`"))
+}
+
+/// Refuses `--model-id all` where one model is read.
+fn one_member(model_id: i64) -> Result<i64> {
+    if model_id == ALL_MEMBERS {
+        bail!("--model-id all works only with `retina visualize`; pick one member here (e.g. --model-id 0)");
+    }
+    Ok(model_id)
 }
 
 impl SourceArgs {
@@ -129,7 +147,7 @@ fn ensemble_members(spec: &str, source: &SourceArgs) -> Result<Vec<Model<f32>>> 
 
 /// Read and build a model, naming its source in any error.
 fn load_model(spec: &str, source: &SourceArgs) -> Result<Model<f32>> {
-    let raw = formats::read_model(spec, source.model_id, &source.download_options(false))?;
+    let raw = formats::read_model(spec, one_member(source.model_id)?, &source.download_options(false))?;
     Model::from_raw(&raw).map_err(|e| Error::new(format!("{}: {e}", formats::describe_source(spec))))
 }
 
@@ -536,7 +554,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Mei(args) => mei_command(&args),
         Command::Mds(args) => mds_command(&args),
         Command::Convert(args) => {
-            let raw = formats::read_model(&args.input, args.source.model_id, &args.source.download_options(false))?;
+            let raw = formats::read_model(&args.input, one_member(args.source.model_id)?, &args.source.download_options(false))?;
             // Refuse to write what retina could not run.
             Model::<f32>::from_raw(&raw).map_err(|e| Error::new(format!("{}: {e}", formats::describe_source(&args.input))))?;
             write_atomic(&args.output, &formats::safetensors::serialize_model(&raw)?)?;
@@ -558,7 +576,7 @@ fn bench_command(args: &BenchArgs) -> Result<()> {
     if sizes.contains(&0) {
         bail!("--neurons: every count must be at least 1");
     }
-    let raw = formats::read_model(&args.model_path, args.source.model_id, &args.source.download_options(false))?;
+    let raw = formats::read_model(&args.model_path, one_member(args.source.model_id)?, &args.source.download_options(false))?;
     for line in bench::per_mei_by_neurons(&raw, sizes, args.time_steps)?.lines {
         println!("{line}");
     }
@@ -836,14 +854,64 @@ fn visualize_command(args: &VisualizeArgs) -> Result<()> {
             .map_err(|e| Error::new(format!("--threads: cannot start the worker threads ({e})")))?;
     }
     let download = args.source.download_options(args.quiet);
+    // The models: one, or a comma-separated list; each ensemble folder's members with --model-id all.
+    let specs: Vec<Option<String>> = match &args.model_path {
+        Some(list) => list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Some(s.to_string())).collect(),
+        None => vec![None],
+    };
+    if specs.is_empty() {
+        bail!("--model-path is empty; name a model, or several separated by commas");
+    }
+    let mut jobs: Vec<(Option<String>, i64, Option<i64>)> = Vec::new();
+    for spec in specs {
+        if args.source.model_id != ALL_MEMBERS {
+            jobs.push((spec, args.source.model_id, None));
+            continue;
+        }
+        let folder = match &spec {
+            None => formats::download::fetch_hoefling_ensemble(&download)?,
+            Some(s) => match formats::download::resolve_model(s, &download)? {
+                formats::download::ModelLocation::Local { path, .. } if path.is_dir() => path,
+                _ => bail!("--model-id all: {s} is not an ensemble folder; it holds one model, so leave --model-id out"),
+            },
+        };
+        let members = formats::checkpoint::ensemble_member_ids(&folder)?.len() as i64;
+        jobs.extend((0..members).map(|id| (spec.clone(), id, Some(id))));
+    }
+    if jobs.len() == 1 {
+        let (spec, id, _) = &jobs[0];
+        return visualize_model(args, spec.as_deref(), *id, &args.save_folder, style, start).map(|_| ());
+    }
+    let names = crate::visualize::models::folder_names(
+        &jobs.iter().map(|(spec, _, member)| (spec.clone().unwrap_or_else(|| "hoefling_2024_ensemble".into()), *member)).collect::<Vec<_>>(),
+    );
+    crate::visualize::models::check_models_index(&args.save_folder, args.overwrite)?;
+    let mut listed = Vec::new();
+    for ((spec, id, _), name) in jobs.iter().zip(names) {
+        let what = visualize_model(args, spec.as_deref(), *id, &args.save_folder.join(&name), style, start)?;
+        listed.push((name, what));
+    }
+    crate::visualize::models::write_models_index(&args.save_folder, &listed)
+}
+
+/// Visualize one model into `save_folder`; returns a one-line description of it for the models page.
+fn visualize_model(
+    args: &VisualizeArgs,
+    spec: Option<&str>,
+    model_id: i64,
+    save_folder: &std::path::Path,
+    style: crate::plot::FigureStyle,
+    start: std::time::Instant,
+) -> Result<String> {
+    let download = args.source.download_options(args.quiet);
     let loading = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new_spinner() };
     loading.set_message("loading the model");
     loading.enable_steady_tick(std::time::Duration::from_millis(120));
-    let source = args.model_path.as_deref().map(formats::describe_source).unwrap_or_else(|| "Hoefling 2024 ensemble".into());
+    let source = spec.map(formats::describe_source).unwrap_or_else(|| "Hoefling 2024 ensemble".into());
     let loaded = (|| -> Result<(Model<f32>, Vec<Model<f32>>)> {
-        let (raw, folder) = match &args.model_path {
+        let (raw, folder) = match spec {
             Some(spec) => {
-                let raw = formats::read_model(spec, args.source.model_id, &download)?;
+                let raw = formats::read_model(spec, model_id, &download)?;
                 let folder = match args.ensemble_mean.then(|| formats::download::resolve_model(spec, &download)).transpose()? {
                     Some(formats::download::ModelLocation::Local { path, .. }) if path.is_dir() => Some(path),
                     _ => None,
@@ -852,7 +920,7 @@ fn visualize_command(args: &VisualizeArgs) -> Result<()> {
             }
             None => {
                 let folder = formats::download::fetch_hoefling_ensemble(&download)?;
-                (formats::checkpoint::read_model(&folder, args.source.model_id)?, Some(folder))
+                (formats::checkpoint::read_model(&folder, model_id)?, Some(folder))
             }
         };
         let model = Model::from_raw(&raw).map_err(|e| Error::new(format!("{source}: {e}")))?;
@@ -880,7 +948,7 @@ fn visualize_command(args: &VisualizeArgs) -> Result<()> {
         .map(|ls| ls.iter().map(|l| model.layer_index(l)).collect::<Result<Vec<_>>>())
         .transpose()?;
     let options = crate::visualize::VisualizeOptions {
-        save_folder: args.save_folder.clone(),
+        save_folder: save_folder.to_path_buf(),
         style,
         mei: MeiSettings { direction: args.objective.direction(), ..args.optimization.settings(model.config.input_channels)? },
         layers,
@@ -906,14 +974,14 @@ fn visualize_command(args: &VisualizeArgs) -> Result<()> {
         if report.missing > 0 {
             println!(
                 "{}: this shard is done; {} pieces of work of other shards are missing, and the last shard to finish (or `retina visualize --merge --save-folder {}`) writes meis.safetensors, summary.csv and index.html",
-                args.save_folder.display(),
+                save_folder.display(),
                 report.missing,
-                args.save_folder.display()
+                save_folder.display()
             );
         }
         println!(
             "{}: {} MEIs ({} optimised, {} from the previous run), {} files written, {} kept, in {:.1} s{}",
-            args.save_folder.display(),
+            save_folder.display(),
             report.meis_optimised + report.meis_reused,
             report.meis_optimised,
             report.meis_reused,
@@ -923,5 +991,8 @@ fn visualize_command(args: &VisualizeArgs) -> Result<()> {
             bench::peak_rss_bytes().map(|b| format!(", peak memory {} MB", b >> 20)).unwrap_or_default()
         );
     }
-    Ok(())
+    let neurons: usize = model.readouts.values().map(|r| r.neurons()).sum();
+    let member = if ensemble { format!(" member {model_id}") } else { String::new() };
+    let c = &model.config;
+    Ok(format!("{source}{member}: {}, {} core layers, {} sessions, {neurons} neurons", c.model_class, model.core.n_layers(), model.readouts.len()))
 }

@@ -250,3 +250,54 @@ fn a_killed_shard_redoes_only_its_own_missing_work() {
     check_run(&sharded, &model, &sel);
     assert_same_outputs(&sharded, &single);
 }
+
+/// The `<a href>` targets of a page.
+fn links(page: &Path) -> Vec<String> {
+    let html = std::fs::read_to_string(page).unwrap();
+    html.split("<a href=\"").skip(1).map(|rest| rest[..rest.find('"').unwrap()].to_string()).collect()
+}
+
+#[test]
+fn several_models_each_get_a_folder_and_the_top_page_links_them() {
+    let dir = TempDir::new().unwrap();
+    let (a, b) = (example(), unified());
+    let out = dir.path().join("models");
+    let list = format!("{},{}", a.path.display(), b.path.display());
+    let subset = ["--layers", "0", "--sessions", SESSION_1, "--neurons", "0", "--no-weights", "--no-video"];
+    let mut args = strings(&["visualize", "--model-path", &list, "--save-folder", &out.display().to_string(), "--dpi", "20"]);
+    args.extend(strings(&subset));
+    let run = retina(&args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let sel = Selection {
+        layers: Some(vec![0]),
+        sessions: Some(vec![SESSION_1.into()]),
+        neurons: Some(vec![0]),
+        videos: false,
+        weights: false,
+        ..Selection::all("jpg")
+    };
+    // Each model as if it had been run alone into its folder, named after the fixture.
+    for (spec, name) in [(&a, "example_low_res"), (&b, "unified_low_res")] {
+        check_run(&out.join(name), &load(spec), &sel);
+        let alone = dir.path().join(format!("alone_{name}"));
+        visualize(spec, &alone, &subset);
+        assert!(std::fs::read(alone.join("meis.safetensors")).unwrap() == std::fs::read(out.join(name).join("meis.safetensors")).unwrap());
+    }
+    assert_eq!(links(&out.join("index.html")), ["example_low_res/index.html", "unified_low_res/index.html"]);
+
+    // --model-id all: every member of an ensemble folder.
+    let members = dir.path().join("members");
+    let ensemble = ensemble_member0().path.display().to_string();
+    let mut args = strings(&["visualize", "--model-path", &ensemble, "--model-id", "all", "--save-folder", &members.display().to_string()]);
+    args.extend(strings(&["--dpi", "20", "--no-weights", "--no-video", "--layers", "0", "--neurons", "0"]));
+    let run = retina(&args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let n = retina::formats::checkpoint::ensemble_member_ids(Path::new(&ensemble)).unwrap().len();
+    let expected: Vec<String> = (0..n).map(|i| format!("ensemble_member{i}/index.html")).collect();
+    assert_eq!(links(&members.join("index.html")), expected);
+    for page in &expected {
+        assert!(members.join(page).is_file() && members.join(page).with_file_name("meis.safetensors").is_file(), "{page}");
+    }
+    // Elsewhere one model is read: `all` is refused with one line.
+    assert_one_line_error(&strings(&["info", "--model-path", &ensemble, "--model-id", "all"]), &["--model-id all", "visualize"]);
+}

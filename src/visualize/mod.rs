@@ -10,6 +10,7 @@
 pub mod figures;
 mod folder;
 mod merge;
+pub mod models;
 pub mod plan;
 mod records;
 
