@@ -35,9 +35,10 @@ pub fn folder_names(specs: &[(String, Option<i64>)]) -> Vec<String> {
             }
         })
         .collect();
-    for i in 0..names.len() {
-        if names[..i].contains(&names[i]) || names[i + 1..].contains(&names[i]) {
-            names[i] = format!("{}_{i}", names[i]);
+    let original = names.clone();
+    for (i, name) in names.iter_mut().enumerate() {
+        if original.iter().filter(|n| *n == name).count() > 1 {
+            *name = format!("{name}_{i}");
         }
     }
     names
