@@ -95,7 +95,7 @@ fn one_member(model_id: i64) -> Result<i64> {
 
 impl SourceArgs {
     pub fn download_options(&self, quiet: bool) -> DownloadOptions {
-        DownloadOptions { cache_dir: self.cache_dir.clone(), offline: self.offline, quiet }
+        DownloadOptions { cache_dir: self.cache_dir.clone(), offline: self.offline, quiet, ..Default::default() }
     }
 }
 
@@ -608,6 +608,9 @@ fn bench_command(args: &BenchArgs) -> Result<()> {
 fn info(args: &InfoArgs) -> Result<()> {
     let model = args.model.load()?;
     print!("{}", describe(&model));
+    if let Some(line) = formats::download::digest_line(&args.model.model_path, &args.model.source.download_options(true))? {
+        println!("{line}");
+    }
     Ok(())
 }
 

@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use retina::formats::download::{
-    cache_dir, cached_path, fetch, openretina_cache_path, resolve_model, DownloadOptions, ModelLocation,
+    cache_dir, cached_path, digest_line, fetch, openretina_cache_path, resolve_model, DownloadLimits, DownloadOptions,
+    ModelLocation,
 };
+use retina::formats::integrity;
 use retina::formats::registry::{self, ModelFormat};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/example_low_res/model.safetensors");
@@ -29,6 +31,17 @@ enum Reply {
     /// Headers announcing the remaining bytes, then hang up without sending any.
     DropBeforeBody,
     Status(u16),
+    /// Headers announcing the whole (remaining) file, half of it, then silence with the connection open.
+    StallHalfway,
+    /// Headers announcing the whole file, then one byte every 50 ms.
+    Drip,
+    /// No length announced; bytes without end.
+    Endless,
+    /// 200 with an HTML page, with (true) or without (false) `Content-Type: text/html`.
+    Html(bool),
+    /// A redirect to `<path>?resolved` stating the body's SHA-256 (or a wrong one) in `X-Linked-Etag`,
+    /// as Hugging Face does for large files.
+    RedirectWithDigest(bool),
 }
 
 struct TestServer {
@@ -43,6 +56,7 @@ impl TestServer {
         let base_url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
         let ranges = Arc::new(Mutex::new(Vec::new()));
         let recorded = Arc::clone(&ranges);
+        let body = Arc::new(body);
         // The thread lives until the test process ends; every read on a connection has a timeout.
         std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -54,7 +68,9 @@ impl TestServer {
                     recorded.len() - 1
                 };
                 let reply = replies.get(index).or(replies.last()).copied().unwrap_or(Reply::Serve);
-                let _ = respond(stream, &body, reply, range.as_deref());
+                // One thread per connection: a stalling reply must not hold up the next request.
+                let body = Arc::clone(&body);
+                std::thread::spawn(move || respond(stream, &body, reply, range.as_deref()));
             }
         });
         TestServer { base_url, ranges }
@@ -99,6 +115,9 @@ fn respond(mut stream: TcpStream, body: &[u8], reply: Reply, range: Option<&str>
         format!("HTTP/1.1 {status}\r\nContent-Length: {length}\r\nConnection: close\r\n{extra}\r\n")
     };
     let (head, sent) = match reply {
+        Reply::StallHalfway | Reply::Drip | Reply::Endless | Reply::Html(_) | Reply::RedirectWithDigest(_) => {
+            return respond_hostile(stream, body, reply, start)
+        }
         Reply::Status(code) => (head(&format!("{code} Nope"), String::new(), 0), &body[..0]),
         Reply::ServeIgnoringRange => (head("200 OK", String::new(), body.len()), body),
         Reply::Serve | Reply::DropHalfway | Reply::DropBeforeBody => {
@@ -123,8 +142,78 @@ fn respond(mut stream: TcpStream, body: &[u8], reply: Reply, range: Option<&str>
     // Dropping the stream closes the connection, cutting short any announced body.
 }
 
+fn respond_hostile(mut stream: TcpStream, body: &[u8], reply: Reply, start: usize) -> std::io::Result<()> {
+    let remaining = &body[start.min(body.len())..];
+    let status = if start == 0 {
+        "200 OK".to_string()
+    } else {
+        format!("206 Partial Content\r\nContent-Range: bytes {start}-{}/{}", body.len() - 1, body.len())
+    };
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    match reply {
+        Reply::StallHalfway => {
+            write!(stream, "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n", remaining.len())?;
+            stream.write_all(&remaining[..remaining.len() / 2])?;
+            stream.flush()?;
+            std::thread::sleep(Duration::from_secs(30));
+        }
+        Reply::Drip => {
+            write!(stream, "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n", remaining.len())?;
+            for byte in remaining {
+                stream.write_all(&[*byte])?;
+                stream.flush()?;
+                std::thread::sleep(Duration::from_millis(50));
+                if std::time::Instant::now() > give_up {
+                    break;
+                }
+            }
+        }
+        Reply::Endless => {
+            write!(stream, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+            let chunk = vec![0u8; 64 << 10];
+            while std::time::Instant::now() < give_up {
+                stream.write_all(&chunk)?;
+            }
+        }
+        Reply::Html(with_type) => {
+            let page = b"<!DOCTYPE html>\n<html><body>Sign in to continue</body></html>\n";
+            let content_type = if with_type { "Content-Type: text/html; charset=utf-8\r\n" } else { "" };
+            write!(stream, "HTTP/1.1 200 OK\r\n{content_type}Content-Length: {}\r\n\r\n", page.len())?;
+            stream.write_all(page)?;
+        }
+        Reply::RedirectWithDigest(correct) => {
+            let digest = if correct { integrity::sha256_bytes(body) } else { integrity::sha256_bytes(b"other") };
+            write!(
+                stream,
+                "HTTP/1.1 302 Found\r\nLocation: ?resolved\r\nX-Linked-Etag: \"{digest}\"\r\nContent-Length: 0\r\n\r\n"
+            )?;
+        }
+        _ => unreachable!("not a hostile reply"),
+    }
+    stream.flush()
+}
+
 fn options(cache: &Path) -> DownloadOptions {
-    DownloadOptions { cache_dir: Some(cache.to_path_buf()), offline: false, quiet: true }
+    DownloadOptions { cache_dir: Some(cache.to_path_buf()), offline: false, quiet: true, limits: Default::default() }
+}
+
+/// Limits small enough that every fault below is detected within a few seconds.
+fn fast_options(cache: &Path) -> DownloadOptions {
+    let limits =
+        DownloadLimits { min_bytes_per_sec: 20_000, rate_window: Duration::from_millis(500), max_bytes: 1 << 20 };
+    DownloadOptions { limits, ..options(cache) }
+}
+
+/// The error of a fetch that must fail within `seconds`, one line naming the URL; nothing is left
+/// under the final name.
+fn failed_fetch(url: &str, opts: &DownloadOptions, seconds: u64) -> String {
+    let started = std::time::Instant::now();
+    let error = fetch(url, opts).expect_err("the fetch must fail");
+    assert!(started.elapsed() < Duration::from_secs(seconds), "took {:?}: {error}", started.elapsed());
+    let message = error.message().to_string();
+    assert!(message.contains(url) && !message.contains('\n'), "{message}");
+    assert!(!cached_path(url, opts).unwrap().exists(), "a broken download was stored: {message}");
+    message
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -153,7 +242,13 @@ fn downloads_the_file_and_then_uses_the_cache() {
     assert_eq!(path.file_name().unwrap(), "model.safetensors");
     assert!(path.starts_with(cache.path()));
     assert_eq!(path, cached_path(&url, &options(cache.path())).unwrap());
-    assert_eq!(files_under(cache.path()), vec![path.clone()], "no .part file is left behind");
+    let sidecar = integrity::digest_path(&path);
+    let mut expected = vec![path.clone(), sidecar.clone()];
+    expected.sort();
+    let mut files = files_under(cache.path());
+    files.sort();
+    assert_eq!(files, expected, "no .part file is left behind, the digest is kept beside the file");
+    assert!(std::fs::read_to_string(&sidecar).unwrap().starts_with(&integrity::sha256_bytes(&body)));
 
     let again = fetch(&url, &options(cache.path())).expect("cached");
     assert_eq!(again, path);
@@ -197,7 +292,9 @@ fn keeps_the_partial_file_and_resumes_on_the_next_fetch() {
     assert_eq!(std::fs::read(&path).unwrap(), body);
     let range = Some(format!("bytes={half}-"));
     assert_eq!(server.ranges(), vec![None, range.clone(), range]);
-    assert_eq!(files_under(cache.path()), vec![path]);
+    let mut files = files_under(cache.path());
+    files.sort();
+    assert_eq!(files, vec![path.clone(), integrity::digest_path(&path)]);
 }
 
 #[test]
@@ -394,4 +491,122 @@ fn cache_dir_prefers_the_option_then_the_environment() {
     assert_eq!(cache_dir(&DownloadOptions::default()).unwrap(), PathBuf::from("/tmp/openretina-cache-test"));
     std::env::remove_var("OPENRETINA_CACHE_DIRECTORY");
     assert!(cache_dir(&DownloadOptions::default()).unwrap().ends_with("retina"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broken and hostile servers: each fault is detected within seconds and nothing is cached.
+
+#[test]
+fn a_server_that_stalls_mid_body_is_cut_after_one_window() {
+    let server = TestServer::start(fixture_bytes(), vec![Reply::StallHalfway]);
+    let cache = tempfile::tempdir().unwrap();
+    let url = server.url("/stall/model.safetensors");
+    let message = failed_fetch(&url, &fast_options(cache.path()), 15);
+    assert!(message.contains("no data for"), "{message}");
+}
+
+#[test]
+fn a_server_that_drips_bytes_is_cut_for_being_too_slow() {
+    let server = TestServer::start(fixture_bytes(), vec![Reply::Drip]);
+    let cache = tempfile::tempdir().unwrap();
+    let url = server.url("/drip/model.safetensors");
+    let message = failed_fetch(&url, &fast_options(cache.path()), 15);
+    assert!(message.contains("too slow"), "{message}");
+}
+
+#[test]
+fn an_endless_body_stops_at_the_size_cap_and_is_deleted() {
+    let server = TestServer::start(fixture_bytes(), vec![Reply::Endless]);
+    let cache = tempfile::tempdir().unwrap();
+    let url = server.url("/endless/model.safetensors");
+    let message = failed_fetch(&url, &fast_options(cache.path()), 15);
+    assert!(message.contains("more than any model (1048576 bytes)"), "{message}");
+    assert!(files_under(cache.path()).is_empty(), "{:?}", files_under(cache.path()));
+}
+
+#[test]
+fn an_announced_length_beyond_the_cap_is_refused_before_the_body() {
+    let server = TestServer::start(fixture_bytes(), vec![Reply::Serve]);
+    let cache = tempfile::tempdir().unwrap();
+    let url = server.url("/big/model.safetensors");
+    let mut opts = fast_options(cache.path());
+    opts.limits.max_bytes = 1000;
+    let message = failed_fetch(&url, &opts, 15);
+    assert!(message.contains("announces"), "{message}");
+    assert!(files_under(cache.path()).is_empty());
+}
+
+#[test]
+fn a_short_body_is_never_stored_under_the_final_name() {
+    let server = TestServer::start(fixture_bytes(), vec![Reply::DropHalfway]);
+    let cache = tempfile::tempdir().unwrap();
+    let url = server.url("/short/model.safetensors");
+    let message = failed_fetch(&url, &fast_options(cache.path()), 15);
+    assert!(message.contains("run again to resume"), "{message}");
+}
+
+#[test]
+fn an_html_page_served_with_200_is_refused() {
+    for with_type in [true, false] {
+        let server = TestServer::start(fixture_bytes(), vec![Reply::Html(with_type)]);
+        let cache = tempfile::tempdir().unwrap();
+        let url = server.url("/login/model.ckpt");
+        let message = failed_fetch(&url, &fast_options(cache.path()), 15);
+        assert!(message.contains("web page (HTML)"), "{message}");
+        assert!(files_under(cache.path()).is_empty(), "{:?}", files_under(cache.path()));
+    }
+}
+
+#[test]
+fn a_body_of_the_wrong_kind_is_refused() {
+    let server = TestServer::start(b"just some bytes, not a zip archive".to_vec(), vec![Reply::Serve]);
+    let cache = tempfile::tempdir().unwrap();
+    let url = server.url("/wrong/model.ckpt");
+    let message = failed_fetch(&url, &fast_options(cache.path()), 15);
+    assert!(message.contains("not a zip archive"), "{message}");
+    assert!(files_under(cache.path()).is_empty());
+}
+
+#[test]
+fn the_digest_the_server_states_is_verified() {
+    let body = fixture_bytes();
+    let server = TestServer::start(body.clone(), vec![Reply::RedirectWithDigest(true), Reply::Serve]);
+    let cache = tempfile::tempdir().unwrap();
+    let opts = fast_options(cache.path());
+    let url = server.url("/hf/model.safetensors");
+    let path = fetch(&url, &opts).expect("download with a stated digest");
+    assert_eq!(std::fs::read(&path).unwrap(), body);
+    let digest = integrity::sha256_bytes(&body);
+    let line = digest_line(&url, &opts).unwrap().unwrap();
+    assert_eq!(line, format!("sha256:         {digest} (matches the digest recorded at download)"));
+
+    let server = TestServer::start(body, vec![Reply::RedirectWithDigest(false), Reply::Serve]);
+    let url = server.url("/hf/model.safetensors");
+    let message = failed_fetch(&url, &opts, 15);
+    assert!(message.contains(&format!("has SHA-256 {digest}, the server states")), "{message}");
+}
+
+#[test]
+fn a_damaged_cached_file_says_how_to_fix_it() {
+    let body = fixture_bytes();
+    let server = TestServer::start(body.clone(), vec![Reply::Serve]);
+    let cache = tempfile::tempdir().unwrap();
+    let opts = fast_options(cache.path());
+    let url = server.url("/cached/model.safetensors");
+    let path = fetch(&url, &opts).unwrap();
+    let fix = format!("rm {}", path.display());
+
+    // Cut short: the cheap check on every use notices.
+    std::fs::write(&path, &body[..body.len() - 10]).unwrap();
+    let message = fetch(&url, &opts).unwrap_err().message().to_string();
+    assert!(message.contains("damaged") && message.contains(&fix), "{message}");
+
+    // Same length, one byte of tensor data flipped: only the digest notices (`retina info`).
+    let mut flipped = body.clone();
+    *flipped.last_mut().unwrap() ^= 1;
+    std::fs::write(&path, &flipped).unwrap();
+    assert_eq!(fetch(&url, &opts).unwrap(), path);
+    let message = digest_line(&url, &opts).unwrap_err().message().to_string();
+    assert!(message.contains("SHA-256") && message.contains(&fix), "{message}");
+    assert_eq!(server.ranges().len(), 1, "a damaged cache is reported, not silently fetched again");
 }

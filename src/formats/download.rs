@@ -15,6 +15,12 @@
 //! same run while each attempt gets further, and on the next run). Two processes downloading the
 //! same file at the same time are not coordinated.
 //!
+//! Hostile or broken servers are bounded: a download slower than [`DownloadLimits::min_bytes_per_sec`]
+//! over [`DownloadLimits::rate_window`] is cut, a whole fetch has a deadline that scales with the
+//! announced size, no more than the announced length (or, without one, [`DownloadLimits::max_bytes`])
+//! is accepted, and the body must be the kind of file its name says before it is moved into place;
+//! see [`super::integrity`] for that check and for the SHA-256 kept beside each cached file.
+//!
 //! Files an openretina installation already downloaded (`$OPENRETINA_CACHE_DIRECTORY` or
 //! `~/openretina_cache`, in openretina's own layout) are used as they are, read-only.
 
@@ -24,20 +30,23 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use reqwest::header::{CONTENT_RANGE, RANGE};
+use std::time::Instant;
+
+use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE, ETAG, LOCATION, RANGE};
 use reqwest::{StatusCode, Url};
 
 use crate::error::{Error, Result};
+use crate::formats::integrity::{self, RecordedDigest};
 use crate::formats::registry::{self, ModelFormat, RegistryEntry};
 
 /// The environment variable openretina reads for its cache folder.
 pub const CACHE_ENV_VAR: &str = "OPENRETINA_CACHE_DIRECTORY";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for the response headers or for any single read of the body: a stalled download fails.
-const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Download attempts within one `fetch`; a new attempt is made only when the previous one got further.
 const MAX_ATTEMPTS: usize = 5;
+/// Redirects followed (Hugging Face sends one, to its file servers).
+const MAX_REDIRECTS: usize = 10;
 
 #[derive(Debug, Clone, Default)]
 pub struct DownloadOptions {
@@ -47,6 +56,37 @@ pub struct DownloadOptions {
     pub offline: bool,
     /// No progress bar and no "downloading" line.
     pub quiet: bool,
+    pub limits: DownloadLimits,
+}
+
+/// Bounds on one download against a slow, stalled or endless server.
+#[derive(Debug, Clone)]
+pub struct DownloadLimits {
+    /// Slowest transfer accepted, averaged over `rate_window`.
+    pub min_bytes_per_sec: u64,
+    /// Window of the rate check; also the longest wait for the response headers or any one read.
+    pub rate_window: Duration,
+    /// Largest file accepted (when the server announces a length, that length is the limit).
+    pub max_bytes: u64,
+}
+
+impl Default for DownloadLimits {
+    fn default() -> Self {
+        DownloadLimits {
+            min_bytes_per_sec: 16 << 10,
+            rate_window: Duration::from_secs(30),
+            max_bytes: super::MAX_MODEL_BYTES,
+        }
+    }
+}
+
+impl DownloadLimits {
+    /// How long a whole fetch (all its attempts) may take for a file of `bytes`: the time at the
+    /// slowest accepted rate, plus one window.
+    fn deadline_for(&self, bytes: u64) -> Duration {
+        let seconds = bytes as f64 / self.min_bytes_per_sec.max(1) as f64;
+        self.rate_window + CONNECT_TIMEOUT + Duration::from_secs_f64(seconds.min(1e9))
+    }
 }
 
 /// Where a model spec points to. See [`resolve_model`].
@@ -84,18 +124,39 @@ pub fn cached_path(url: &str, opts: &DownloadOptions) -> Result<PathBuf> {
 
 /// The local copy of `url`: the cached file if complete, else downloaded into the cache.
 /// Hugging Face page URLs (`/tree/main/...`) are downloaded from their file URL (`/resolve/main/...`).
+/// A cached file is checked cheaply on every use (length and kind, see `integrity::check_cached`).
 pub fn fetch(url: &str, opts: &DownloadOptions) -> Result<PathBuf> {
     let target = cached_path(url, opts)?;
-    if target.is_file() {
+    if target.exists() {
+        integrity::check_cached(&target)?;
         return Ok(target);
     }
     if let Some(existing) = openretina_cache_dir().and_then(|dir| openretina_cache_path(url, &dir)) {
         if existing.is_file() {
+            integrity::check_cached(&existing)?;
             return Ok(existing);
         }
     }
     download(url, &target, opts)?;
     Ok(target)
+}
+
+/// `sha256:` line for `retina info`: the SHA-256 of the model file a spec names, compared with the
+/// digest recorded when it was downloaded (a mismatch is an error saying which file to delete).
+/// `None` for folders.
+pub fn digest_line(spec: &str, opts: &DownloadOptions) -> Result<Option<String>> {
+    let offline = DownloadOptions { offline: true, quiet: true, ..opts.clone() };
+    match resolve_model(spec, &offline)? {
+        ModelLocation::BuiltIn(_) => {
+            Ok(Some(format!("sha256:         {} (built in)", integrity::sha256_bytes(super::DEMO_MODEL))))
+        }
+        ModelLocation::Local { path, .. } if path.is_file() => {
+            let (digest, compared) = integrity::verify_cached(&path)?;
+            let note = if compared { " (matches the digest recorded at download)" } else { "" };
+            Ok(Some(format!("sha256:         {digest}{note}")))
+        }
+        ModelLocation::Local { .. } => Ok(None),
+    }
 }
 
 /// The folder holding the 15 Hoefling et al. 2024 ensemble files with their original names
@@ -122,6 +183,11 @@ pub fn fetch_hoefling_ensemble(opts: &DownloadOptions) -> Result<PathBuf> {
         Some(folder) => folder.to_path_buf(),
         None => return Err(Error::new("the ensemble has no files")),
     };
+    for (_, target) in &targets {
+        if target.exists() {
+            integrity::check_cached(target)?;
+        }
+    }
     let missing = targets.iter().filter(|(_, target)| !target.is_file()).count();
     if opts.offline && missing > 0 {
         // One message for the whole folder rather than for its first missing file.
@@ -282,9 +348,12 @@ fn download(url: &str, target: &Path, opts: &DownloadOptions) -> Result<()> {
         )));
     }
     let download_url = parse_download_url(url)?;
+    let limits = &opts.limits;
+    // Redirects are followed by hand: Hugging Face states a file's SHA-256 on the redirect only.
     let client = reqwest::blocking::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(STALL_TIMEOUT)
+        .timeout(limits.rate_window)
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("retina/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| Error::new(format!("cannot start an HTTP client ({})", innermost_cause(&e))))?;
@@ -292,16 +361,14 @@ fn download(url: &str, target: &Path, opts: &DownloadOptions) -> Result<()> {
         eprintln!("downloading {url}\n  to {}", target.display());
     }
     let part = part_path(target);
+    let mut transfer = Transfer { started: Instant::now(), deadline: limits.deadline_for(limits.max_bytes), sha256: None };
     let mut last_reason = String::new();
     for _ in 0..MAX_ATTEMPTS {
-        match download_once(&client, &download_url, url, &part, opts)? {
-            Attempt::Complete => {
-                return std::fs::rename(&part, target)
-                    .map_err(|e| Error::file(target, format!("cannot move the finished download into place ({e})")));
-            }
+        match download_once(&client, &download_url, url, &part, opts, &mut transfer)? {
+            Attempt::Complete => return finish(url, &part, target, transfer.sha256.as_deref()),
             Attempt::Interrupted { reason, progressed } => {
                 last_reason = reason;
-                if !progressed {
+                if !progressed || transfer.started.elapsed() > transfer.deadline {
                     break;
                 }
             }
@@ -314,6 +381,76 @@ fn download(url: &str, target: &Path, opts: &DownloadOptions) -> Result<()> {
     )))
 }
 
+/// What one fetch learns across its attempts.
+struct Transfer {
+    started: Instant,
+    /// For the whole fetch; shortened once the server announces the file's length.
+    deadline: Duration,
+    /// The SHA-256 the server states for the file, if it does.
+    sha256: Option<String>,
+}
+
+/// A complete `part`: check its kind and digest, record the digest, move it into place. A body
+/// that fails a check is deleted (it would otherwise poison the cache).
+fn finish(url: &str, part: &Path, target: &Path, stated_sha256: Option<&str>) -> Result<()> {
+    let refuse = |problem: String| -> Result<()> {
+        remove_part(part)?;
+        Err(Error::new(format!("cannot download {url}: {problem}; nothing was saved")))
+    };
+    let mut file = File::open(part).map_err(|e| Error::file(part, format!("cannot read the download ({e})")))?;
+    let len = file.metadata().map_err(|e| Error::file(part, format!("cannot read the download ({e})")))?.len();
+    let name = target.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    if let Err(problem) = integrity::check_body(&name, &mut file, len) {
+        return refuse(problem);
+    }
+    drop(file);
+    let sha256 = integrity::sha256_file(part)?;
+    if let Some(stated) = stated_sha256 {
+        if stated != sha256 {
+            return refuse(format!("the file received has SHA-256 {sha256}, the server states {stated}"));
+        }
+    }
+    integrity::record_digest(target, &RecordedDigest { sha256, len })?;
+    std::fs::rename(part, target)
+        .map_err(|e| Error::file(target, format!("cannot move the finished download into place ({e})")))
+}
+
+/// Send a GET (with `Range` when resuming), following redirects by hand and noting any SHA-256 the
+/// server states on the way (`X-Linked-Etag`, or a digest-shaped `ETag` from Hugging Face).
+fn send_following_redirects(
+    client: &reqwest::blocking::Client,
+    download_url: &Url,
+    range: Option<String>,
+    transfer: &mut Transfer,
+) -> std::result::Result<reqwest::blocking::Response, String> {
+    let mut current = download_url.clone();
+    for _ in 0..=MAX_REDIRECTS {
+        let mut request = client.get(current.clone());
+        if let Some(range) = &range {
+            request = request.header(RANGE, range);
+        }
+        let response = request.send().map_err(|e| describe_request_error(&e))?;
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        if let Some(sha) = header("x-linked-etag").as_deref().and_then(integrity::sha256_from_etag) {
+            transfer.sha256 = Some(sha);
+        }
+        let from_huggingface =
+            current.host_str().is_some_and(|h| h == "huggingface.co" || h.ends_with(".huggingface.co") || h == "hf.co");
+        if from_huggingface && transfer.sha256.is_none() {
+            transfer.sha256 = header(ETAG.as_str()).as_deref().and_then(integrity::sha256_from_etag);
+        }
+        if !response.status().is_redirection() {
+            return Ok(response);
+        }
+        let location = header(LOCATION.as_str()).ok_or("a redirect without a Location")?;
+        current = current.join(&location).map_err(|_| format!("a redirect to an invalid address {location:?}"))?;
+        if !matches!(current.scheme(), "http" | "https") {
+            return Err(format!("a redirect to a non-http address {current}"));
+        }
+    }
+    Err(format!("more than {MAX_REDIRECTS} redirects"))
+}
+
 /// One HTTP request: continues `part` with a Range request when it already holds bytes.
 fn download_once(
     client: &reqwest::blocking::Client,
@@ -321,15 +458,14 @@ fn download_once(
     url: &str,
     part: &Path,
     opts: &DownloadOptions,
+    transfer: &mut Transfer,
 ) -> Result<Attempt> {
+    let limits = &opts.limits;
     let offset = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
-    let mut request = client.get(download_url.clone());
-    if offset > 0 {
-        request = request.header(RANGE, format!("bytes={offset}-"));
-    }
-    let mut response = match request.send() {
+    let range = (offset > 0).then(|| format!("bytes={offset}-"));
+    let mut response = match send_following_redirects(client, download_url, range, transfer) {
         Ok(response) => response,
-        Err(e) => return Ok(Attempt::Interrupted { reason: describe_request_error(&e), progressed: false }),
+        Err(reason) => return Ok(Attempt::Interrupted { reason, progressed: false }),
     };
     let status = response.status();
     let content_length = response.content_length();
@@ -365,6 +501,29 @@ fn download_once(
         }
     };
 
+    if let Some(total) = expected_total {
+        if total > limits.max_bytes {
+            remove_part(part)?;
+            return Err(Error::new(format!(
+                "cannot download {url}: the server announces {total} bytes, more than any model ({} bytes)",
+                limits.max_bytes
+            )));
+        }
+        transfer.deadline = transfer.deadline.min(limits.deadline_for(total));
+    }
+    let is_html = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/html"));
+    if is_html {
+        remove_part(part)?;
+        return Err(Error::new(format!(
+            "cannot download {url}: the server sent a web page (HTML) instead of the file; check the address"
+        )));
+    }
+    let size_limit = expected_total.unwrap_or(limits.max_bytes);
+
     let folder = part.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(folder).map_err(|e| {
         Error::file(folder, format!("cannot create the cache folder ({e}); pass --cache-dir or set {CACHE_ENV_VAR}"))
@@ -376,15 +535,44 @@ fn download_once(
     let progress = progress_bar(opts, expected_total, start, url);
     let mut written: u64 = 0;
     let mut buffer = vec![0u8; 64 * 1024];
+    let mut window = (Instant::now(), 0u64);
     let read_error = loop {
         let count = match response.read(&mut buffer) {
             Ok(0) => break None,
             Ok(count) => count,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut || is_timeout(&e) => {
+                break Some(format!("no data for {:?}", limits.rate_window))
+            }
             Err(e) => break Some(innermost_cause(&e)),
         };
+        if start + written + count as u64 > size_limit {
+            drop(file);
+            remove_part(part)?;
+            let what = if expected_total.is_some() { "the length it announced" } else { "any model" };
+            return Err(Error::new(format!(
+                "cannot download {url}: the server sends more than {what} ({size_limit} bytes); nothing was saved"
+            )));
+        }
         file.write_all(&buffer[..count]).map_err(|e| Error::file(part, format!("cannot write the download ({e})")))?;
         written += count as u64;
         progress.inc(count as u64);
+        window.1 += count as u64;
+        let elapsed = window.0.elapsed();
+        if elapsed >= limits.rate_window {
+            let needed = (limits.min_bytes_per_sec as f64 * elapsed.as_secs_f64()) as u64;
+            if window.1 < needed {
+                break Some(format!(
+                    "too slow: {} bytes in {:.1} s, at least {} bytes/s needed",
+                    window.1,
+                    elapsed.as_secs_f64(),
+                    limits.min_bytes_per_sec
+                ));
+            }
+            window = (Instant::now(), 0);
+        }
+        if transfer.started.elapsed() > transfer.deadline {
+            break Some(format!("not finished within {:.0} s", transfer.deadline.as_secs_f64()));
+        }
     };
     progress.finish_and_clear();
     file.sync_all().map_err(|e| Error::file(part, format!("cannot write the download ({e})")))?;
@@ -444,6 +632,18 @@ fn progress_bar(opts: &DownloadOptions, total: Option<u64>, start: u64, url: &st
     bar.set_message(name);
     bar.set_position(start);
     bar
+}
+
+/// Whether an I/O error from the response body is reqwest's read timeout.
+fn is_timeout(error: &std::io::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = error.get_ref().map(|e| e as _);
+    while let Some(e) = source {
+        if e.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_timeout) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// A short reason for a failed request: "timed out", "cannot connect: Connection refused ...".

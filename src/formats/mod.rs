@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod download;
+pub mod integrity;
 pub mod pickle;
 pub mod registry;
 pub mod safetensors;

@@ -111,7 +111,7 @@ pub fn read_model_file(path: &Path) -> Result<RawModel> {
 }
 
 /// The JSON header of a safetensors file of `file_len` bytes, its length checked first.
-fn read_header(file: &mut (impl Read + Seek), file_len: u64) -> std::result::Result<Vec<u8>, String> {
+pub fn read_header(file: &mut (impl Read + Seek), file_len: u64) -> std::result::Result<Vec<u8>, String> {
     let mut len = [0u8; 8];
     file.read_exact(&mut len).map_err(|_| "shorter than a safetensors header".to_string())?;
     let header_len = u64::from_le_bytes(len);

@@ -344,7 +344,7 @@ fn check_parameter_name(name: &str) -> std::result::Result<(), String> {
 /// The zip end-of-central-directory record must end the file, at most 65535 + 22 bytes from its end
 /// (the comment length is 16 bits). Searching further, as the zip crate does, lets appended
 /// gigabytes make opening slow; such a file is refused instead.
-fn check_end_of_archive<R: Read + Seek>(reader: &mut R, archive_len: u64) -> std::result::Result<(), String> {
+pub fn check_end_of_archive<R: Read + Seek>(reader: &mut R, archive_len: u64) -> std::result::Result<(), String> {
     let tail_len = archive_len.min(MAX_EOCD_SEARCH);
     let mut tail = vec![0u8; tail_len as usize];
     reader

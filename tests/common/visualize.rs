@@ -118,7 +118,7 @@ pub fn ensemble_member0() -> ModelSpec {
 }
 
 pub fn load(spec: &ModelSpec) -> Model<f32> {
-    let offline = DownloadOptions { cache_dir: None, offline: true, quiet: true };
+    let offline = DownloadOptions { cache_dir: None, offline: true, quiet: true, ..Default::default() };
     let raw = retina::formats::read_model(&spec.path.display().to_string(), spec.model_id.unwrap_or(-1), &offline)
         .unwrap_or_else(|e| panic!("{}: {e}", spec.path.display()));
     Model::from_raw(&raw).unwrap()
