@@ -152,13 +152,13 @@ fn respond_hostile(mut stream: TcpStream, body: &[u8], reply: Reply, start: usiz
     let give_up = std::time::Instant::now() + Duration::from_secs(30);
     match reply {
         Reply::StallHalfway => {
-            write!(stream, "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n", remaining.len())?;
+            write!(stream, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", remaining.len())?;
             stream.write_all(&remaining[..remaining.len() / 2])?;
             stream.flush()?;
             std::thread::sleep(Duration::from_secs(30));
         }
         Reply::Drip => {
-            write!(stream, "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n", remaining.len())?;
+            write!(stream, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", remaining.len())?;
             for byte in remaining {
                 stream.write_all(&[*byte])?;
                 stream.flush()?;
@@ -178,14 +178,14 @@ fn respond_hostile(mut stream: TcpStream, body: &[u8], reply: Reply, start: usiz
         Reply::Html(with_type) => {
             let page = b"<!DOCTYPE html>\n<html><body>Sign in to continue</body></html>\n";
             let content_type = if with_type { "Content-Type: text/html; charset=utf-8\r\n" } else { "" };
-            write!(stream, "HTTP/1.1 200 OK\r\n{content_type}Content-Length: {}\r\n\r\n", page.len())?;
+            write!(stream, "HTTP/1.1 200 OK\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n", page.len())?;
             stream.write_all(page)?;
         }
         Reply::RedirectWithDigest(correct) => {
             let digest = if correct { integrity::sha256_bytes(body) } else { integrity::sha256_bytes(b"other") };
             write!(
                 stream,
-                "HTTP/1.1 302 Found\r\nLocation: ?resolved\r\nX-Linked-Etag: \"{digest}\"\r\nContent-Length: 0\r\n\r\n"
+                "HTTP/1.1 302 Found\r\nLocation: ?resolved\r\nX-Linked-Etag: \"{digest}\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             )?;
         }
         _ => unreachable!("not a hostile reply"),
