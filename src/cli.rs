@@ -834,9 +834,10 @@ fn mds_command(args: &MdsArgs) -> Result<()> {
 fn visualize_command(args: &VisualizeArgs) -> Result<()> {
     let start = std::time::Instant::now();
     if args.merge {
-        let meis = crate::visualize::merge_folder(&args.save_folder)?;
-        if !args.quiet {
-            println!("{}: merged {meis} MEIs into meis.safetensors, summary.csv and index.html", args.save_folder.display());
+        for (folder, meis) in crate::visualize::merge_folders(&args.save_folder)? {
+            if !args.quiet {
+                println!("{}: merged {meis} MEIs into meis.safetensors, summary.csv and index.html", folder.display());
+            }
         }
         return Ok(());
     }

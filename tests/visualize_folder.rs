@@ -284,6 +284,12 @@ fn several_models_each_get_a_folder_and_the_top_page_links_them() {
         assert!(std::fs::read(alone.join("meis.safetensors")).unwrap() == std::fs::read(out.join(name).join("meis.safetensors")).unwrap());
     }
     assert_eq!(links(&out.join("index.html")), ["example_low_res/index.html", "unified_low_res/index.html"]);
+    // --merge on the top folder merges each model's folder, to the same bytes.
+    let before = std::fs::read(out.join("unified_low_res/meis.safetensors")).unwrap();
+    let merge = retina(&strings(&["visualize", "--merge", "--save-folder", &out.display().to_string()]));
+    assert!(merge.status.success(), "{}", String::from_utf8_lossy(&merge.stderr));
+    assert_eq!(String::from_utf8_lossy(&merge.stdout).lines().count(), 2, "one line per model merged");
+    assert!(std::fs::read(out.join("unified_low_res/meis.safetensors")).unwrap() == before);
 
     // --model-id all: every member of an ensemble folder.
     let members = dir.path().join("members");

@@ -186,15 +186,28 @@ pub fn visualize(model: &Model<f32>, output_models: &[Model<f32>], opts: &Visual
 }
 
 /// `retina visualize --merge`: write meis.safetensors, summary.csv and index.html of a folder whose
-/// shards are all done. Returns the number of MEIs merged.
-pub fn merge_folder(save_folder: &std::path::Path) -> Result<usize> {
-    let folder = Folder::new(save_folder);
-    if !folder.has_state() {
+/// shards are all done, or of each model folder in it (a call with several models). Returns the
+/// folders merged with their number of MEIs.
+pub fn merge_folders(save_folder: &std::path::Path) -> Result<Vec<(PathBuf, usize)>> {
+    if Folder::new(save_folder).has_state() {
+        return Ok(vec![(save_folder.to_path_buf(), merge_folder(save_folder)?)]);
+    }
+    let mut models: Vec<PathBuf> = std::fs::read_dir(save_folder)
+        .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| Folder::new(p).has_state()).collect())
+        .unwrap_or_default();
+    models.sort();
+    if models.is_empty() {
         return Err(Error::file(
             save_folder,
-            format!("no retina visualize run to merge here (no {STATE_DIR}/state.json); run visualize into it first"),
+            format!("no retina visualize run to merge here (no {STATE_DIR}/state.json, nor in its folders); run visualize into it first"),
         ));
     }
+    models.into_iter().map(|m| merge_folder(&m).map(|n| (m, n))).collect()
+}
+
+/// `merge_folders` for one model's folder.
+fn merge_folder(save_folder: &std::path::Path) -> Result<usize> {
+    let folder = Folder::new(save_folder);
     let _setup = folder.lock_setup()?;
     let plan = folder
         .state()
