@@ -5,8 +5,11 @@
 //! most discriminative stimuli). `Direction::Decrease` minimises any of them instead (most
 //! depressing inputs).
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::model::layer::Reach;
+use crate::model::readout::Readout;
 use crate::model::{Float, Model};
 
 /// Frames the reducer averages over (openretina's `SliceMeanReducer(length=10)`).
@@ -65,6 +68,10 @@ pub struct Objective<'m, F> {
     model: &'m Model<F>,
     pub target: MeiTarget,
     session: String,
+    /// For readout objectives: the session's neurons the objective reads (sorted) and a readout of
+    /// just those, so that a step costs their readout rows, not the whole session's.
+    neurons: Vec<usize>,
+    readout: Option<Arc<dyn Readout<F>>>,
     stimulus_shape: [usize; 4],
     /// Frames of the objective's time series (output responses or layer output).
     pub series_len: usize,
@@ -151,10 +158,20 @@ impl<'m, F: Float> Objective<'m, F> {
         };
         let window = slice_window(series_len, start, WINDOW_LENGTH);
         let region = dependency_region(model, &target, stimulus_shape, window.0);
+        let mut neurons = match &target {
+            MeiTarget::OutputNeuron { neuron, .. } => vec![*neuron],
+            MeiTarget::Contrastive { on, off, .. } => on.iter().chain(off.iter().flatten()).copied().collect(),
+            MeiTarget::InnerChannel { .. } => Vec::new(),
+        };
+        neurons.sort_unstable();
+        neurons.dedup();
+        let readout = (!neurons.is_empty()).then(|| model.readouts[&session].select(&neurons));
         Ok(Objective {
             model,
             target,
             session,
+            neurons,
+            readout,
             stimulus_shape,
             series_len,
             window,
@@ -243,7 +260,7 @@ impl<'m, F: Float> Objective<'m, F> {
         let core = &self.model.core;
         match &self.target {
             MeiTarget::OutputNeuron { .. } | MeiTarget::Contrastive { .. } => {
-                let readout = &self.model.readouts[&self.session];
+                let readout = self.readout.as_ref().expect("readout objectives select their neurons");
                 let tape = core.forward(x, shape, session);
                 let (core_out, out_shape) = core.output(&tape);
                 let (responses, readout_tape) = readout.forward(&core_out, out_shape);
@@ -281,11 +298,14 @@ impl<F: Float> Objective<'_, F> {
     /// sign), its time series (the neuron's trace, or the mean trace of the `on` group) and its
     /// gradient with respect to every response.
     fn score_responses(&self, responses: &[F], t: usize, (start, len): (usize, usize)) -> (f64, Vec<F>, Vec<F>) {
+        // The responses are those of the selected neurons: translate the target's neuron numbers.
         let n_n = responses.len() / t;
+        let local = |n: usize| self.local(n);
         let window = start..start + len;
         let mut g_resp = vec![F::zero(); responses.len()];
         match &self.target {
             MeiTarget::OutputNeuron { neuron, .. } => {
+                let neuron = local(*neuron);
                 let series: Vec<F> = (0..t).map(|ti| responses[ti * n_n + neuron]).collect();
                 let seed = F::from_f64(self.sign) / F::from_f64(len as f64);
                 for ti in window.clone() {
@@ -296,7 +316,7 @@ impl<F: Float> Objective<'_, F> {
             MeiTarget::Contrastive { on, off, .. } => {
                 // Per neuron: mean response over the window (openretina's reducer); per group: the
                 // mean of its neurons' scores; objective on/T - logsumexp([on, off...]/T) + ln(groups).
-                let score = |n: usize| window.clone().map(|ti| responses[ti * n_n + n].to_f64()).sum::<f64>() / len as f64;
+                let score = |n: usize| window.clone().map(|ti| responses[ti * n_n + local(n)].to_f64()).sum::<f64>() / len as f64;
                 let group_score = |g: &[usize]| g.iter().map(|&n| score(n)).sum::<f64>() / g.len() as f64;
                 let groups: Vec<&[usize]> = std::iter::once(on.as_slice()).chain(off.iter().map(Vec::as_slice)).collect();
                 let temperature = self.temperature;
@@ -314,11 +334,11 @@ impl<F: Float> Objective<'_, F> {
                     let seed = self.sign * d_group / (g.len() * len) as f64;
                     for &n in g.iter() {
                         for ti in window.clone() {
-                            g_resp[ti * n_n + n] += F::from_f64(seed);
+                            g_resp[ti * n_n + local(n)] += F::from_f64(seed);
                         }
                     }
                 }
-                (self.sign * objective, group_trace(responses, t, on), g_resp)
+                (self.sign * objective, self.group_trace(responses, t, on), g_resp)
             }
             MeiTarget::InnerChannel { .. } => unreachable!("inner channels are scored on their layer output"),
         }
@@ -330,21 +350,27 @@ impl<F: Float> Objective<'_, F> {
         let MeiTarget::Contrastive { on, off, .. } = &self.target else {
             return vec![self.evaluate(x).1];
         };
-        let readout = &self.model.readouts[&self.session];
+        let readout = self.readout.as_ref().expect("readout objectives select their neurons");
         let tape = self.model.core.forward(x, self.stimulus_shape, Some(&self.session));
         let (core_out, out_shape) = self.model.core.output(&tape);
         let t = out_shape[1];
         let (responses, _) = readout.forward(&core_out, out_shape);
-        std::iter::once(on).chain(off).map(|g| group_trace(&responses, t, g)).collect()
+        std::iter::once(on).chain(off).map(|g| self.group_trace(&responses, t, g)).collect()
     }
-}
 
-/// The mean over `group`'s neurons of responses `(t, neurons)`, per frame.
-fn group_trace<F: Float>(responses: &[F], t: usize, group: &[usize]) -> Vec<F> {
-    let n_n = responses.len() / t;
-    (0..t)
-        .map(|ti| F::from_f64(group.iter().map(|&n| responses[ti * n_n + n].to_f64()).sum::<f64>() / group.len() as f64))
-        .collect()
+    /// Where session neuron `n` is among the selected neurons' responses.
+    fn local(&self, n: usize) -> usize {
+        self.neurons.binary_search(&n).expect("the objective's neurons are selected")
+    }
+
+    /// The mean over `group`'s neurons (session numbers) of the selected responses `(t, neurons)`, per
+    /// frame.
+    fn group_trace(&self, responses: &[F], t: usize, group: &[usize]) -> Vec<F> {
+        let n_n = responses.len() / t;
+        (0..t)
+            .map(|ti| F::from_f64(group.iter().map(|&n| responses[ti * n_n + self.local(n)].to_f64()).sum::<f64>() / group.len() as f64))
+            .collect()
+    }
 }
 
 /// How many core blocks an objective runs through.

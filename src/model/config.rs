@@ -51,6 +51,16 @@ pub struct ReadoutConfig {
     pub scale: bool,
     /// A learned per-neuron bias exists (otherwise 0).
     pub bias: bool,
+    /// The readout's own options as stored (`readout.*` of `UnifiedCoreReadout`; empty otherwise):
+    /// kinds with options beyond the Gaussian mask's read them here (see [`ReadoutConfig::options`]).
+    pub options: Map<String, Value>,
+}
+
+impl ReadoutConfig {
+    /// The stored `readout.*` options, read with errors that name the option.
+    pub(crate) fn options(&self) -> Options<'_> {
+        Options { map: &self.options, prefix: "readout." }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -168,47 +178,47 @@ impl ModelConfig {
 
 // ---- reading JSON values with errors that name the option ----
 
-struct Options<'a> {
+pub(crate) struct Options<'a> {
     map: &'a Map<String, Value>,
     /// Prefix for error messages, e.g. "core." for UnifiedCoreReadout's core dict.
     prefix: &'a str,
 }
 
 impl<'a> Options<'a> {
-    fn get(&self, key: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
-    fn err(&self, key: &str, expected: &str) -> Error {
+    pub(crate) fn err(&self, key: &str, expected: &str) -> Error {
         let got = self.map.get(key).map(|v| v.to_string()).unwrap_or_else(|| "nothing".into());
         Error::new(format!("hyper parameter `{}{key}`: expected {expected}, got {got}", self.prefix))
     }
 
-    fn required(&self, key: &str) -> Result<&'a Value> {
+    pub(crate) fn required(&self, key: &str) -> Result<&'a Value> {
         self.get(key).ok_or_else(|| {
             Error::new(format!("hyper parameter `{}{key}` is missing; is this an openretina model?", self.prefix))
         })
     }
 
-    fn usize(&self, key: &str, default: Option<usize>) -> Result<usize> {
+    pub(crate) fn usize(&self, key: &str, default: Option<usize>) -> Result<usize> {
         match self.get(key) {
             None => default.ok_or_else(|| self.required(key).unwrap_err()),
             Some(v) => as_usize(v).ok_or_else(|| self.err(key, "a non-negative integer")),
         }
     }
 
-    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+    pub(crate) fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         self.get(key).map(|v| as_usize(v).ok_or_else(|| self.err(key, "a non-negative integer"))).transpose()
     }
 
-    fn f64(&self, key: &str, default: f64) -> Result<f64> {
+    pub(crate) fn f64(&self, key: &str, default: f64) -> Result<f64> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v.as_f64().ok_or_else(|| self.err(key, "a number")),
         }
     }
 
-    fn bool(&self, key: &str, default: bool) -> Result<bool> {
+    pub(crate) fn bool(&self, key: &str, default: bool) -> Result<bool> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v.as_bool().ok_or_else(|| self.err(key, "true or false")),
@@ -216,7 +226,7 @@ impl<'a> Options<'a> {
     }
 
     /// A list of integers; a single integer is repeated `n` times when `n` is given.
-    fn usize_list(&self, key: &str, repeat: Option<usize>) -> Result<Vec<usize>> {
+    pub(crate) fn usize_list(&self, key: &str, repeat: Option<usize>) -> Result<Vec<usize>> {
         let v = self.required(key)?;
         if let (Some(n), Some(x)) = (repeat, as_usize(v)) {
             return Ok(vec![x; n]);
@@ -226,7 +236,7 @@ impl<'a> Options<'a> {
             .ok_or_else(|| self.err(key, "a list of non-negative integers"))
     }
 
-    fn opt_f64_list(&self, key: &str) -> Result<Option<Vec<f64>>> {
+    pub(crate) fn opt_f64_list(&self, key: &str) -> Result<Option<Vec<f64>>> {
         self.get(key)
             .map(|v| {
                 v.as_array()
@@ -236,7 +246,7 @@ impl<'a> Options<'a> {
             .transpose()
     }
 
-    fn opt_triple(&self, key: &str) -> Result<Option<[usize; 3]>> {
+    pub(crate) fn opt_triple(&self, key: &str) -> Result<Option<[usize; 3]>> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => {
@@ -249,7 +259,7 @@ impl<'a> Options<'a> {
         }
     }
 
-    fn str(&self, key: &str, default: &'a str) -> Result<&'a str> {
+    pub(crate) fn str(&self, key: &str, default: &'a str) -> Result<&'a str> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v.as_str().ok_or_else(|| self.err(key, "a string")),
@@ -413,6 +423,7 @@ fn example_core_readout(hp: &Map<String, Value>) -> Result<ModelConfig> {
         positive: true,
         scale: true,
         bias: true,
+        options: Map::new(),
     };
     let keys = CoreKeys { input_padding: "core_input_padding", hidden_padding: "core_hidden_padding", cut: "cut_first_n_frames_in_core" };
     simple_core_readout("ExampleCoreReadout", &o, &o, &keys, channels, gaussian_readout(&o, "readout_", defaults)?)
@@ -435,6 +446,7 @@ fn gaussian_readout(o: &Options, prefix: &str, defaults: ReadoutConfig) -> Resul
         positive: o.bool(&key("positive"), defaults.positive)?,
         scale: o.bool(&key("scale"), defaults.scale)?,
         bias: o.bool(&key("bias"), defaults.bias)?,
+        options: defaults.options,
     })
 }
 
@@ -506,6 +518,7 @@ fn unified_core_readout(hp: &Map<String, Value>) -> Result<ModelConfig> {
         positive: false,
         scale: false,
         bias: true,
+        options: readout.map.clone(),
     };
     let keys = CoreKeys { input_padding: "input_padding", hidden_padding: "hidden_padding", cut: "cut_first_n_frames" };
     let mut config = simple_core_readout("UnifiedCoreReadout", &o, &core, &keys, channels, gaussian_readout(&readout, "", defaults)?)?;
@@ -637,6 +650,7 @@ fn hoefling_ensemble_member(hp: &Map<String, Value>) -> Result<ModelConfig> {
             positive: mc.bool("readout_positive", false)?,
             scale: mc.bool("readout_scale", false)?,
             bias: mc.bool("readout_bias", true)?,
+            options: Map::new(),
         },
     };
     let names: Vec<&str> = config.session_names().collect();

@@ -56,6 +56,7 @@ pub fn readout_kinds<F: Float>() -> Vec<ReadoutKind<F>> {
     vec![
         ReadoutKind { class: "MultiGaussianMaskReadout", load: readout::gaussian_mask::load_sessions },
         ReadoutKind { class: "SpatialXFeature3d", load: readout::gaussian_mask::load_sessions_legacy },
+        ReadoutKind { class: "MultiFactorizedReadout", load: readout::factorized::load_sessions },
     ]
 }
 

@@ -5,19 +5,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{nan_to_num, softplus, softplus_derivative, NeuronWeights, Readout, ReadoutState};
+use super::mask_features::{MaskFeatures, Tape};
+use super::{nan_to_num, NeuronWeights, Readout, ReadoutState};
 use crate::error::Result;
 use crate::model::config::ReadoutConfig;
 use crate::model::layer::Shape;
-use crate::model::linalg::{gemm, Layout};
 use crate::model::load::StateDict;
 use crate::model::Float;
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone)]
 pub struct GaussianReadout<F> {
-    pub neurons: usize,
-    pub channels: usize,
     pub height: usize,
     pub width: usize,
     /// `(neurons, 2)`, in grid units before `gaussian_mean_scale`.
@@ -28,19 +26,8 @@ pub struct GaussianReadout<F> {
     pub grid: Vec<F>,
     pub gaussian_mean_scale: F,
     pub gaussian_var_scale: F,
-    /// `(channels, neurons)`; already clamped at 0 for `positive` readouts, as openretina's forward does.
-    pub features: Vec<F>,
-    /// `(neurons)`: 1 where the model has no scale.
-    pub scale: Vec<F>,
-    /// `(neurons)`: 0 where the model has no bias.
-    pub bias: Vec<F>,
-    /// `(neurons, height * width)`, from `masks()`; refreshed by `update_masks`.
-    masks: Vec<F>,
-}
-
-/// What the readout keeps for its backward pass: the pre-softplus values `(t, neurons)`.
-struct Tape<F> {
-    pre_activation: Vec<F>,
+    /// Masks (from `get_mask()`, refreshed by `update_masks`), features, scale and bias.
+    rows: MaskFeatures<F>,
 }
 
 /// `{prefix}.*` of one session's `GaussianMaskReadout` (or legacy `SpatialXFeature3d`, `legacy`:
@@ -112,28 +99,15 @@ impl<F: Float> GaussianReadout<F> {
         scale: Vec<F>,
         bias: Vec<F>,
     ) -> Self {
-        let mut r = GaussianReadout {
-            neurons: bias.len(),
-            channels,
-            height,
-            width,
-            mask_mean,
-            mask_log_var,
-            grid,
-            gaussian_mean_scale,
-            gaussian_var_scale,
-            features,
-            scale,
-            bias,
-            masks: Vec::new(),
-        };
+        let rows = MaskFeatures { neurons: bias.len(), channels, pixels: height * width, masks: Vec::new(), features, scale, bias };
+        let mut r = GaussianReadout { height, width, mask_mean, mask_log_var, grid, gaussian_mean_scale, gaussian_var_scale, rows };
         r.update_masks();
         r
     }
 
     /// The masks `(neurons, height * width)`.
     pub fn masks(&self) -> &[F] {
-        &self.masks
+        &self.rows.masks
     }
 
     /// Move every mask mean to `target` (openretina's `Center`), then recompute the masks.
@@ -146,14 +120,14 @@ impl<F: Float> GaussianReadout<F> {
 
     /// openretina's `get_mask`: a Gaussian pdf on the grid, normalised to sum 1 per neuron.
     fn update_masks(&mut self) {
-        let hw = self.height * self.width;
+        let (neurons, hw) = (self.rows.neurons, self.height * self.width);
         let clamp = |x: F, lo: F, hi: F| if x < lo { lo } else if x > hi { hi } else { x };
         let (c20, half, eps) = (F::from_f64(20.0), F::from_f64(0.5), F::from_f64(1e-8));
-        self.masks = vec![F::zero(); self.neurons * hw];
-        for n in 0..self.neurons {
+        let mut masks = vec![F::zero(); neurons * hw];
+        for n in 0..neurons {
             let var = clamp(self.mask_log_var[n] * self.gaussian_var_scale, -c20, c20).exp();
             let mean = [self.mask_mean[2 * n] * self.gaussian_mean_scale, self.mask_mean[2 * n + 1] * self.gaussian_mean_scale];
-            let mask = &mut self.masks[n * hw..(n + 1) * hw];
+            let mask = &mut masks[n * hw..(n + 1) * hw];
             for (p, m) in mask.iter_mut().enumerate() {
                 let g = &self.grid[(n * hw + p) * 2..][..2];
                 let (d0, d1) = (g[0] - mean[0], g[1] - mean[1]);
@@ -166,55 +140,7 @@ impl<F: Float> GaussianReadout<F> {
                 *m = nan_to_num(*m / total);
             }
         }
-    }
-
-    /// Responses `(t, neurons)` for one core output `(channels, t, height, width)`.
-    fn forward_t(&self, core_out: &[F], t: usize) -> (Vec<F>, Tape<F>) {
-        let (c_n, n_n, hw) = (self.channels, self.neurons, self.height * self.width);
-        // a[c, t, n] = sum_p core[c, t, p] * mask[n, p]
-        let mut a = vec![F::zero(); c_n * t * n_n];
-        gemm(core_out, Layout::row_major(c_n * t, hw), &self.masks, Layout::row_major(n_n, hw).t(), F::zero(), &mut a, Layout::row_major(c_n * t, n_n));
-        let mut pre = vec![F::zero(); t * n_n];
-        for c in 0..c_n {
-            let f = &self.features[c * n_n..(c + 1) * n_n];
-            for ti in 0..t {
-                let src = &a[(c * t + ti) * n_n..][..n_n];
-                let dst = &mut pre[ti * n_n..][..n_n];
-                for n in 0..n_n {
-                    dst[n] += src[n] * f[n];
-                }
-            }
-        }
-        for row in pre.chunks_exact_mut(n_n) {
-            for ((v, &scale), &bias) in row.iter_mut().zip(&self.scale).zip(&self.bias) {
-                *v = *v * scale + bias;
-            }
-        }
-        let out = pre.iter().map(|&x| softplus(x)).collect();
-        (out, Tape { pre_activation: pre })
-    }
-
-    /// Gradient with respect to the core output, given the gradient of the responses `(t, neurons)`.
-    fn backward_t(&self, tape: &Tape<F>, grad_out: &[F], t: usize) -> Vec<F> {
-        let (c_n, n_n, hw) = (self.channels, self.neurons, self.height * self.width);
-        let g_y: Vec<F> = grad_out
-            .iter()
-            .zip(&tape.pre_activation)
-            .enumerate()
-            .map(|(i, (&g, &x))| g * softplus_derivative(x) * self.scale[i % n_n])
-            .collect();
-        let mut g_a = vec![F::zero(); c_n * t * n_n];
-        for c in 0..c_n {
-            let f = &self.features[c * n_n..(c + 1) * n_n];
-            for ti in 0..t {
-                for n in 0..n_n {
-                    g_a[(c * t + ti) * n_n + n] = g_y[ti * n_n + n] * f[n];
-                }
-            }
-        }
-        let mut g_core = vec![F::zero(); c_n * t * hw];
-        gemm(&g_a, Layout::row_major(c_n * t, n_n), &self.masks, Layout::row_major(n_n, hw), F::zero(), &mut g_core, Layout::row_major(c_n * t, hw));
-        g_core
+        self.rows.masks = masks;
     }
 }
 
@@ -224,17 +150,31 @@ impl<F: Float> Readout<F> for GaussianReadout<F> {
     }
 
     fn neurons(&self) -> usize {
-        self.neurons
+        self.rows.neurons
     }
 
     fn forward(&self, core_out: &[F], [_, t, _, _]: Shape) -> (Vec<F>, ReadoutState) {
-        let (out, tape) = self.forward_t(core_out, t);
+        let (out, tape) = self.rows.forward(core_out, t);
         (out, Box::new(tape))
     }
 
     fn backward(&self, state: &ReadoutState, grad_out: &[F], [_, t, _, _]: Shape) -> Vec<F> {
         let tape = state.downcast_ref::<Tape<F>>().expect("the state of this readout's forward pass");
-        self.backward_t(tape, grad_out, t)
+        self.rows.backward(tape, grad_out, t)
+    }
+
+    fn select(&self, neurons: &[usize]) -> Arc<dyn Readout<F>> {
+        let hw2 = self.height * self.width * 2;
+        Arc::new(GaussianReadout {
+            height: self.height,
+            width: self.width,
+            mask_mean: neurons.iter().flat_map(|&n| [self.mask_mean[2 * n], self.mask_mean[2 * n + 1]]).collect(),
+            mask_log_var: neurons.iter().map(|&n| self.mask_log_var[n]).collect(),
+            grid: neurons.iter().flat_map(|&n| self.grid[n * hw2..(n + 1) * hw2].iter().copied()).collect(),
+            gaussian_mean_scale: self.gaussian_mean_scale,
+            gaussian_var_scale: self.gaussian_var_scale,
+            rows: self.rows.select(neurons),
+        })
     }
 
     fn centered(&self, target: [f64; 2]) -> Option<Arc<dyn Readout<F>>> {
@@ -244,13 +184,7 @@ impl<F: Float> Readout<F> for GaussianReadout<F> {
     }
 
     fn neuron_weights(&self, neuron: usize) -> NeuronWeights {
-        let hw = self.height * self.width;
-        NeuronWeights {
-            spatial: Tensor {
-                shape: vec![self.height, self.width],
-                data: self.masks[neuron * hw..(neuron + 1) * hw].iter().map(|v| v.to_f64() as f32).collect(),
-            },
-            features: (0..self.channels).map(|c| self.features[c * self.neurons + neuron].to_f64() as f32).collect(),
-        }
+        let (mask, features) = self.rows.neuron_row(neuron);
+        NeuronWeights { spatial: Tensor { shape: vec![self.height, self.width], data: mask }, features }
     }
 }

@@ -2,7 +2,9 @@
 //! implementing [`Readout`] (forward, gradient with respect to the core output, and what `info` and
 //! the figures show), plus one line in `registry.rs` that matches openretina's class name to it.
 
+pub mod factorized;
 pub mod gaussian_mask;
+pub mod mask_features;
 
 use std::any::Any;
 use std::fmt::Debug;
@@ -36,6 +38,11 @@ pub trait Readout<F: Float>: Debug + Send + Sync {
 
     /// Gradient with respect to the core output, given the gradient of the responses `(t, neurons)`.
     fn backward(&self, state: &ReadoutState, grad_out: &[F], shape: Shape) -> Vec<F>;
+
+    /// A readout of only `neurons` (indices into this one, in that order): its response k is neuron
+    /// `neurons[k]`'s, computed from that neuron's own weights alone. Output-neuron MEIs run on it, so
+    /// that each costs its own readout row rather than the whole session's.
+    fn select(&self, neurons: &[usize]) -> Arc<dyn Readout<F>>;
 
     /// A copy whose neurons all look at `target` (openretina's `Center`), for readouts with a
     /// learned position; `None` for readouts without one.
