@@ -83,6 +83,7 @@ fn run() -> Result<()> {
             mask: Tensor { shape: vec![mh, mw], data: masks.data[k * mh * mw..(k + 1) * mh * mw].to_vec() },
             feature_weights: (0..channels).map(|c| features.data[c * neurons + k]).collect(),
             neuron: k,
+            figure: retina::model::readout::WeightFigure::mask(false),
         })
         .collect();
     let limits = ReadoutLimits::of_session(&readout);

@@ -236,3 +236,126 @@ fn output_neuron_meis_are_the_same_on_the_selected_rows() {
     assert_eq!(a.stimulus.data, b.stimulus.data);
     assert_eq!(a.losses, b.losses);
 }
+
+/// zoo_factorized's core with a `MultiSampledGaussianReadout` of random weights: positions over the
+/// whole field and beyond it (clamped to its edge, where corners fall outside), as a trained readout
+/// can have them.
+fn sampled_gaussian_model(options: serde_json::Value, seed: u64) -> RawModel {
+    let mut raw = raw_model("zoo/zoo_factorized/model.safetensors");
+    let mut readout = json!({
+        "_convert_": "object",
+        "_target_": "openretina.modules.readout.multi_readout.MultiSampledGaussianReadout",
+        "in_shape": [16, 120, 8, 6], "bias": true, "gamma": 0.4, "init_mu_range": 0.1, "init_sigma_range": 0.15,
+        "reg_avg": false, "batch_sample": true, "align_corners": true, "gauss_type": "full",
+        "grid_mean_predictor": null, "shared_features": null, "init_grid": null, "shared_grid": null,
+    });
+    for (k, v) in options.as_object().unwrap() {
+        readout[k] = v.clone();
+    }
+    let sigma_values = match readout["gauss_type"].as_str().unwrap() {
+        "full" => vec![2, 2],
+        "uncorrelated" => vec![1, 2],
+        _ => vec![1, 1],
+    };
+    let bias = readout["bias"].as_bool().unwrap();
+    raw.hyper_parameters["readout"] = readout;
+    raw.tensors.retain(|name, _| !name.starts_with("readout."));
+    let mut rng = Rng::new(seed);
+    let sessions: Vec<(String, usize)> =
+        raw.hyper_parameters["n_neurons_dict"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap() as usize)).collect();
+    for (session, n) in sessions {
+        let mut put = |name: &str, shape: Vec<usize>, f: &mut dyn FnMut() -> f32| {
+            let values = (0..shape.iter().product()).map(|_| f()).collect();
+            raw.tensors.insert(format!("readout.{session}.{name}"), RawTensor::f32(shape, values));
+        };
+        // Neuron 0 sits exactly on the last pixel's centre (x = y = 1), neuron 1 beyond the edge.
+        let mut k = 0;
+        put("_mu", vec![1, n, 1, 2], &mut || {
+            k += 1;
+            match k {
+                1 | 2 => 1.0,
+                3 | 4 => 1.3,
+                _ => (rng.uniform() * 2.4 - 1.2) as f32,
+            }
+        });
+        put("sigma", [vec![1, n], sigma_values.clone()].concat(), &mut || (rng.uniform() * 0.3 - 0.15) as f32);
+        put("_features", vec![1, 16, 1, n], &mut || rng.normal() as f32 * 0.3);
+        if bias {
+            put("bias", vec![n], &mut || rng.normal() as f32 * 0.1);
+        }
+    }
+    raw
+}
+
+/// torch's `grid_sample` (bilinear, zero padding) of one channel frame at `(x, y)`, written from its
+/// documentation: pixel coordinates `((g + 1) / 2) (size - 1)` with `align_corners`, else
+/// `((g + 1) size - 1) / 2`, and the four neighbours weighted by the opposite areas.
+fn grid_sample_reference(frame: &[f64], h: usize, w: usize, x: f64, y: f64, align_corners: bool) -> f64 {
+    let pixel = |g: f64, size: usize| if align_corners { (g + 1.0) / 2.0 * (size as f64 - 1.0) } else { ((g + 1.0) * size as f64 - 1.0) / 2.0 };
+    let (ix, iy) = (pixel(x, w), pixel(y, h));
+    let (x0, y0) = (ix.floor(), iy.floor());
+    let mut value = 0.0;
+    for (dy, dx) in [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)] {
+        let (px, py) = (x0 + dx, y0 + dy);
+        let weight = (1.0 - (ix - px).abs()) * (1.0 - (iy - py).abs());
+        if px >= 0.0 && py >= 0.0 && (px as usize) < w && (py as usize) < h {
+            value += weight * frame[py as usize * w + px as usize];
+        }
+    }
+    value
+}
+
+#[test]
+fn sampled_gaussian_readout_samples_as_grid_sample() {
+    for align_corners in [true, false] {
+        let raw = sampled_gaussian_model(json!({ "align_corners": align_corners }), 31);
+        let model: Model<f64> = Model::from_raw(&raw).unwrap();
+        let shape = model.config.stimulus_shape(40, 1);
+        let x = random_stimulus([shape[1], shape[2], shape[3], shape[4]], 9);
+        let stimulus = retina::Tensor::new(shape.to_vec(), x).unwrap();
+        for (session, readout) in &model.readouts {
+            assert_eq!(readout.class_name(), "PointGaussianReadout");
+            let out = model.forward(&stimulus, session).unwrap();
+            let core = out.layers.last().unwrap();
+            let [_, c_n, t, h, w] = core.shape[..] else { panic!() };
+            let p = format!("readout.{session}");
+            let get = |name: &str| raw.tensors[&format!("{p}.{name}")].to_float::<f64>(name).unwrap().data;
+            let (mu, features, bias) = (get("_mu"), get("_features"), get("bias"));
+            let n = bias.len();
+            for k in 0..n {
+                let (mx, my) = (mu[2 * k].clamp(-1.0, 1.0), mu[2 * k + 1].clamp(-1.0, 1.0));
+                for ti in 0..t {
+                    let pre: f64 = (0..c_n)
+                        .map(|c| features[c * n + k] * grid_sample_reference(&core.data[(c * t + ti) * h * w..][..h * w], h, w, mx, my, align_corners))
+                        .sum::<f64>()
+                        + bias[k];
+                    let expected = if pre > 20.0 { pre } else { pre.exp().ln_1p() };
+                    let got = out.responses.data[ti * n + k];
+                    assert!((got - expected).abs() <= 1e-12 * expected.abs().max(1.0), "{session} neuron {k} frame {ti}: {got} vs {expected}");
+                }
+            }
+        }
+        check_readout_gradients(&raw, 40);
+        check_subsets(&model, 40);
+    }
+    // The other Gaussian types only change the figure's density; no bias is allowed.
+    for gauss_type in ["uncorrelated", "isotropic"] {
+        let raw = sampled_gaussian_model(json!({ "gauss_type": gauss_type, "bias": false }), 32);
+        let model: Model<f32> = Model::from_raw(&raw).unwrap();
+        let density = model.readouts.values().next().unwrap().neuron_weights(2).spatial;
+        assert!((density.data.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{gauss_type}: a density sums to 1");
+    }
+}
+
+#[test]
+fn sampled_gaussian_readout_refuses_what_it_does_not_implement() {
+    let cases = [
+        (json!({"grid_mean_predictor": {"hidden_layers": 0}}), "readout.grid_mean_predictor"),
+        (json!({"shared_features": {"match_ids": [0, 1]}}), "readout.shared_features"),
+        (json!({"gauss_type": "iso"}), "readout.gauss_type"),
+    ];
+    for (options, named) in cases {
+        let err = Model::<f32>::from_raw(&sampled_gaussian_model(options, 33)).unwrap_err().to_string();
+        assert!(err.contains(named) && !err.contains('\n'), "{err}");
+    }
+}

@@ -57,6 +57,7 @@ pub fn readout_kinds<F: Float>() -> Vec<ReadoutKind<F>> {
         ReadoutKind { class: "MultiGaussianMaskReadout", load: readout::gaussian_mask::load_sessions },
         ReadoutKind { class: "SpatialXFeature3d", load: readout::gaussian_mask::load_sessions_legacy },
         ReadoutKind { class: "MultiFactorizedReadout", load: readout::factorized::load_sessions },
+        ReadoutKind { class: "MultiSampledGaussianReadout", load: readout::point_gaussian::load_sessions },
     ]
 }
 

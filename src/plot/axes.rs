@@ -93,12 +93,29 @@ impl Axes {
     /// the symmetric range `[-limit, limit]`.
     pub fn heat_map(&self, canvas: &mut Canvas, values: &[f64], cols: usize, limit: f64) {
         let colours = RdBuR::new();
+        self.cells(canvas, values, cols, |v| colours.colour(v, limit));
+    }
+
+    /// A `rows x cols` map (row-major) as cells centred on integer coordinates, coloured by `colour`.
+    pub fn cells(&self, canvas: &mut Canvas, values: &[f64], cols: usize, colour: impl Fn(f64) -> Colour) {
         for (i, &v) in values.iter().enumerate() {
             let (r, c) = ((i / cols) as f64, (i % cols) as f64);
             let (x0, x1) = (self.to_x(c - 0.5), self.to_x(c + 0.5));
             let (y0, y1) = (self.to_y(r - 0.5), self.to_y(r + 0.5));
-            canvas.rect_between(x0, y0, x1, y1, colours.colour(v, limit));
+            canvas.rect_between(x0, y0, x1, y1, colour(v));
         }
+    }
+
+    /// A white dot with a black edge at data point `(x, y)`, `diameter` points wide (matplotlib's
+    /// `scatter(c="white", edgecolors="black")`). Drawn with strokes only: a ring of width r around
+    /// radius r/2 fills the disc.
+    pub fn dot(&self, canvas: &mut Canvas, x: f64, y: f64, diameter: f32) {
+        let (cx, cy, r) = (self.to_x(x), self.to_y(y), diameter / 2.0);
+        let circle = |radius: f32| -> Vec<(f32, f32)> {
+            (0..=32).map(|i| i as f32 * std::f32::consts::TAU / 32.0).map(|a| (cx + radius * a.cos(), cy + radius * a.sin())).collect()
+        };
+        canvas.line(circle(r / 2.0), r, WHITE);
+        canvas.line(circle(r), 1.0, BLACK);
     }
 
     pub fn frame(&self, canvas: &mut Canvas) {
@@ -302,4 +319,36 @@ impl RdBuR {
         let t = (value + limit) / (2.0 * limit);
         self.table[(t * 256.0).floor().clamp(0.0, 255.0) as usize]
     }
+}
+
+/// matplotlib's viridis colour map, from 17 evenly spaced entries of its 256-entry table
+/// interpolated linearly (within a few byte levels of the full table).
+pub(crate) fn viridis(t: f64) -> Colour {
+    const ANCHORS: [[f64; 3]; 17] = [
+        [0.267004, 0.004874, 0.329415],
+        [0.282327, 0.094955, 0.417331],
+        [0.278826, 0.17549, 0.483397],
+        [0.258965, 0.251537, 0.524736],
+        [0.229739, 0.322361, 0.545706],
+        [0.19943, 0.387607, 0.554642],
+        [0.172719, 0.448791, 0.557885],
+        [0.149039, 0.508051, 0.55725],
+        [0.127568, 0.566949, 0.550556],
+        [0.120638, 0.625828, 0.533488],
+        [0.157851, 0.683765, 0.501686],
+        [0.24607, 0.73891, 0.452024],
+        [0.369214, 0.788888, 0.382914],
+        [0.515992, 0.831158, 0.294279],
+        [0.678489, 0.863742, 0.189503],
+        [0.845561, 0.887322, 0.099702],
+        [0.993248, 0.906157, 0.143936],
+    ];
+    if t.is_nan() {
+        return WHITE;
+    }
+    let position = t.clamp(0.0, 1.0) * 16.0;
+    let k = (position.floor() as usize).min(15);
+    let f = position - k as f64;
+    let (a, b) = (ANCHORS[k], ANCHORS[k + 1]);
+    [0, 1, 2].map(|c| ((a[c] + f * (b[c] - a[c])) * 255.0) as u8)
 }

@@ -147,5 +147,6 @@ pub fn sample_readout_neuron() -> ReadoutNeuron {
         mask: Tensor { shape: vec![h, w], data: mask },
         feature_weights: (0..16).map(|_| 0.15 + 0.12 * next()).collect(),
         neuron: 0,
+        figure: crate::model::readout::WeightFigure::mask(false),
     }
 }

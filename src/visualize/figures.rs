@@ -105,7 +105,7 @@ pub fn layer_conv_limits<F: Float>(model: &Model<F>, layer: usize) -> ConvWeight
 /// One neuron's spatial weights `(h, w)` and feature weights.
 pub fn readout_neuron<F: Float>(model: &Model<F>, session: &str, neuron: usize) -> ReadoutNeuron {
     let w = model.readouts[session].neuron_weights(neuron);
-    ReadoutNeuron { mask: w.spatial, feature_weights: w.features, neuron }
+    ReadoutNeuron { mask: w.spatial, feature_weights: w.features, neuron, figure: w.figure }
 }
 
 /// Axis limits shared by every readout figure of a session.

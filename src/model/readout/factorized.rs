@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::mask_features::{MaskFeatures, Tape};
-use super::{NeuronWeights, Readout, ReadoutState};
+use super::{NeuronWeights, Readout, ReadoutState, WeightFigure};
 use crate::error::Result;
 use crate::model::config::ReadoutConfig;
 use crate::model::layer::Shape;
@@ -123,6 +123,6 @@ impl<F: Float> Readout<F> for FactorizedReadout<F> {
 
     fn neuron_weights(&self, neuron: usize) -> NeuronWeights {
         let (mask, features) = self.rows.neuron_row(neuron);
-        NeuronWeights { spatial: Tensor { shape: vec![self.height, self.width], data: mask }, features }
+        NeuronWeights { spatial: Tensor { shape: vec![self.height, self.width], data: mask }, features, figure: WeightFigure::mask(true) }
     }
 }

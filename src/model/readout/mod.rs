@@ -5,6 +5,7 @@
 pub mod factorized;
 pub mod gaussian_mask;
 pub mod mask_features;
+pub mod point_gaussian;
 
 use std::any::Any;
 use std::fmt::Debug;
@@ -24,6 +25,33 @@ pub struct NeuronWeights {
     pub spatial: Tensor<f32>,
     /// One weight per core feature channel.
     pub features: Vec<f32>,
+    /// How openretina's figure for this readout class shows them.
+    pub figure: WeightFigure,
+}
+
+/// The per-class choices of a readout weight figure (openretina draws each class its own way).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WeightFigure {
+    pub spatial: SpatialMap,
+    /// A point the neuron reads at, in pixels `(x, y)` of the spatial map.
+    pub position: Option<[f32; 2]>,
+    /// Feature bars within plus/minus the session's largest |weight| (otherwise its smallest to largest).
+    pub symmetric_features: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SpatialMap {
+    /// Signed weights: "Readout Mask", red-blue within plus/minus the session's largest |value|.
+    Mask,
+    /// A sampling density: "Sampling Density", viridis over the neuron's own range.
+    SamplingDensity,
+}
+
+impl WeightFigure {
+    /// A mask readout's figure.
+    pub fn mask(symmetric_features: bool) -> Self {
+        WeightFigure { spatial: SpatialMap::Mask, position: None, symmetric_features }
+    }
 }
 
 /// The readout of one session.
