@@ -48,6 +48,22 @@ fn gradients_match_finite_differences_for_every_layer_option() {
 }
 
 #[test]
+fn gradients_match_finite_differences_for_every_convolution_type() {
+    // TorchFullConv3D, with temporal padding (no cropping) and without (cropped gradients).
+    check_gradients(&synthetic_model(2, 12, 10, json!({"convolution_type": "full"}), 21), 30);
+    check_gradients(&synthetic_model(1, 12, 10, json!({"convolution_type": "full", "core_hidden_padding": [1, 1, 1]}), 22), 30);
+    // TorchSTSeparableConv3D: numeric padding applied by both stages, "same", and max-pooling.
+    check_gradients(&synthetic_model(2, 12, 10, json!({"convolution_type": "separable", "core_hidden_padding": [0, 1, 1]}), 23), 30);
+    check_gradients(&synthetic_model(2, 12, 10, json!({"convolution_type": "separable", "core_input_padding": true}), 24), 30);
+    check_gradients(&synthetic_model(1, 16, 16, json!({"convolution_type": "separable", "maxpool_every_n_layers": 1}), 25), 30);
+    // TimeIndependentConv3D: temporal kernel 1, spatial padding.
+    check_gradients(
+        &synthetic_model(1, 12, 12, json!({"convolution_type": "time_independent", "temporal_kernel_sizes": [1, 1], "cut_first_n_frames_in_core": 0}), 26),
+        20,
+    );
+}
+
+#[test]
 fn one_and_three_channel_models_run_forward_and_meis() {
     for channels in [1, 3] {
         let raw = synthetic_model(channels, 18, 16, json!({}), 10 + channels as u64);

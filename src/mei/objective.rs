@@ -157,7 +157,7 @@ impl<'m, F: Float> Objective<'m, F> {
             }
         };
         let window = slice_window(series_len, start, WINDOW_LENGTH);
-        let region = dependency_region(model, &target, stimulus_shape, window.0);
+        let region = dependency_region(model, &target, stimulus_shape, window);
         let mut neurons = match &target {
             MeiTarget::OutputNeuron { neuron, .. } => vec![*neuron],
             MeiTarget::Contrastive { on, off, .. } => on.iter().chain(off.iter().flatten()).copied().collect(),
@@ -394,7 +394,7 @@ fn blocks_used<F: Float>(model: &Model<F>, target: &MeiTarget) -> usize {
 /// from the box alone (each layer padding its own, smaller input), every needed value is the same,
 /// and output row `o` stands for row `o + box start` of the full computation. The tests check that
 /// results are identical to a full evaluation.
-fn dependency_region<F: Float>(model: &Model<F>, target: &MeiTarget, full: [usize; 4], window_start: usize) -> Region {
+fn dependency_region<F: Float>(model: &Model<F>, target: &MeiTarget, full: [usize; 4], (window_start, window_len): (usize, usize)) -> Region {
     let everything = Region { t0: 0, y0: 0, x0: 0, shape: full, centre: None };
     // Each layer's reach with the input shape it sees, in order.
     let mut layers = Vec::new();
@@ -414,7 +414,12 @@ fn dependency_region<F: Float>(model: &Model<F>, target: &MeiTarget, full: [usiz
     if !time_ok {
         return everything;
     }
-    let mut region = Region { t0: window_start, shape: [full[0], full[1] - window_start, full[2], full[3]], ..everything };
+    // The last frame needed: the window's last series frame, shifted by the cut frames (output
+    // targets), plus every layer's temporal reach.
+    let reach_t: usize = layers.iter().map(|(reach, _)| if let Reach::Window { kernel, .. } = reach { kernel[0] - 1 } else { 0 }).sum();
+    let cut = if matches!(target, MeiTarget::InnerChannel { .. }) { 0 } else { model.core.cut_first_n_frames };
+    let t_end = (window_start + window_len + cut + reach_t).min(full[1]);
+    let mut region = Region { t0: window_start, shape: [full[0], t_end - window_start, full[2], full[3]], ..everything };
     if !matches!(target, MeiTarget::InnerChannel { .. }) || layers.iter().any(|(reach, _)| !matches!(reach, Reach::Window { .. })) {
         return region;
     }

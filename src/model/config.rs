@@ -22,6 +22,8 @@ pub struct LayerConfig {
     pub temporal_kernel: usize,
     pub spatial_kernel: usize,
     pub padding: Padding,
+    /// The padding was given as "same" (`True`): convolutions built of stages pad each stage "same".
+    pub padding_same: bool,
     /// BatchNorm3d has learned weight and bias (`affine=True`).
     pub batch_norm_affine: bool,
     /// A `Bias3DLayer` follows the BatchNorm.
@@ -43,6 +45,8 @@ pub enum Architecture {
 pub struct ReadoutConfig {
     /// The readout class of `registry.rs` (openretina's `readout._target_` class name).
     pub class: String,
+    /// The stored `in_shape` `(channels, t, h, w)` of the core output the readout was built for.
+    pub in_shape: Option<Vec<usize>>,
     pub gaussian_mean_scale: f64,
     pub gaussian_var_scale: f64,
     /// Feature weights are clamped at 0.
@@ -126,10 +130,11 @@ impl ModelConfig {
         }
         let mut shapes = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
-            let kernel = [layer.temporal_kernel, layer.spatial_kernel, layer.spatial_kernel];
+            // The convolution kind's window (validated when the config was built).
+            let (kernel, padding) = registry::conv_kind::<f32>(&layer.convolution).map(|k| (k.window)(layer))?;
             let mut out = [layer.out_channels, 0, 0, 0];
             for d in 0..3 {
-                let padded = shape[d + 1] + layer.padding[d].0 + layer.padding[d].1;
+                let padded = shape[d + 1] + padding[d].0 + padding[d].1;
                 if padded < kernel[d] {
                     let what = ["time steps", "height", "width"][d];
                     return Err(Error::new(format!(
@@ -388,7 +393,7 @@ fn simple_core_layers(
             if kernel.contains(&0) || channels[i] == 0 || channels[i + 1] == 0 {
                 bail!("hyper parameters: layer {i} has a zero-sized kernel or channel count");
             }
-            if temporal[i] < 3 {
+            if temporal[i] < 3 && convolution == "custom_separable" {
                 bail!("hyper parameters: temporal kernel size {} of layer {i} is below the subsampling factor 3", temporal[i]);
             }
             let (key, default) = if i == 0 {
@@ -403,6 +408,7 @@ fn simple_core_layers(
                 temporal_kernel: temporal[i],
                 spatial_kernel: spatial[i],
                 padding: opts.padding(key, &default, kernel)?,
+                padding_same: matches!(opts.get(key).unwrap_or(&default), Value::Bool(true)) || opts.get(key).and_then(Value::as_str) == Some("same"),
                 batch_norm_affine: true,
                 bias_layer: true,
                 max_pool: maxpool_every_n_layers.is_some_and(|m| i % m == 0),
@@ -418,6 +424,7 @@ fn example_core_readout(hp: &Map<String, Value>) -> Result<ModelConfig> {
     // ExampleCoreReadout's own defaults (the readout keys carry a `readout_` prefix).
     let defaults = ReadoutConfig {
         class: "MultiGaussianMaskReadout".into(),
+        in_shape: None,
         gaussian_mean_scale: 6.0,
         gaussian_var_scale: 4.0,
         positive: true,
@@ -441,6 +448,7 @@ fn gaussian_readout(o: &Options, prefix: &str, defaults: ReadoutConfig) -> Resul
     let key = |name: &str| format!("{prefix}{name}");
     Ok(ReadoutConfig {
         class: defaults.class.clone(),
+        in_shape: None,
         gaussian_mean_scale: o.f64(&key("gaussian_mean_scale"), defaults.gaussian_mean_scale)?,
         gaussian_var_scale: o.f64(&key("gaussian_var_scale"), defaults.gaussian_var_scale)?,
         positive: o.bool(&key("positive"), defaults.positive)?,
@@ -513,6 +521,7 @@ fn unified_core_readout(hp: &Map<String, Value>) -> Result<ModelConfig> {
     // The readout class's own defaults.
     let defaults = ReadoutConfig {
         class: readout_class.into(),
+        in_shape: None,
         gaussian_mean_scale: 1.0,
         gaussian_var_scale: 1.0,
         positive: false,
@@ -523,21 +532,8 @@ fn unified_core_readout(hp: &Map<String, Value>) -> Result<ModelConfig> {
     let keys = CoreKeys { input_padding: "input_padding", hidden_padding: "hidden_padding", cut: "cut_first_n_frames" };
     let mut config = simple_core_readout("UnifiedCoreReadout", &o, &core, &keys, channels, gaussian_readout(&readout, "", defaults)?)?;
     config.core_class = core_class.into();
-    // The readout's stored in_shape (c, t, h, w) must match the core: t depends on the training
-    // stimulus length, so only channels and space are compared.
-    if readout.get("in_shape").is_some() {
-        let stored = readout.usize_list("in_shape", None)?;
-        let t = config.train_time_steps.unwrap_or(50);
-        let core_out = config.core_output_shape(t)?;
-        if stored.len() != 4 || stored[0] != core_out[0] || stored[2..] != core_out[2..] {
-            bail!(
-                "hyper parameter `readout.in_shape` {stored:?} does not match the core output (channels {}, {}x{})",
-                core_out[0],
-                core_out[2],
-                core_out[3]
-            );
-        }
-    }
+    // Checked against the core's output when the model is built.
+    config.readout.in_shape = readout.get("in_shape").map(|_| readout.usize_list("in_shape", None)).transpose()?;
     Ok(config)
 }
 
@@ -608,6 +604,7 @@ fn hoefling_ensemble_member(hp: &Map<String, Value>) -> Result<ModelConfig> {
                 temporal_kernel: temporal[i],
                 spatial_kernel: k,
                 padding: [(0, 0), (pad, pad), (pad, pad)],
+                padding_same: false,
                 batch_norm_affine: core_bias && batch_norm_scale,
                 bias_layer: core_bias && !batch_norm_scale,
                 max_pool: false,
@@ -645,6 +642,7 @@ fn hoefling_ensemble_member(hp: &Map<String, Value>) -> Result<ModelConfig> {
         sessions: sessions(&top)?,
         readout: ReadoutConfig {
             class: "SpatialXFeature3d".into(),
+            in_shape: None,
             gaussian_mean_scale: mc.f64("gaussian_mean_scale", 1.0)?,
             gaussian_var_scale: mc.f64("gaussian_var_scale", 1.0)?,
             positive: mc.bool("readout_positive", false)?,

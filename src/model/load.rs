@@ -73,6 +73,18 @@ pub fn model_from_raw<F: Float>(raw: &RawModel) -> Result<Model<F>> {
     let core = (registry::core_kind::<F>(&config.core_class)?.load)(&config, &mut sd)?;
     let t = config.train_time_steps.unwrap_or(50);
     let core_out = core.output_shape(config.stimulus_shape(t, 1)[1..].try_into().expect("4 dimensions"))?;
+    // The readout's stored in_shape (c, t, h, w) must match the core: t depends on the training
+    // stimulus length, so only channels and space are compared.
+    if let Some(stored) = &config.readout.in_shape {
+        if stored.len() != 4 || stored[0] != core_out[0] || stored[2..] != core_out[2..] {
+            bail!(
+                "hyper parameter `readout.in_shape` {stored:?} does not match the core output (channels {}, {}x{})",
+                core_out[0],
+                core_out[2],
+                core_out[3]
+            );
+        }
+    }
     let readouts = (registry::readout_kind::<F>(&config.readout.class)?.load)(&config.readout, &mut sd, &config.sessions, core_out)?;
     sd.finish()?;
     Ok(Model { config, core, readouts })

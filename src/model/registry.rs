@@ -6,10 +6,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::config::{LayerConfig, ModelConfig, ReadoutConfig};
+use super::config::{LayerConfig, ModelConfig, Padding, ReadoutConfig};
 use super::core::Core;
 use super::layer::{Layer, Shape};
 use super::layers;
+use super::layers::conv3d::Conv3d;
+use super::layers::torch_separable::TorchSeparableConv3d;
 use super::load::StateDict;
 use super::readout::{self, Readout};
 use super::Float;
@@ -27,6 +29,9 @@ pub struct ConvKind<F> {
     pub option: &'static str,
     /// The PyTorch module openretina builds for it.
     pub class: &'static str,
+    /// The stride-1 window `(kernel, padding)` of `(time, height, width)` the layer's outputs read
+    /// (what sets its output shape before any weights are loaded).
+    pub window: fn(&LayerConfig) -> ([usize; 3], Padding),
     /// Loads `{prefix}.*` (and per-session tensors for the sessions given).
     #[allow(clippy::type_complexity)]
     pub load: fn(&LayerConfig, &mut StateDict, &str, &[String]) -> Result<Arc<dyn Layer<F>>>,
@@ -49,7 +54,12 @@ pub fn core_kinds<F: Float>() -> Vec<CoreKind<F>> {
 }
 
 pub fn conv_kinds<F: Float>() -> Vec<ConvKind<F>> {
-    vec![ConvKind { option: "custom_separable", class: "STSeparableBatchConv3d", load: load_st_separable }]
+    vec![
+        ConvKind { option: "custom_separable", class: "STSeparableBatchConv3d", window: configured_window, load: load_st_separable },
+        ConvKind { option: "full", class: "TorchFullConv3D", window: configured_window, load: load_full },
+        ConvKind { option: "separable", class: "TorchSTSeparableConv3D", window: separable_window, load: load_torch_separable },
+        ConvKind { option: "time_independent", class: "TimeIndependentConv3D", window: time_independent_window, load: load_time_independent },
+    ]
 }
 
 pub fn readout_kinds<F: Float>() -> Vec<ReadoutKind<F>> {
@@ -63,6 +73,52 @@ pub fn readout_kinds<F: Float>() -> Vec<ReadoutKind<F>> {
 
 fn load_st_separable<F: Float>(lc: &LayerConfig, sd: &mut StateDict, prefix: &str, sessions: &[String]) -> Result<Arc<dyn Layer<F>>> {
     Ok(Arc::new(layers::st_separable::SeparableConv3d::load(lc, sd, prefix, sessions)?))
+}
+
+/// The layer's kernel and padding as configured.
+fn configured_window(lc: &LayerConfig) -> ([usize; 3], Padding) {
+    ([lc.temporal_kernel, lc.spatial_kernel, lc.spatial_kernel], lc.padding)
+}
+
+fn time_independent_window(lc: &LayerConfig) -> ([usize; 3], Padding) {
+    ([1, lc.spatial_kernel, lc.spatial_kernel], [(0, 0), lc.padding[1], lc.padding[2]])
+}
+
+/// The two stages' paddings: "same" pads each stage for its own kernel; any other padding is given
+/// to both stages, as openretina does.
+fn separable_stage_paddings(lc: &LayerConfig) -> (Padding, Padding) {
+    let p = lc.padding;
+    if lc.padding_same {
+        ([(0, 0), p[1], p[2]], [p[0], (0, 0), (0, 0)])
+    } else {
+        (p, p)
+    }
+}
+
+/// Two stride-1 windows in a row: kernels add (minus 1), paddings add.
+fn separable_window(lc: &LayerConfig) -> ([usize; 3], Padding) {
+    let (a, b) = separable_stage_paddings(lc);
+    ([lc.temporal_kernel, lc.spatial_kernel, lc.spatial_kernel], [0, 1, 2].map(|d| (a[d].0 + b[d].0, a[d].1 + b[d].1)))
+}
+
+fn load_full<F: Float>(lc: &LayerConfig, sd: &mut StateDict, prefix: &str, _: &[String]) -> Result<Arc<dyn Layer<F>>> {
+    // openretina keeps a `_log_speed_default` buffer it does not use for this class.
+    sd.take_scalar::<F>(&format!("{prefix}._log_speed_default"))?;
+    let kernel = [lc.temporal_kernel, lc.spatial_kernel, lc.spatial_kernel];
+    let conv = Conv3d::load(sd, &format!("{prefix}.conv"), lc.in_channels, lc.out_channels, kernel, lc.padding, false, "TorchFullConv3D (full)")?;
+    Ok(Arc::new(conv))
+}
+
+fn load_time_independent<F: Float>(lc: &LayerConfig, sd: &mut StateDict, prefix: &str, _: &[String]) -> Result<Arc<dyn Layer<F>>> {
+    let kernel = [1, lc.spatial_kernel, lc.spatial_kernel];
+    let padding = [(0, 0), lc.padding[1], lc.padding[2]];
+    let class = "TimeIndependentConv3D (time_independent)";
+    Ok(Arc::new(Conv3d::load(sd, &format!("{prefix}.conv"), lc.in_channels, lc.out_channels, kernel, padding, false, class)?))
+}
+
+fn load_torch_separable<F: Float>(lc: &LayerConfig, sd: &mut StateDict, prefix: &str, _: &[String]) -> Result<Arc<dyn Layer<F>>> {
+    let (space, time) = separable_stage_paddings(lc);
+    Ok(Arc::new(TorchSeparableConv3d::load(lc, sd, prefix, space, time)?))
 }
 
 /// The entry of `kinds` whose `key` matches, or an error naming what is known.

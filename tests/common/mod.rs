@@ -103,10 +103,29 @@ pub fn synthetic_model(channels: usize, height: usize, width: usize, extra: serd
     for (i, l) in config.layers.iter().enumerate() {
         let p = format!("core.features.layer{i}");
         let (o, c, nk, k) = (l.out_channels, l.in_channels, l.temporal_kernel / 3, l.spatial_kernel);
-        put(&mut tensors, format!("{p}.conv.sin_weights"), vec![o, c, nk], &mut || rng.normal() as f32 * 0.5);
-        put(&mut tensors, format!("{p}.conv.cos_weights"), vec![o, c, nk], &mut || rng.normal() as f32 * 0.5);
-        put(&mut tensors, format!("{p}.conv.weight_spatial"), vec![o, c, 1, k, k], &mut || rng.normal() as f32 * 0.3);
-        put(&mut tensors, format!("{p}.conv._log_speed_default"), vec![1], &mut || 0.0);
+        let kt = l.temporal_kernel;
+        // The tensors of each convolution_type's PyTorch module.
+        match l.convolution.as_str() {
+            "custom_separable" => {
+                put(&mut tensors, format!("{p}.conv.sin_weights"), vec![o, c, nk], &mut || rng.normal() as f32 * 0.5);
+                put(&mut tensors, format!("{p}.conv.cos_weights"), vec![o, c, nk], &mut || rng.normal() as f32 * 0.5);
+                put(&mut tensors, format!("{p}.conv.weight_spatial"), vec![o, c, 1, k, k], &mut || rng.normal() as f32 * 0.3);
+                put(&mut tensors, format!("{p}.conv._log_speed_default"), vec![1], &mut || 0.0);
+            }
+            "full" => {
+                put(&mut tensors, format!("{p}.conv.conv.weight"), vec![o, c, kt, k, k], &mut || rng.normal() as f32 * 0.1);
+                put(&mut tensors, format!("{p}.conv._log_speed_default"), vec![1], &mut || 0.0);
+            }
+            "separable" => {
+                put(&mut tensors, format!("{p}.conv.space_conv.weight"), vec![o, c, 1, k, k], &mut || rng.normal() as f32 * 0.3);
+                put(&mut tensors, format!("{p}.conv.time_conv.weight"), vec![o, o, kt, 1, 1], &mut || rng.normal() as f32 * 0.3);
+                put(&mut tensors, format!("{p}.conv._log_speed_default"), vec![1], &mut || 0.1);
+            }
+            "time_independent" => {
+                put(&mut tensors, format!("{p}.conv.conv.weight"), vec![o, c, 1, k, k], &mut || rng.normal() as f32 * 0.3);
+            }
+            other => panic!("no synthetic tensors for convolution_type {other}"),
+        }
         put(&mut tensors, format!("{p}.norm.weight"), vec![o], &mut || 1.0 + rng.uniform() as f32 * 0.2);
         put(&mut tensors, format!("{p}.norm.bias"), vec![o], &mut || rng.normal() as f32 * 0.1);
         put(&mut tensors, format!("{p}.norm.running_mean"), vec![o], &mut || rng.normal() as f32 * 0.1);

@@ -7,3 +7,5 @@ pub mod color_squash;
 pub mod elu;
 pub mod max_pool;
 pub mod st_separable;
+pub mod conv3d;
+pub mod torch_separable;

@@ -281,22 +281,7 @@ impl<F: Float> SeparableConv3d<F> {
     }
 
     fn geometry(&self, input: [usize; 3]) -> Geometry {
-        let out = self.output_size(input).expect("kernel larger than padded input (checked by the config)");
-        let [(pt0, pt1), (ph, _), (pw, _)] = self.padding;
-        Geometry {
-            kt: self.temporal_kernel,
-            k: self.spatial_kernel,
-            kk: self.spatial_kernel * self.spatial_kernel,
-            tp: input[0] + pt0 + pt1,
-            pad_t: pt0,
-            pad_h: ph,
-            pad_w: pw,
-            to: out[0],
-            ho: out[1],
-            wo: out[2],
-            p: out[1] * out[2],
-            in_len: input.iter().product(),
-        }
+        Geometry::new(input, self.temporal_kernel, self.spatial_kernel, self.padding)
     }
 }
 
@@ -403,39 +388,60 @@ fn scale_add_frame<F: Float>(acc: &mut [F], w: &[F], src: &[F]) {
     }
 }
 
-/// Sizes of one convolution call.
-struct Geometry {
-    kt: usize,
-    k: usize,
-    kk: usize,
+/// Sizes of one convolution call (stride 1, square spatial kernel); shared with the dense `Conv3d`.
+pub(crate) struct Geometry {
+    pub kt: usize,
+    pub k: usize,
+    pub kk: usize,
     /// Padded input time steps.
-    tp: usize,
-    pad_t: usize,
-    pad_h: usize,
-    pad_w: usize,
-    to: usize,
-    ho: usize,
-    wo: usize,
+    pub tp: usize,
+    pub pad_t: usize,
+    pub pad_h: usize,
+    pub pad_w: usize,
+    pub to: usize,
+    pub ho: usize,
+    pub wo: usize,
     /// Output pixels per frame.
-    p: usize,
+    pub p: usize,
     /// Values per input channel.
-    in_len: usize,
+    pub in_len: usize,
 }
 
 impl Geometry {
-    fn spatial_shape(&self) -> SpatialShape {
+    /// For an input `(t, h, w)`, a `(kt, k, k)` kernel and `padding`; the kernel must fit.
+    pub fn new(input: [usize; 3], kt: usize, k: usize, padding: Padding) -> Geometry {
+        let [(pt0, pt1), (ph0, ph1), (pw0, pw1)] = padding;
+        let tp = input[0] + pt0 + pt1;
+        let (ho, wo) = (input[1] + ph0 + ph1 + 1 - k, input[2] + pw0 + pw1 + 1 - k);
+        Geometry {
+            kt,
+            k,
+            kk: k * k,
+            tp,
+            pad_t: pt0,
+            pad_h: ph0,
+            pad_w: pw0,
+            to: tp + 1 - kt,
+            ho,
+            wo,
+            p: ho * wo,
+            in_len: input.iter().product(),
+        }
+    }
+
+    pub fn spatial_shape(&self) -> SpatialShape {
         let (hp, wp) = self.padded_hw();
         SpatialShape { tp: self.tp, hp, wp, ho: self.ho, wo: self.wo, k: self.k }
     }
 
     /// Padded input height and width.
-    fn padded_hw(&self) -> (usize, usize) {
+    pub fn padded_hw(&self) -> (usize, usize) {
         (self.ho + self.k - 1, self.wo + self.k - 1)
     }
 
     /// One input channel `(t, h, w)`, zero-padded to `(tp, hp, wp)`.
     #[inline(always)]
-    fn pad<F: Float>(&self, xi: &[F], input: [usize; 3]) -> Vec<F> {
+    pub fn pad<F: Float>(&self, xi: &[F], input: [usize; 3]) -> Vec<F> {
         let [t_in, h_in, w_in] = input;
         let (hp, wp) = self.padded_hw();
         let mut xpad = vec![F::zero(); self.tp * hp * wp];
@@ -451,7 +457,7 @@ impl Geometry {
     /// The column matrix `col[(t, y, x)][(dy, dx)] = xpad[t, y + dy, x + dx]` of a padded channel:
     /// each row is `k` contiguous slices.
     #[inline(always)]
-    fn im2col<F: Float>(&self, xpad: &[F], col: &mut Vec<F>) {
+    pub fn im2col<F: Float>(&self, xpad: &[F], col: &mut Vec<F>) {
         let (hp, wp) = self.padded_hw();
         col.resize(self.tp * self.p * self.kk, F::zero());
         let k = self.k;
@@ -472,7 +478,7 @@ impl Geometry {
     /// The adjoint of `im2col`: add every column entry back onto its (padded) input pixel, then drop
     /// the padding.
     #[inline(always)]
-    fn col2im<F: Float>(&self, col: &[F], input: [usize; 3], gi: &mut [F]) {
+    pub fn col2im<F: Float>(&self, col: &[F], input: [usize; 3], gi: &mut [F]) {
         let [t_in, h_in, w_in] = input;
         let (hp, wp) = self.padded_hw();
         let mut gpad = vec![F::zero(); self.tp * hp * wp];

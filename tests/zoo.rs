@@ -1,0 +1,108 @@
+//! Every zoo fixture (`../shared/fixtures/zoo/`, one model per architecture of openretina's configs):
+//! forward responses and hooked layer outputs against openretina's float64 result, and MEIs from the
+//! recorded initial stimuli against openretina's float64 MEIs.
+
+mod common;
+
+use common::*;
+use retina::mei::{self, MeiSettings, MeiTarget};
+use retina::model::Model;
+
+/// The fixtures README's forward bar: 1e-5 relative to openretina's float64 result (its own float32
+/// result is within ~1e-6, `relative_max_diff_f32_vs_f64` in each manifest).
+const FORWARD_TOL: f64 = 1e-5;
+
+/// An MEI whose float32 and float64 openretina runs differ by more than this took different branches
+/// at the norm penalty's kink (see tests/mei.rs): its bar is max(2e-3, 3 x that difference).
+const CHAOTIC: f64 = 1e-5;
+
+fn check_forward(name: &str) {
+    let reference = Reference::load(&format!("zoo/{name}"));
+    let model: Model<f32> = Model::from_raw(&raw_model(&format!("zoo/{name}/model.safetensors"))).unwrap();
+    let input = reference.get32("forward.input");
+    let sessions: Vec<String> = model.sessions().map(String::from).collect();
+    for session in &sessions {
+        let out = model.forward(&input, session).unwrap();
+        let expected = reference.get(&format!("forward.{session}.f64"));
+        assert_eq!(out.responses.shape, expected.shape, "{name} {session}");
+        let d = rel_max_diff(&to_f64(&out.responses.data), &expected.data);
+        assert!(d <= FORWARD_TOL, "{name} {session}: responses differ by {d:e} (relative)");
+    }
+    // Hooked layers with the first session's data key, as the fixtures were made; float64 where
+    // openretina stored it, else its float32 output (itself ~1e-6 from float64).
+    let out = model.forward(&input, &sessions[0]).unwrap();
+    let names = model.layer_names();
+    assert!(!names.is_empty());
+    for (i, layer) in names.iter().enumerate() {
+        let key = format!("layer.{layer}");
+        let expected = if reference.names().any(|n| *n == format!("{key}.f64")) { reference.get(&format!("{key}.f64")) } else { reference.get(&key) };
+        // Large layers are stored for their first channels only (batch 1: a prefix of the values).
+        let got = &out.layers[i];
+        assert_eq!(got.shape[2..], expected.shape[2..], "{name} {layer}");
+        assert!(expected.shape[1] <= got.shape[1] && expected.shape[1] > 0, "{name} {layer}: channels");
+        let d = rel_max_diff(&to_f64(&got.data[..expected.data.len()]), &expected.data);
+        assert!(d <= FORWARD_TOL, "{name} {layer}: differs by {d:e} (relative)");
+    }
+}
+
+fn target_from_id(id: &str) -> MeiTarget {
+    if let Some(rest) = id.strip_prefix("output.") {
+        let (session, neuron) = rest.rsplit_once('.').unwrap();
+        MeiTarget::OutputNeuron { session: session.into(), neuron: neuron.parse().unwrap() }
+    } else {
+        let (layer, channel) = id.split_once('.').unwrap();
+        let layer = layer.strip_prefix("core_features_layer").unwrap().parse().unwrap();
+        MeiTarget::InnerChannel { layer, channel: channel.parse().unwrap() }
+    }
+}
+
+/// Every reference MEI of the fixture, in float32 from its recorded initial stimulus, within the
+/// fixtures README's per-MEI bar: max(2e-4, 3 x openretina's own float32-vs-float64 difference).
+fn check_meis(name: &str) {
+    let fixture = format!("zoo/{name}");
+    let reference = Reference::load(&fixture);
+    let manifest = manifest(&fixture);
+    let model: Model<f32> = Model::from_raw(&raw_model(&format!("{fixture}/model.safetensors"))).unwrap();
+    let settings = MeiSettings::openretina(model.config.input_channels);
+    let ids: Vec<String> =
+        reference.names().filter_map(|n| n.strip_prefix("mei.").and_then(|n| n.strip_suffix(".init")).map(String::from)).collect();
+    assert_eq!(ids.len() as u64, manifest["meis"].as_u64().unwrap(), "{name}: MEI count");
+    let mut failures = Vec::new();
+    for id in &ids {
+        let init = reference.get32(&format!("mei.{id}.init"));
+        let result = mei::optimize(&model, &target_from_id(id), init, &settings).unwrap();
+        let expected = reference.get(&format!("mei.{id}.f64"));
+        let own = manifest["relative_max_diff_f32_vs_f64"][format!("mei.{id}")].as_f64().unwrap();
+        let tol = if own < CHAOTIC { (3.0 * own).max(2e-4) } else { (3.0 * own).max(2e-3) };
+        let d = rel_max_diff(&to_f64(&result.stimulus.data), &expected.data);
+        eprintln!("{name} {id}: {d:.2e} (bar {tol:.1e})");
+        if d > tol {
+            failures.push(format!("{id}: MEI differs by {d:.3e} > {tol:.1e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{name}:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn zoo_conv_full() {
+    check_forward("zoo_conv_full");
+    check_meis("zoo_conv_full");
+}
+
+#[test]
+fn zoo_conv_separable() {
+    check_forward("zoo_conv_separable");
+    check_meis("zoo_conv_separable");
+}
+
+#[test]
+fn zoo_goldin() {
+    check_forward("zoo_goldin");
+    check_meis("zoo_goldin");
+}
+
+#[test]
+fn zoo_maheswaranathan() {
+    check_forward("zoo_maheswaranathan");
+    check_meis("zoo_maheswaranathan");
+}
