@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench;
@@ -11,10 +12,54 @@ use crate::formats::download::DownloadOptions;
 use crate::error::{Error, Result};
 use crate::mei::{self, MeiSettings, MeiTarget};
 use crate::formats::{self, RawTensor};
+use crate::model::memory::Work;
 use crate::model::Model;
 use crate::output::write_atomic;
 use crate::tensor::Tensor;
 use crate::visualize::Shard;
+
+// Ranges of the numeric flags, checked when the flags are parsed: nothing is loaded or created for a
+// value outside them. Indices (`--neuron`, `--channel`, `--neurons`) depend on the model and are
+// checked against it before anything is written; `--seed` takes any u64. How much memory a run may
+// use is checked separately, against the memory budget (`model::memory`).
+
+/// Frames of a stimulus: at least 1 (the model's kernels may need more), at most 1,000,000 (9 hours
+/// at 30 Hz).
+const MAX_FRAMES: u64 = 1_000_000;
+/// SGD steps per MEI (openretina: 10).
+const MAX_ITERATIONS: u64 = 1_000_000;
+/// MEIs per chunk in `visualize`.
+const MAX_BATCH: u64 = 1_000_000;
+const MAX_THREADS: u64 = 1024;
+/// Neurons of `bench --neurons`' tiled readouts.
+const MAX_TILED_NEURONS: u64 = 100_000;
+/// Ensemble members (the Hoefling 2024 ensemble has 10).
+const MAX_MEMBERS: i64 = 1_000_000;
+
+fn frames() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(1..=MAX_FRAMES)
+}
+
+/// Figure resolution (openretina draws at 300 dpi).
+fn dpi() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(10..=1200)
+}
+
+/// A finite number above zero (`--lr`).
+fn positive_number(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!("must be a positive number, got `{text}`")),
+    }
+}
+
+/// A finite number, zero or above (`--range-penalty`: 0 turns the penalty off).
+fn non_negative_number(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("must be a number >= 0 (0 turns it off), got `{text}`")),
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -82,7 +127,11 @@ fn parse_model_id(text: &str) -> std::result::Result<i64, String> {
     if text == "all" {
         return Ok(ALL_MEMBERS);
     }
-    text.parse().map_err(|_| format!("`{text}` is not a member number (e.g. 0, -1) or `all`"))
+    match text.parse::<i64>() {
+        Ok(id) if (-MAX_MEMBERS..=MAX_MEMBERS).contains(&id) => Ok(id),
+        Ok(_) => Err(format!("{text} is not in -{MAX_MEMBERS}..={MAX_MEMBERS}")),
+        Err(_) => Err(format!("`{text}` is not a member number (e.g. 0, -1) or `all`")),
+    }
 }
 
 /// Refuses `--model-id all` where one model is read.
@@ -167,7 +216,7 @@ pub struct PredictArgs {
     #[arg(long, value_name = "IN.safetensors")]
     pub input: Option<PathBuf>,
     /// Frames of the random stimulus used when no `--input` is given.
-    #[arg(long, default_value_t = 50, value_name = "N")]
+    #[arg(long, default_value_t = 50, value_name = "N", value_parser = frames())]
     pub time_steps: usize,
     /// Where to write `stimulus`, `responses.<session>` (batch, time, neurons) and
     /// `layer.core_features_layer<i>` (batch, channels, time, height, width).
@@ -186,10 +235,10 @@ pub struct OptimizationArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Optimiser steps per MEI; with --early-stop, the most steps.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_ITERATIONS))]
     pub iterations: usize,
     /// Learning rate. Default: 100 for SGD (openretina visualize), 0.1 for Adam.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = positive_number)]
     pub lr: Option<f64>,
     /// The optimiser: plain SGD (openretina visualize) or Adam (PyTorch's, betas 0.9/0.999, eps 1e-8).
     #[arg(long, value_enum, default_value = "sgd")]
@@ -204,10 +253,10 @@ pub struct OptimizationArgs {
     pub temporal_smoothing: Option<String>,
     /// Weight of the range/norm penalty in the loss; 0 turns it off. Default: 0.1 (openretina
     /// visualize); `retina mds`: 0 (the MDS notebook).
-    #[arg(long, value_name = "FACTOR", allow_negative_numbers = true)]
+    #[arg(long, value_name = "FACTOR", allow_negative_numbers = true, value_parser = non_negative_number)]
     pub range_penalty: Option<f64>,
     /// Frames of the stimulus to optimise.
-    #[arg(long = "time-steps-stimulus", default_value_t = 50, value_name = "N")]
+    #[arg(long = "time-steps-stimulus", default_value_t = 50, value_name = "N", value_parser = frames())]
     pub time_steps: usize,
     /// L2 norm the stimulus is held at, or `none`. Default: 30 for 2-channel models (openretina's
     /// Hoefling 2024 constraint), none otherwise.
@@ -259,11 +308,7 @@ impl OptimizationArgs {
             OptimizerArg::Sgd => mei::OptimizerKind::Sgd,
             OptimizerArg::Adam => mei::OptimizerKind::ADAM,
         };
-        let lr = self.lr.unwrap_or(if self.optimizer == OptimizerArg::Adam { 0.1 } else { settings.learning_rate });
-        if !(lr.is_finite() && lr > 0.0) {
-            bail!("--lr must be a positive number, got {lr}");
-        }
-        settings.learning_rate = lr;
+        settings.learning_rate = self.lr.unwrap_or(if self.optimizer == OptimizerArg::Adam { 0.1 } else { settings.learning_rate });
         if let Some(text) = &self.early_stop {
             settings.early_stop = Some(parse_early_stop(text)?);
         }
@@ -271,9 +316,6 @@ impl OptimizationArgs {
             settings.lowpass = parse_smoothing(text, settings.time_steps)?;
         }
         if let Some(factor) = self.range_penalty {
-            if !(factor.is_finite() && factor >= 0.0) {
-                bail!("--range-penalty must be a number >= 0 (0 turns the penalty off), got {factor}");
-            }
             settings.constraints.penalty_factor = factor;
         }
         if let Some(norm) = &self.norm {
@@ -392,7 +434,7 @@ pub struct MdsArgs {
     #[arg(long)]
     pub ensemble_mean: bool,
     /// Temperature of the contrastive objective (openretina's default 1.6).
-    #[arg(long, default_value_t = mei::DEFAULT_TEMPERATURE, value_name = "T")]
+    #[arg(long, default_value_t = mei::DEFAULT_TEMPERATURE, value_name = "T", value_parser = positive_number)]
     pub temperature: f64,
     /// Start from the tensor `stimulus` of this safetensors file, as is, instead of seeded noise.
     #[arg(long, value_name = "IN.safetensors")]
@@ -408,7 +450,7 @@ pub struct MdsArgs {
     #[arg(long, value_name = "FIGURE")]
     pub figure: Option<PathBuf>,
     /// Figure resolution in dots per inch.
-    #[arg(long, default_value_t = 150, value_name = "DPI")]
+    #[arg(long, default_value_t = 150, value_name = "DPI", value_parser = dpi())]
     pub dpi: u32,
 }
 
@@ -420,11 +462,11 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub source: SourceArgs,
     /// Frames per stimulus.
-    #[arg(long = "time-steps-stimulus", default_value_t = 50, value_name = "N")]
+    #[arg(long = "time-steps-stimulus", default_value_t = 50, value_name = "N", value_parser = frames())]
     pub time_steps: usize,
     /// Instead: time per output-neuron MEI on the model's core with its first session's readout tiled
     /// to each of these neuron counts (e.g. `28,1000,3000`).
-    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...", value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_TILED_NEURONS))]
     pub neurons: Option<Vec<usize>>,
     /// With --neurons: also run `retina visualize --no-video --dpi 30` of the largest tiled model into
     /// DIR and print its report line (wall time and peak memory).
@@ -457,7 +499,7 @@ pub struct VisualizeArgs {
     #[arg(long, default_value = "jpg", value_name = "jpg|png|svg")]
     pub image_file_format: String,
     /// Figure resolution in dots per inch (openretina draws at 300: a 6300 x 3600 MEI figure).
-    #[arg(long, default_value_t = 150, value_name = "DPI")]
+    #[arg(long, default_value_t = 150, value_name = "DPI", value_parser = dpi())]
     pub dpi: u32,
     #[command(flatten)]
     pub source: SourceArgs,
@@ -490,10 +532,10 @@ pub struct VisualizeArgs {
     #[arg(long)]
     pub no_meis: bool,
     /// MEIs optimised together per chunk (all cores work on a chunk); bounds memory.
-    #[arg(long, default_value_t = 256, value_name = "N")]
+    #[arg(long, default_value_t = 256, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_BATCH))]
     pub batch_size: usize,
     /// Worker threads (default: one per core).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_THREADS))]
     pub threads: Option<usize>,
     /// Redo every output, even those a previous identical run finished.
     #[arg(long, conflicts_with = "shard")]
@@ -568,15 +610,14 @@ pub fn run(command: Command) -> Result<()> {
 fn bench_command(args: &BenchArgs) -> Result<()> {
     let Some(sizes) = &args.neurons else {
         let model = load_model(&args.model_path, &args.source)?;
+        // Batches of 32 stimuli are timed.
+        model.check_work(args.time_steps, 32, Work::Forward)?;
         // openretina's times in `bench` were measured on the built-in model only.
         for line in bench::run(&model, args.time_steps, args.model_path == "demo")?.lines {
             println!("{line}");
         }
         return Ok(());
     };
-    if sizes.contains(&0) {
-        bail!("--neurons: every count must be at least 1");
-    }
     let raw = formats::read_model(&args.model_path, one_member(args.source.model_id)?, &args.source.download_options(false))?;
     for line in bench::per_mei_by_neurons(&raw, sizes, args.time_steps)?.lines {
         println!("{line}");
@@ -650,11 +691,13 @@ fn predict(args: &PredictArgs) -> Result<()> {
         Some(path) => {
             let s = read_stimulus(path)?;
             model.check_stimulus(&s.shape).map_err(|e| Error::file(path, e))?;
+            model.check_work(s.shape[2], s.shape[0], Work::Forward).map_err(|e| Error::file(path, e))?;
             s
         }
         None => {
             let shape = model.config.stimulus_shape(args.time_steps, 1);
             model.check_stimulus(&shape)?;
+            model.check_work(args.time_steps, 1, Work::Forward)?;
             bench::random_stimulus(shape, 0)
         }
     };
@@ -685,21 +728,29 @@ fn predict(args: &PredictArgs) -> Result<()> {
     Ok(())
 }
 
-/// Read the tensor `stimulus` from a safetensors file.
+/// Read the tensor `stimulus` from a safetensors file; NaN or infinite values are refused.
 pub fn read_stimulus(path: &std::path::Path) -> Result<Tensor<f32>> {
     let bytes = formats::safetensors::read_file(path)?;
     let (tensors, _) = formats::safetensors::parse(&bytes, &path.display().to_string())?;
     let raw = tensors
         .get("stimulus")
         .ok_or_else(|| Error::file(path, "has no tensor named `stimulus`"))?;
-    raw.to_float("stimulus").map_err(|e| Error::file(path, e))
+    let stimulus: Tensor<f32> = raw.to_float("stimulus").map_err(|e| Error::file(path, e))?;
+    if let Some(i) = stimulus.data.iter().position(|v| !v.is_finite()) {
+        return Err(Error::file(
+            path,
+            format!("`stimulus` holds a non-finite value ({} at flat index {i}); give finite values only", stimulus.data[i]),
+        ));
+    }
+    Ok(stimulus)
 }
 
 /// The starting stimulus: the `--init` file's `stimulus` as is, or seeded noise post-processed.
 fn initial_stimulus(init: Option<&std::path::Path>, model: &Model<f32>, target: &MeiTarget, settings: &MeiSettings) -> Result<Tensor<f32>> {
-    // Before the initial stimulus is made: refuses too few or impossibly many frames.
+    // Before the initial stimulus is made: refuses too few frames and work beyond the memory budget.
     let expected = model.config.stimulus_shape(settings.time_steps, 1);
     model.check_stimulus(&expected)?;
+    mei::check_memory(model, 1, settings)?;
     match init {
         Some(path) => {
             let init = read_stimulus(path)?;
@@ -752,16 +803,10 @@ fn parse_shard(text: &str) -> std::result::Result<Shard, String> {
 }
 
 fn mds_command(args: &MdsArgs) -> Result<()> {
-    if !(args.temperature.is_finite() && args.temperature > 0.0) {
-        bail!("--temperature must be a positive number, got {}", args.temperature);
-    }
     let style = match &args.figure {
         Some(path) => {
             let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
             let format = extension.parse().map_err(|e| Error::new(format!("--figure {}: {e}", path.display())))?;
-            if !(10..=1200).contains(&args.dpi) {
-                bail!("--dpi {} is out of range; use 10 … 1200", args.dpi);
-            }
             Some(crate::plot::FigureStyle { format, dpi: args.dpi })
         }
         None => None,
@@ -846,15 +891,9 @@ fn visualize_command(args: &VisualizeArgs) -> Result<()> {
         bail!("--device {}: not available in this build; retina runs on the CPU (use --device cpu)", args.device);
     }
     let style = crate::plot::FigureStyle { format: args.image_file_format.parse()?, dpi: args.dpi };
-    if !(10..=1200).contains(&args.dpi) {
-        bail!("--dpi {} is out of range; use 10 … 1200 (openretina draws at 300)", args.dpi);
-    }
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
+            .num_threads(n)
             .build_global()
             .map_err(|e| Error::new(format!("--threads: cannot start the worker threads ({e})")))?;
     }
@@ -952,6 +991,8 @@ fn visualize_model(
         .as_ref()
         .map(|ls| ls.iter().map(|l| model.layer_index(l)).collect::<Result<Vec<_>>>())
         .transpose()?;
+    // Before the save folder is made: refuses too few frames and MEIs beyond the memory budget.
+    model.check_stimulus(&model.config.stimulus_shape(args.optimization.time_steps, 1))?;
     let options = crate::visualize::VisualizeOptions {
         save_folder: save_folder.to_path_buf(),
         style,

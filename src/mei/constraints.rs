@@ -41,6 +41,9 @@ impl Constraints {
 
     /// Rescale to the norm, then clip each channel to its range. `x` is one stimulus `(c, t, h, w)`.
     pub fn postprocess<F: Float>(&self, x: &mut [F]) {
+        if x.is_empty() || self.ranges.is_empty() {
+            return;
+        }
         if let Some(target) = self.norm {
             let norm = l2_norm(x);
             let factor = target / norm;
@@ -62,6 +65,9 @@ impl Constraints {
     /// The penalty (already multiplied by `penalty_factor`) and its gradient added into `grad`.
     /// A factor of 0 turns it off (nothing is evaluated).
     pub fn penalty<F: Float>(&self, x: &[F], grad: &mut [F]) -> f64 {
+        if x.is_empty() || self.ranges.is_empty() {
+            return 0.0;
+        }
         let factor = self.penalty_factor;
         if factor == 0.0 {
             return 0.0;

@@ -27,6 +27,7 @@ pub use self::objective::{Direction, MeiTarget, Objective, DEFAULT_TEMPERATURE};
 pub use self::optimizer::OptimizerKind;
 pub use self::stopper::{EarlyStop, Stopper};
 use crate::error::{Error, Result};
+use crate::model::memory::{check_bytes, Work};
 use crate::model::{Float, Model};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -163,24 +164,37 @@ pub fn optimize_mean<F: Float>(models: &[Model<F>], target: &MeiTarget, init: Te
     }
     let shape = [expected[1], expected[2], expected[3], expected[4]];
     let mut x = init.data;
+    if !all_finite(&x) {
+        bail!("MEI {}: the initial stimulus holds NaN or infinite values", target.id());
+    }
     let mut optimizer = settings.optimizer.start::<F>(settings.learning_rate, x.len());
     let mut stopper = Stopper::new(settings.early_stop);
-    let mut losses = Vec::with_capacity(settings.iterations);
-    for _ in 0..settings.iterations {
+    // Grows as steps are taken: the iteration count is the user's, nothing is reserved for it.
+    let mut losses = Vec::new();
+    for step in 0..settings.iterations {
         let (value, gradient) = objective.gradient(&x);
         // loss = -objective + penalty; its gradient = -d objective + d penalty.
         let mut grad: Vec<F> = gradient.into_iter().map(|g| -g).collect();
         let penalty = settings.constraints.penalty(&x, &mut grad);
         let loss = -value + penalty;
+        if !loss.is_finite() {
+            return Err(non_finite(target, &format!("its loss is {loss} at step {step}")));
+        }
         losses.push(loss);
         optimizer.step(&mut x, &grad);
         settings.postprocess(&mut x, shape);
+        if !all_finite(&x) {
+            return Err(non_finite(target, &format!("its stimulus holds NaN or infinite values after step {step}")));
+        }
         // As openretina: the stopper sees the loss of the stimulus before this step, after the step.
         if stopper.should_stop(loss) {
             break;
         }
     }
     let (final_objective, series) = objective.evaluate(&x);
+    if !final_objective.is_finite() || !all_finite(&series) {
+        return Err(non_finite(target, &format!("its final response is {final_objective}")));
+    }
     Ok(Mei {
         target: target.clone(),
         stimulus: Tensor { shape: expected.to_vec(), data: x.iter().map(|v| v.to_f64() as f32).collect() },
@@ -189,6 +203,40 @@ pub fn optimize_mean<F: Float>(models: &[Model<F>], target: &MeiTarget, init: Te
         response: series.iter().map(|v| v.to_f64() as f32).collect(),
         highlighted_frames: objective.first().highlighted_frames(),
     })
+}
+
+fn all_finite<F: Float>(x: &[F]) -> bool {
+    x.iter().all(|v| v.to_f64().is_finite())
+}
+
+/// The error of an MEI that left the finite numbers.
+fn non_finite(target: &MeiTarget, what: &str) -> Error {
+    Error::new(format!(
+        "MEI {} stopped: {what}; the model's responses overflow (check its weights) or --lr is too large",
+        target.id()
+    ))
+}
+
+/// Refuse `meis` MEIs of `settings` that would not fit in the memory budget: the ones in flight (one
+/// per thread) and the results kept (stimulus, losses and response of each, and their serialised copy).
+pub fn check_memory<F: Float>(model: &Model<F>, meis: usize, settings: &MeiSettings) -> Result<()> {
+    model.config.core_output_shape(settings.time_steps)?;
+    let threads = rayon::current_num_threads();
+    let in_flight = model.work_bytes(settings.time_steps, 1, 1, Work::Gradient).and_then(|b| b.checked_mul(meis.min(threads) as u64));
+    let stimulus = model.config.stimulus_shape(settings.time_steps, 1).iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+    let result = stimulus
+        .and_then(|n| n.checked_add(settings.time_steps as u64))
+        .and_then(|n| n.checked_mul(4))
+        .and_then(|n| n.checked_add((settings.iterations as u64).checked_mul(8)?));
+    let results = result.and_then(|r| r.checked_mul(2)?.checked_mul(meis as u64));
+    let total = in_flight.and_then(|a| a.checked_add(results?));
+    let what = format!(
+        "{meis} MEI{} of {} frames and {} steps",
+        if meis == 1 { "" } else { "s" },
+        settings.time_steps,
+        settings.iterations
+    );
+    check_bytes(total, &what)
 }
 
 /// Optimise many MEIs in parallel, each from its seeded initial stimulus. `on_done` is called after
@@ -210,6 +258,7 @@ pub fn optimize_all_mean<F: Float>(
     on_done: &(dyn Fn() + Sync),
 ) -> Result<Vec<Mei>> {
     let model = models.first().ok_or_else(|| Error::new("no models to optimise on"))?;
+    check_memory(model, targets.len(), settings)?;
     targets
         .par_iter()
         .map(|target| {

@@ -6,6 +6,7 @@ pub mod layer;
 pub mod layers;
 pub mod linalg;
 pub mod load;
+pub mod memory;
 pub mod readout;
 pub mod registry;
 pub mod simd;
@@ -41,6 +42,21 @@ pub struct ForwardOutput<F> {
     pub layers: Vec<Tensor<F>>,
     /// Responses `(batch, t, neurons)` of the session's readout.
     pub responses: Tensor<F>,
+}
+
+impl<F: Float> ForwardOutput<F> {
+    /// Weights and stimulus are finite (both are checked when read), but values can still overflow
+    /// to infinity on the way: name the first layer where that happens instead of returning NaNs.
+    pub fn check_finite(&self, session: &str) -> Result<()> {
+        let finite = |t: &Tensor<F>| t.data.iter().all(|v| v.to_f64().is_finite());
+        if let Some(l) = self.layers.iter().position(|t| !finite(t)) {
+            bail!("the forward pass overflows: core_features_layer{l} holds NaN or infinite values; the model's weights are too large for this stimulus");
+        }
+        if !finite(&self.responses) {
+            bail!("the forward pass overflows: the responses of session {session} hold NaN or infinite values; its readout weights are too large for this stimulus");
+        }
+        Ok(())
+    }
 }
 
 impl<F: Float> Model<F> {
@@ -152,7 +168,9 @@ impl<F: Float> Model<F> {
         }
         let data = results.into_iter().flat_map(|r| r.1).collect();
         let responses = Tensor::new(vec![b, t_out, readout.neurons()], data)?;
-        Ok(ForwardOutput { layers, responses })
+        let out = ForwardOutput { layers, responses };
+        out.check_finite(session)?;
+        Ok(out)
     }
 }
 

@@ -85,6 +85,8 @@ pub fn visualize(model: &Model<f32>, output_models: &[Model<f32>], opts: &Visual
     let output_model = output_models.first().ok_or_else(|| Error::new("no model to optimise output-neuron MEIs on"))?;
     // Check the selection before touching the folder: a refused run leaves nothing behind.
     let targets = select_targets(model, opts)?;
+    // One chunk of MEIs is in memory at a time.
+    mei::check_memory(output_model, targets.len().min(opts.batch_size), &opts.mei)?;
     let plan = Plan::new(model, output_models, &targets, opts);
     drop(targets);
     let folder = Folder::new(&opts.save_folder);
