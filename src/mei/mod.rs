@@ -217,26 +217,28 @@ fn non_finite(target: &MeiTarget, what: &str) -> Error {
     ))
 }
 
-/// Refuse `meis` MEIs of `settings` that would not fit in the memory budget: the ones in flight (one
-/// per thread) and the results kept (stimulus, losses and response of each, and their serialised copy).
+/// Bytes that `meis` MEIs of `settings` need at their peak (None: beyond counting): the ones in flight
+/// (one per thread) and the results kept (stimulus, losses and response of each, and their serialised
+/// copy).
+pub fn memory_bytes<F: Float>(model: &Model<F>, meis: usize, settings: &MeiSettings) -> Option<u64> {
+    let threads = rayon::current_num_threads();
+    let in_flight = model.work_bytes(settings.time_steps, 1, 1, Work::Gradient)?.checked_mul(meis.min(threads) as u64)?;
+    let stimulus = model.config.stimulus_shape(settings.time_steps, 1).iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64))?;
+    let result = stimulus.checked_add(settings.time_steps as u64)?.checked_mul(4)?.checked_add((settings.iterations as u64).checked_mul(8)?)?;
+    in_flight.checked_add(result.checked_mul(2)?.checked_mul(meis as u64)?)
+}
+
+/// Refuse MEIs that would not fit in the memory budget (and too few frames for the kernels), before
+/// anything is allocated.
 pub fn check_memory<F: Float>(model: &Model<F>, meis: usize, settings: &MeiSettings) -> Result<()> {
     model.config.core_output_shape(settings.time_steps)?;
-    let threads = rayon::current_num_threads();
-    let in_flight = model.work_bytes(settings.time_steps, 1, 1, Work::Gradient).and_then(|b| b.checked_mul(meis.min(threads) as u64));
-    let stimulus = model.config.stimulus_shape(settings.time_steps, 1).iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
-    let result = stimulus
-        .and_then(|n| n.checked_add(settings.time_steps as u64))
-        .and_then(|n| n.checked_mul(4))
-        .and_then(|n| n.checked_add((settings.iterations as u64).checked_mul(8)?));
-    let results = result.and_then(|r| r.checked_mul(2)?.checked_mul(meis as u64));
-    let total = in_flight.and_then(|a| a.checked_add(results?));
     let what = format!(
         "{meis} MEI{} of {} frames and {} steps",
         if meis == 1 { "" } else { "s" },
         settings.time_steps,
         settings.iterations
     );
-    check_bytes(total, &what)
+    check_bytes(memory_bytes(model, meis, settings), &what)
 }
 
 /// Optimise many MEIs in parallel, each from its seeded initial stimulus. `on_done` is called after

@@ -1,0 +1,301 @@
+//! Limits on what a command line can ask for: every numeric flag is range-checked when parsed, work
+//! beyond the memory budget is refused before anything is allocated, and non-finite values (in a
+//! stimulus, or born in a model's forward pass) are errors, not NaN outputs. Each refused run must exit
+//! with code 2 and one line on stderr, create nothing in its working folder, and finish within a time
+//! ceiling while running under a 1 GiB address-space limit (`ulimit -v`): the memory cases would need
+//! 4-100 GiB if they ran, so an unchecked run aborts there and the test fails.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use retina::formats::{safetensors, RawTensor, TensorData};
+use retina::mei::{self, MeiSettings};
+use retina::model::memory::{self, Work};
+use retina::model::Model;
+
+/// Address-space ceiling for the binary, in KiB (`ulimit -v` units): 1 GiB.
+const MEMORY_LIMIT_KIB: u64 = 1 << 20;
+/// Wall-clock ceiling per run. A refusal takes milliseconds; the margin is for a loaded CI machine.
+const TIME_LIMIT: Duration = Duration::from_secs(30);
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Run `retina <args>` in `dir` under the memory and time ceilings, with extra environment `env`.
+fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let started = Instant::now();
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("ulimit -v {MEMORY_LIMIT_KIB} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_retina"))
+        .args(args)
+        .current_dir(dir)
+        // Never download anything.
+        .env("OPENRETINA_CACHE_DIRECTORY", std::env::temp_dir().join("retina-limits-test-empty-cache"))
+        .env_remove(memory::BUDGET_VARIABLE)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("cannot start sh");
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > TIME_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("retina {args:?}: still running after {TIME_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+/// Run `retina <args>` in `dir` and assert: exit code 2, no panic or failed allocation, one line on
+/// stderr holding every one of `words`, and no file created or removed in `dir`. Returns the line.
+fn assert_refused_in(dir: &Path, args: &[&str], env: &[(&str, &str)], words: &[&str]) -> String {
+    let before = files_in(dir);
+    let run = run_in(dir, args, env);
+    let what = format!("retina {}", args.join(" "));
+    assert_eq!(run.code, Some(2), "{what}: exit code; stderr: {}", run.stderr);
+    assert!(!run.stderr.contains("panicked") && !run.stderr.contains("memory allocation"), "{what}: {}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{what}: stderr should be one line, got {lines:#?}");
+    for word in words {
+        assert!(lines[0].contains(word), "{what}: `{}` does not mention `{word}`", lines[0]);
+    }
+    assert_eq!(files_in(dir), before, "{what}: the refused run created or removed files");
+    lines[0].to_string()
+}
+
+/// The same in a fresh empty folder (outputs are named relative to it).
+fn assert_refused(args: &[&str], words: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    assert_refused_in(dir.path(), args, &[], words)
+}
+
+const SESSION: &str = "session_2_ventral2_20201016";
+
+#[test]
+fn every_numeric_flag_is_range_checked_when_parsed() {
+    let mei = ["mei", "--model-path", "demo", "--layer", "0", "--channel", "0", "--output", "mei.safetensors"];
+    let visualize = ["visualize", "--model-path", "demo", "--save-folder", "vis"];
+    let predict = ["predict", "--model-path", "demo", "--output", "out.safetensors"];
+    let bench = ["bench"];
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&mei, "--iterations", "18446744073709551615"),
+        (&mei, "--iterations", "1000000000"),
+        (&mei, "--iterations", "0"),
+        (&mei, "--time-steps-stimulus", "0"),
+        (&mei, "--time-steps-stimulus", "99999999999"),
+        (&mei, "--time-steps-stimulus", "18446744073709551615"),
+        (&mei, "--time-steps-stimulus", "184467440737095516150"),
+        (&mei, "--lr", "nan"),
+        (&mei, "--lr", "inf"),
+        (&mei, "--lr", "-1"),
+        (&mei, "--lr", "0"),
+        (&mei, "--model-id", "-10000000"),
+        (&visualize, "--iterations", "18446744073709551615"),
+        (&visualize, "--time-steps-stimulus", "0"),
+        (&visualize, "--dpi", "5"),
+        (&visualize, "--dpi", "100000"),
+        (&visualize, "--batch-size", "0"),
+        (&visualize, "--threads", "0"),
+        (&visualize, "--threads", "1000000"),
+        (&visualize, "--model-id", "99999999999"),
+        (&predict, "--time-steps", "0"),
+        (&predict, "--time-steps", "1000001"),
+        (&predict, "--time-steps", "99999999999"),
+        (&predict, "--time-steps", "18446744073709551615"),
+        (&bench, "--time-steps-stimulus", "0"),
+    ];
+    for (command, flag, value) in cases {
+        let mut args = command.to_vec();
+        args.extend([*flag, *value]);
+        assert_refused(&args, &[flag, value]);
+    }
+}
+
+#[test]
+fn too_few_frames_for_the_kernels_create_nothing() {
+    // The demo model's first temporal kernel is 21 frames long; no save folder may appear.
+    assert_refused(
+        &["visualize", "--model-path", "demo", "--save-folder", "vis", "--time-steps-stimulus", "5"],
+        &["core_features_layer0", "time steps 5", "kernel 21"],
+    );
+    assert_refused(
+        &["mei", "--model-path", "demo", "--layer", "1", "--channel", "0", "--time-steps-stimulus", "20", "--output", "m.safetensors"],
+        &["core_features_layer0", "time steps 20"],
+    );
+}
+
+#[test]
+fn work_beyond_the_memory_budget_is_refused_up_front() {
+    let budget = ["more than the budget of 4.0 GiB", memory::BUDGET_VARIABLE];
+    let line = assert_refused(&["predict", "--model-path", "demo", "--time-steps", "100000", "--output", "out.safetensors"], &budget);
+    assert!(line.contains("100000 frames would need") && line.contains(" GiB of memory"), "{line}");
+    let line = assert_refused(
+        &["mei", "--model-path", "demo", "--session", SESSION, "--neuron", "0", "--time-steps-stimulus", "100000", "--output", "m.safetensors"],
+        &budget,
+    );
+    assert!(line.contains("1 MEI of 100000 frames"), "{line}");
+    // 60 MEIs of 20,000 frames: each fits alone, all of them do not. No save folder may appear.
+    let line = assert_refused(&["visualize", "--model-path", "demo", "--save-folder", "vis", "--time-steps-stimulus", "20000"], &budget);
+    assert!(line.contains("60 MEIs of 20000 frames"), "{line}");
+    assert_refused(&["bench", "--time-steps-stimulus", "100000"], &budget);
+
+    // The budget can be lowered (and raised) by the environment; a bad value is named.
+    let dir = tempfile::tempdir().unwrap();
+    let predict = ["predict", "--model-path", "demo", "--output", "out.safetensors"];
+    assert_refused_in(dir.path(), &predict, &[(memory::BUDGET_VARIABLE, "0")], &[memory::BUDGET_VARIABLE, "whole GiB"]);
+    assert_refused_in(dir.path(), &predict, &[(memory::BUDGET_VARIABLE, "lots")], &[memory::BUDGET_VARIABLE, "lots"]);
+    // 20,000 frames fit the default budget (~1.7 GiB) but not a budget of 1 GiB.
+    let predict_20000 = ["predict", "--model-path", "demo", "--time-steps", "20000", "--output", "out.safetensors"];
+    assert_refused_in(dir.path(), &predict_20000, &[(memory::BUDGET_VARIABLE, "1")], &["20000 frames", "budget of 1.0 GiB"]);
+}
+
+#[test]
+fn runs_within_the_budget_work_under_the_same_ceiling() {
+    // The ceiling itself must not be what refuses: ordinary runs pass under it.
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_in(dir.path(), &["mei", "--model-path", "demo", "--session", SESSION, "--neuron", "0", "--output", "m.safetensors"], &[]);
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    let run = run_in(dir.path(), &["predict", "--model-path", "demo", "--time-steps", "500", "--output", "p.safetensors"], &[]);
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    assert!(run.stdout.contains("[1, 470, 9]"), "{}", run.stdout);
+    assert_eq!(files_in(dir.path()), ["m.safetensors", "p.safetensors"]);
+}
+
+#[test]
+fn every_real_model_fits_the_default_budget_at_normal_sizes() {
+    // Every model retina runs from the fixtures (openretina's own architectures), at the length it
+    // was trained on: predict on a batch of 8, and all of `visualize`'s MEIs on 2 threads, each need
+    // less than a quarter of the default budget. (The largest, 1 x 50 x 50 pixels with 16 and 32
+    // channels, needs ~75 MiB per stimulus of 100 frames; measured peak for 150 frames: 339 MB,
+    // estimated 0.37 GiB.)
+    let models: Vec<(&str, Model<f32>)> = [
+        "example_low_res/model.safetensors",
+        "unified_low_res/model.safetensors",
+        "ensemble_replica/ensemble",
+        "zoo/zoo_maheswaranathan/model.safetensors",
+    ]
+    .iter()
+    .map(|path| {
+        let spec = common::fixture(path).display().to_string();
+        (*path, Model::from_raw(&retina::formats::read_model(&spec, -1, &Default::default()).unwrap()).unwrap())
+    })
+    .collect();
+    let quarter = memory::DEFAULT_BUDGET_BYTES / 4;
+    for (path, model) in &models {
+        let frames = model.config.train_time_steps.expect("the fixtures record their training length");
+        let forward = model.work_bytes(frames, 8, 2, Work::Forward).unwrap();
+        let gradient = model.work_bytes(frames, 1, 1, Work::Gradient).unwrap();
+        let mut settings = MeiSettings::openretina(model.config.input_channels);
+        settings.time_steps = frames;
+        let visualize = mei::memory_bytes(model, mei::all_targets(model).len(), &settings).unwrap();
+        println!(
+            "{path}: {frames} frames: forward x1 {}, x8 {}, one MEI {}, all MEIs {}",
+            memory::format_bytes(model.work_bytes(frames, 1, 2, Work::Forward).unwrap()),
+            memory::format_bytes(forward),
+            memory::format_bytes(gradient),
+            memory::format_bytes(visualize)
+        );
+        assert!(forward < quarter && visualize < quarter, "{path}: {frames} frames need {forward} / {visualize} bytes");
+    }
+    // And the refused requests above are refused by the budget, not by an accident of the estimate:
+    // 100,000 frames of the demo model measured 7.1 GB peak (`/usr/bin/time`), estimated 8.5 GiB.
+    let demo = &models[0].1;
+    let estimate = demo.work_bytes(100_000, 1, 2, Work::Forward).unwrap();
+    assert!(estimate > memory::DEFAULT_BUDGET_BYTES && estimate < 3 * memory::DEFAULT_BUDGET_BYTES, "{estimate}");
+    assert_eq!(demo.work_bytes(usize::MAX, 1, 2, Work::Forward), None, "overflow must be seen, not wrapped");
+}
+
+// ---- non-finite values ----
+
+fn write_tensor(path: &Path, name: &str, shape: Vec<usize>, data: Vec<f32>) {
+    let tensors = BTreeMap::from([(name.to_string(), RawTensor::f32(shape, data))]);
+    std::fs::write(path, safetensors::serialize(&tensors, None).unwrap()).unwrap();
+}
+
+#[test]
+fn non_finite_stimuli_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let shape = vec![1, 2, 50, 18, 16];
+    let n: usize = shape.iter().product();
+    for (file, bad) in [("nan.safetensors", f32::NAN), ("inf.safetensors", f32::INFINITY), ("ninf.safetensors", f32::NEG_INFINITY)] {
+        let mut data = vec![0.25f32; n];
+        data[n / 2] = bad;
+        write_tensor(&dir.path().join(file), "stimulus", shape.clone(), data);
+        let words = [file, "non-finite", &format!("{bad}")];
+        assert_refused_in(dir.path(), &["predict", "--model-path", "demo", "--input", file, "--output", "out.safetensors"], &[], &words);
+        assert_refused_in(
+            dir.path(),
+            &["mei", "--model-path", "demo", "--layer", "0", "--channel", "0", "--init", file, "--output", "m.safetensors"],
+            &[],
+            &words,
+        );
+    }
+}
+
+/// The example model with every value of `tensor` set to `value` (finite: the loader accepts it).
+fn model_with(dir: &Path, file: &str, tensor: &str, value: f32) -> PathBuf {
+    let bytes = std::fs::read(common::fixture("example_low_res/model.safetensors")).unwrap();
+    let (mut tensors, metadata) = safetensors::parse(&bytes, "fixture").unwrap();
+    match &mut tensors.get_mut(tensor).unwrap_or_else(|| panic!("no tensor {tensor}")).data {
+        TensorData::F32(v) => v.iter_mut().for_each(|x| *x = value),
+        other => panic!("{tensor} is not f32: {other:?}"),
+    }
+    let path = dir.join(file);
+    std::fs::write(&path, safetensors::serialize(&tensors, Some(metadata)).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn finite_weights_that_overflow_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    // Finite weights whose sums overflow f32: in the core, and in one session's readout.
+    model_with(dir.path(), "core.safetensors", "core.features.layer1.conv.weight_spatial", f32::MAX / 2.0);
+    model_with(dir.path(), "readout.safetensors", &format!("readout.{SESSION}.features"), f32::MAX);
+    assert_refused_in(
+        dir.path(),
+        &["predict", "--model-path", "core.safetensors", "--output", "out.safetensors"],
+        &[],
+        &["overflows", "core_features_layer1", "NaN or infinite"],
+    );
+    assert_refused_in(
+        dir.path(),
+        &["predict", "--model-path", "readout.safetensors", "--output", "out.safetensors"],
+        &[],
+        &["overflows", SESSION, "NaN or infinite"],
+    );
+    // An MEI of that session stops with an error naming it; another session's MEI is unaffected.
+    assert_refused_in(
+        dir.path(),
+        &["mei", "--model-path", "readout.safetensors", "--session", SESSION, "--neuron", "3", "--output", "m.safetensors"],
+        &[],
+        &[&format!("MEI output.{SESSION}.3 stopped"), "step 0"],
+    );
+    let other = "session_1_ventral1_20200226";
+    let run = run_in(dir.path(), &["mei", "--model-path", "readout.safetensors", "--session", other, "--neuron", "0", "--output", "m.safetensors"], &[]);
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+}
