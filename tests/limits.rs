@@ -123,6 +123,8 @@ fn every_numeric_flag_is_range_checked_when_parsed() {
         (&visualize, "--threads", "0"),
         (&visualize, "--threads", "1000000"),
         (&visualize, "--model-id", "99999999999"),
+        (&visualize, "--shard", "4/4"),
+        (&visualize, "--shard", "0/0"),
         (&predict, "--time-steps", "0"),
         (&predict, "--time-steps", "1000001"),
         (&predict, "--time-steps", "99999999999"),
