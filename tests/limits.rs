@@ -102,6 +102,7 @@ fn every_numeric_flag_is_range_checked_when_parsed() {
     let visualize = ["visualize", "--model-path", "demo", "--save-folder", "vis"];
     let predict = ["predict", "--model-path", "demo", "--output", "out.safetensors"];
     let bench = ["bench"];
+    let mds = ["mds", "--model-path", "demo", "--session", SESSION, "--neurons", "0", "--against", "rest", "--output", "mds.safetensors"];
     let cases: &[(&[&str], &str, &str)] = &[
         (&mei, "--iterations", "18446744073709551615"),
         (&mei, "--iterations", "1000000000"),
@@ -130,6 +131,11 @@ fn every_numeric_flag_is_range_checked_when_parsed() {
         (&predict, "--time-steps", "99999999999"),
         (&predict, "--time-steps", "18446744073709551615"),
         (&bench, "--time-steps-stimulus", "0"),
+        (&mds, "--temperature", "0"),
+        (&mds, "--temperature", "inf"),
+        (&mds, "--dpi", "5"),
+        (&mds, "--range-penalty", "-1"),
+        (&mds, "--lr", "nan"),
     ];
     for (command, flag, value) in cases {
         let mut args = command.to_vec();
@@ -161,6 +167,10 @@ fn work_beyond_the_memory_budget_is_refused_up_front() {
         &budget,
     );
     assert!(line.contains("1 MEI of 100000 frames"), "{line}");
+    assert_refused(
+        &["mds", "--model-path", "demo", "--session", SESSION, "--neurons", "0", "--against", "rest", "--time-steps-stimulus", "100000", "--output", "m.safetensors"],
+        &budget,
+    );
     // 60 MEIs of 20,000 frames: each fits alone, all of them do not. No save folder may appear.
     let line = assert_refused(&["visualize", "--model-path", "demo", "--save-folder", "vis", "--time-steps-stimulus", "20000"], &budget);
     assert!(line.contains("60 MEIs of 20000 frames"), "{line}");
