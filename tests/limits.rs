@@ -131,6 +131,8 @@ fn every_numeric_flag_is_range_checked_when_parsed() {
         (&predict, "--time-steps", "99999999999"),
         (&predict, "--time-steps", "18446744073709551615"),
         (&bench, "--time-steps-stimulus", "0"),
+        (&bench, "--neurons", "0"),
+        (&bench, "--neurons", "1000000000000"),
         (&mds, "--temperature", "0"),
         (&mds, "--temperature", "inf"),
         (&mds, "--dpi", "5"),
