@@ -16,9 +16,21 @@ const FORWARD_TOL: f64 = 1e-5;
 /// at the norm penalty's kink (see tests/mei.rs): its bar is max(2e-3, 3 x that difference).
 const CHAOTIC: f64 = 1e-5;
 
+/// A zoo fixture's folder: `../shared/fixtures/zoo/<name>`, or, for the ones made in this repository
+/// (`tools/make_zoo_fixtures.py`), `tests/fixtures/zoo/<name>` (an absolute path replaces the root).
+fn zoo_folder(name: &str) -> String {
+    let local = format!("{}/tests/fixtures/zoo/{name}", env!("CARGO_MANIFEST_DIR"));
+    if std::path::Path::new(&local).is_dir() {
+        local
+    } else {
+        format!("zoo/{name}")
+    }
+}
+
 fn check_forward(name: &str) {
-    let reference = Reference::load(&format!("zoo/{name}"));
-    let model: Model<f32> = Model::from_raw(&raw_model(&format!("zoo/{name}/model.safetensors"))).unwrap();
+    let folder = zoo_folder(name);
+    let reference = Reference::load(&folder);
+    let model: Model<f32> = Model::from_raw(&raw_model(&format!("{folder}/model.safetensors"))).unwrap();
     let input = reference.get32("forward.input");
     let sessions: Vec<String> = model.sessions().map(String::from).collect();
     for session in &sessions {
@@ -59,17 +71,19 @@ fn target_from_id(id: &str) -> MeiTarget {
 /// Every reference MEI of the fixture, in float32 from its recorded initial stimulus, within the
 /// fixtures README's per-MEI bar: max(2e-4, 3 x openretina's own float32-vs-float64 difference).
 fn check_meis(name: &str) {
-    let fixture = format!("zoo/{name}");
+    let fixture = zoo_folder(name);
     let reference = Reference::load(&fixture);
     let manifest = manifest(&fixture);
     let model: Model<f32> = Model::from_raw(&raw_model(&format!("{fixture}/model.safetensors"))).unwrap();
-    let settings = MeiSettings::openretina(model.config.input_channels);
+    let mut settings = MeiSettings::openretina(model.config.input_channels);
     let ids: Vec<String> =
         reference.names().filter_map(|n| n.strip_prefix("mei.").and_then(|n| n.strip_suffix(".init")).map(String::from)).collect();
     assert_eq!(ids.len() as u64, manifest["meis"].as_u64().unwrap(), "{name}: MEI count");
     let mut failures = Vec::new();
     for id in &ids {
         let init = reference.get32(&format!("mei.{id}.init"));
+        // Some fixtures use other stimulus lengths (zoo_goldin_meis: 20 frames, as `--time-steps-stimulus 20`).
+        settings.time_steps = init.shape[2];
         let result = mei::optimize(&model, &target_from_id(id), init, &settings).unwrap();
         let expected = reference.get(&format!("mei.{id}.f64"));
         let own = manifest["relative_max_diff_f32_vs_f64"][format!("mei.{id}")].as_f64().unwrap();
@@ -105,4 +119,44 @@ fn zoo_goldin() {
 fn zoo_maheswaranathan() {
     check_forward("zoo_maheswaranathan");
     check_meis("zoo_maheswaranathan");
+}
+
+/// Made in this repository with the real openretina (tests/fixtures/zoo/README.md): the Hoefling 2024
+/// high-res config at its real size (2x72x64, 4 layers, max-pool), forward and an inner-channel MEI.
+#[test]
+fn zoo_hoefling_high_res() {
+    check_forward("zoo_hoefling_high_res");
+    check_meis("zoo_hoefling_high_res");
+}
+
+/// Karamanlis 2024 at its real size (1x60x80, 16/32/64 channels; the fixture has no MEI: one openretina
+/// MEI takes ~35 minutes here). The float64 model must reproduce openretina's float64 responses and
+/// hooked layers to 1e-12 (measured: 6e-14), which pins down the arithmetic. KNOWN GAP (issue 9): our
+/// float32 responses are 3e-5 from float64 here (openretina's own float32: 3e-7), above the 1e-5 bar,
+/// so the float32 check of `check_forward` is not run on this fixture until that is fixed.
+#[test]
+fn zoo_karamanlis_float64() {
+    let folder = zoo_folder("zoo_karamanlis");
+    let reference = Reference::load(&folder);
+    let model: Model<f64> = Model::from_raw(&raw_model(&format!("{folder}/model.safetensors"))).unwrap();
+    let input = reference.get("forward.input");
+    let sessions: Vec<String> = model.sessions().map(String::from).collect();
+    for session in &sessions {
+        let out = model.forward(&input, session).unwrap();
+        let d = rel_max_diff(&out.responses.data, &reference.get(&format!("forward.{session}.f64")).data);
+        assert!(d <= 1e-12, "zoo_karamanlis {session}: float64 responses differ by {d:e}");
+    }
+    let out = model.forward(&input, &sessions[0]).unwrap();
+    for (i, layer) in model.layer_names().iter().enumerate() {
+        let expected = reference.get(&format!("layer.{layer}.f64"));
+        let d = rel_max_diff(&out.layers[i].data[..expected.data.len()], &expected.data);
+        assert!(d <= 1e-12, "zoo_karamanlis {layer}: float64 output differs by {d:e}");
+    }
+}
+
+/// More goldin MEIs (an inner channel and an output neuron) on zoo_goldin's own checkpoint.
+#[test]
+fn zoo_goldin_meis() {
+    check_forward("zoo_goldin_meis");
+    check_meis("zoo_goldin_meis");
 }
