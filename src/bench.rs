@@ -20,6 +20,43 @@ pub const OPENRETINA_MEI_SECONDS: f64 = 0.179;
 pub const OPENRETINA_STEP_SECONDS_BATCH1: f64 = 0.015;
 pub const OPENRETINA_STEP_SECONDS_BATCH32: f64 = 0.0117;
 
+/// openretina's times for the model being measured: ratios are printed against these only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenretinaTimes {
+    pub mei_seconds: f64,
+    /// Per-stimulus MEI step at batch 1 and 32, where measured.
+    pub step_seconds: Option<(f64, f64)>,
+    /// Where the numbers come from, printed with the ratios.
+    pub source: String,
+}
+
+/// openretina's times for `model_path`: `given` (from the command line); else for `demo` the numbers
+/// measured on it; else the `timing.mei_float32_seconds_median_of_3` of a fixture's `manifest.json`
+/// beside the model file; else none (no ratios: another model's numbers would mislead).
+pub fn openretina_reference(model_path: &str, given: Option<f64>) -> crate::Result<Option<OpenretinaTimes>> {
+    if let Some(mei_seconds) = given {
+        if !(mei_seconds.is_finite() && mei_seconds > 0.0) {
+            bail!("--openretina-mei-seconds {mei_seconds}: expected a positive number of seconds");
+        }
+        return Ok(Some(OpenretinaTimes { mei_seconds, step_seconds: None, source: "--openretina-mei-seconds".into() }));
+    }
+    if model_path == "demo" {
+        return Ok(Some(OpenretinaTimes {
+            mei_seconds: OPENRETINA_MEI_SECONDS,
+            step_seconds: Some((OPENRETINA_STEP_SECONDS_BATCH1, OPENRETINA_STEP_SECONDS_BATCH32)),
+            source: "openretina on demo's architecture".into(),
+        }));
+    }
+    let manifest = std::path::Path::new(model_path).parent().map(|d| d.join("manifest.json"));
+    let timing = manifest
+        .filter(|m| m.is_file())
+        .and_then(|m| std::fs::read(&m).ok())
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|v| v["timing"]["mei_float32_seconds_median_of_3"].as_f64())
+        .filter(|s| s.is_finite() && *s > 0.0);
+    Ok(timing.map(|mei_seconds| OpenretinaTimes { mei_seconds, step_seconds: None, source: "the fixture's manifest.json".into() }))
+}
+
 /// Median of `runs` timings of `f`, in seconds.
 fn median_seconds(runs: usize, mut f: impl FnMut()) -> f64 {
     let mut times: Vec<f64> = (0..runs)
@@ -62,9 +99,7 @@ pub struct BenchReport {
 }
 
 /// Time forward and forward+backward per stimulus at batch 1 and 32, and all MEIs of the model.
-/// `openretina_measured`: the model is the one openretina's times above were measured on (`demo`);
-/// only then are ratios to them printed.
-pub fn run(model: &Model<f32>, time_steps: usize, openretina_measured: bool) -> crate::Result<BenchReport> {
+pub fn run(model: &Model<f32>, time_steps: usize, openretina: Option<&OpenretinaTimes>) -> crate::Result<BenchReport> {
     let mut lines = Vec::new();
     let threads = rayon::current_num_threads();
     lines.push(format!("threads: {threads}; stimulus: {:?}", model.config.stimulus_shape(time_steps, 1)));
@@ -95,13 +130,18 @@ pub fn run(model: &Model<f32>, time_steps: usize, openretina_measured: bool) -> 
                 objective.gradient(x);
             })
         }) / batch as f64;
-        let openretina = if batch == 1 { OPENRETINA_STEP_SECONDS_BATCH1 } else { OPENRETINA_STEP_SECONDS_BATCH32 };
+        let ratio = match openretina.and_then(|o| o.step_seconds) {
+            Some((b1, b32)) => {
+                let o = if batch == 1 { b1 } else { b32 };
+                format!("{:.1}x openretina's {:.1} ms; ", o / step, o * 1e3)
+            }
+            None => String::new(),
+        };
         lines.push(format!(
-            "batch {batch:>2}: forward {:.3} ms/stimulus ({:.0}% of peak), MEI step (forward+backward of neuron 0's objective) {:.3} ms/stimulus ({}{:.0}% of peak)",
+            "batch {batch:>2}: forward {:.3} ms/stimulus ({:.0}% of peak), MEI step (forward+backward of neuron 0's objective) {:.3} ms/stimulus ({ratio}{:.0}% of peak)",
             fwd * 1e3,
             100.0 * flops_fwd / fwd / peak,
             step * 1e3,
-            ratio(openretina_measured, openretina, step, "ms"),
             100.0 * flops_step / step / peak
         ));
     }
@@ -129,26 +169,20 @@ pub fn run(model: &Model<f32>, time_steps: usize, openretina_measured: bool) -> 
             settings.iterations as f64 * 2.0 * conv_flops(model, shape, layers) + flops_fwd
         })
         .sum();
+    let ratio = match openretina {
+        Some(o) => format!("{:.1}x openretina's {:.0} ms per MEI from {}; ", o.mei_seconds / per_mei, o.mei_seconds * 1e3, o.source),
+        None => "no openretina time for this model: pass --openretina-mei-seconds for a ratio; ".into(),
+    };
     lines.push(format!(
-        "all {} MEIs ({} steps each): {:.3} s, {:.2} ms per MEI, {:.0} MEIs/s ({}~{:.0}% of sgemm peak)",
+        "all {} MEIs ({} steps each): {:.3} s, {:.2} ms per MEI, {:.0} MEIs/s ({ratio}~{:.0}% of sgemm peak)",
         targets.len(),
         settings.iterations,
         secs,
         per_mei * 1e3,
         1.0 / per_mei,
-        ratio(openretina_measured, OPENRETINA_MEI_SECONDS, per_mei, "ms per MEI"),
         100.0 * total_flops / secs / peak
     ));
     Ok(BenchReport { lines })
-}
-
-/// `"22.0x openretina's 179 ms; "`, or nothing when openretina was not measured on this model.
-fn ratio(measured: bool, openretina: f64, ours: f64, unit: &str) -> String {
-    if measured {
-        format!("{:.1}x openretina's {:.1} {unit}; ", openretina / ours, openretina * 1e3)
-    } else {
-        "openretina not measured on this model; ".to_string()
-    }
 }
 
 /// A stimulus for benchmarks and demos: uniform in [0, 1).

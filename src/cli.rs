@@ -472,6 +472,11 @@ pub struct BenchArgs {
     /// DIR and print its report line (wall time and peak memory).
     #[arg(long, value_name = "DIR", requires = "neurons")]
     pub visualize: Option<PathBuf>,
+    /// openretina's seconds for one MEI of this model on this machine, to print ratios against
+    /// (default: the `timing` of a fixture's manifest.json next to the model file, or openretina's
+    /// measured numbers for `demo`; otherwise no ratios are printed).
+    #[arg(long, value_name = "SECONDS")]
+    pub openretina_mei_seconds: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -612,8 +617,8 @@ fn bench_command(args: &BenchArgs) -> Result<()> {
         let model = load_model(&args.model_path, &args.source)?;
         // Batches of 32 stimuli are timed.
         model.check_work(args.time_steps, 32, Work::Forward)?;
-        // openretina's times in `bench` were measured on the built-in model only.
-        for line in bench::run(&model, args.time_steps, args.model_path == "demo")?.lines {
+        let openretina = bench::openretina_reference(&args.model_path, args.openretina_mei_seconds)?;
+        for line in bench::run(&model, args.time_steps, openretina.as_ref())?.lines {
             println!("{line}");
         }
         return Ok(());
