@@ -475,7 +475,7 @@ pub struct BenchArgs {
     /// openretina's seconds for one MEI of this model on this machine, to print ratios against
     /// (default: the `timing` of a fixture's manifest.json next to the model file, or openretina's
     /// measured numbers for `demo`; otherwise no ratios are printed).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = positive_number)]
     pub openretina_mei_seconds: Option<f64>,
 }
 
