@@ -135,7 +135,10 @@ impl<F: Float> GaussianReadout<F> {
                 let dist = if dist > c20 { c20 } else { dist };
                 *m = (-half * dist).exp();
             }
-            let total: F = mask.iter().copied().sum();
+            // Summed in float64: a sequential float32 sum over thousands of pixels (2016 on the
+            // Karamanlis size) is off by ~1e-5 and scales every response of the neuron by that
+            // (torch sums pairwise); in float64 the total is exact to float32's precision.
+            let total = F::from_f64(mask.iter().map(|m| m.to_f64()).sum::<f64>());
             for m in mask.iter_mut() {
                 *m = nan_to_num(*m / total);
             }
