@@ -88,6 +88,19 @@ pub struct ModelConfig {
     /// Sessions sorted by name (openretina's `readout_keys()` order) with their neuron counts.
     pub sessions: Vec<(String, usize)>,
     pub readout: ReadoutConfig,
+    /// The core's own options as stored (`core.*` of `UnifiedCoreReadout`; empty otherwise): core
+    /// kinds with blocks beyond the convolution layers read them here (see [`core_options`]).
+    pub core_options: Map<String, Value>,
+}
+
+/// What a core class's options say about its convolution layers and input preprocessing: the
+/// `layout` of a core kind in `registry.rs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoreLayout {
+    pub layers: Vec<LayerConfig>,
+    pub color_squashing_weights: Option<Vec<f64>>,
+    pub downsample_input_kernel_size: Option<[usize; 3]>,
+    pub cut_first_n_frames: usize,
 }
 
 impl ModelConfig {
@@ -298,7 +311,17 @@ impl<'a> Options<'a> {
     }
 }
 
-fn as_usize(v: &Value) -> Option<usize> {
+/// A core's stored options (`core.*`), read with errors that name the option.
+pub(crate) fn core_options(map: &Map<String, Value>) -> Options<'_> {
+    options(map, "core.")
+}
+
+/// Stored options under `prefix` (e.g. `core.gru_kwargs.`), read with errors that name the option.
+pub(crate) fn options<'a>(map: &'a Map<String, Value>, prefix: &'a str) -> Options<'a> {
+    Options { map, prefix }
+}
+
+pub(crate) fn as_usize(v: &Value) -> Option<usize> {
     v.as_u64().map(|x| x as usize).or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as usize))
 }
 
@@ -355,7 +378,7 @@ fn input_shape(hp: &Options) -> Result<([usize; 3], Option<usize>)> {
 }
 
 /// The convolution type option, checked against the kinds `registry.rs` knows.
-fn conv_type(opts: &Options, key: &str) -> Result<String> {
+pub(crate) fn conv_type(opts: &Options, key: &str) -> Result<String> {
     let name = opts.str(key, "custom_separable")?;
     registry::conv_kind::<f32>(name).map_err(|e| Error::new(format!("hyper parameter `{}{key}`: {e}", opts.prefix)))?;
     Ok(name.to_string())
@@ -433,7 +456,8 @@ fn example_core_readout(hp: &Map<String, Value>) -> Result<ModelConfig> {
         options: Map::new(),
     };
     let keys = CoreKeys { input_padding: "core_input_padding", hidden_padding: "core_hidden_padding", cut: "cut_first_n_frames_in_core" };
-    simple_core_readout("ExampleCoreReadout", &o, &o, &keys, channels, gaussian_readout(&o, "readout_", defaults)?)
+    let layout = simple_core_layout(&o, &keys, &channels)?;
+    core_readout("ExampleCoreReadout", &o, layout, &channels, gaussian_readout(&o, "readout_", defaults)?)
 }
 
 /// Names of the core options that differ between the two classes.
@@ -458,30 +482,40 @@ fn gaussian_readout(o: &Options, prefix: &str, defaults: ReadoutConfig) -> Resul
     })
 }
 
-/// A `SimpleCoreWrapper` (options in `core`) + `MultiGaussianMaskReadout` model.
-fn simple_core_readout(
-    model_class: &str,
-    top: &Options,
-    core: &Options,
-    keys: &CoreKeys,
-    channels: Vec<usize>,
-    readout: ReadoutConfig,
-) -> Result<ModelConfig> {
-    let ([c, h, w], t) = input_shape(top)?;
+/// `SimpleCoreWrapper`'s layers and preprocessing from its options (`keys` name the options that
+/// differ between ExampleCoreReadout and UnifiedCoreReadout).
+fn simple_core_layout(core: &Options, keys: &CoreKeys, channels: &[usize]) -> Result<CoreLayout> {
     let convolution = conv_type(core, "convolution_type")?;
-    if channels[0] != c {
-        bail!("hyper parameters disagree: the core's channels start with {} but the stimulus has {c} channels", channels[0]);
-    }
     let layers = simple_core_layers(
         core,
         &convolution,
-        &channels,
+        channels,
         &core.usize_list("temporal_kernel_sizes", None)?,
         &core.usize_list("spatial_kernel_sizes", None)?,
         keys.input_padding,
         keys.hidden_padding,
         core.opt_usize("maxpool_every_n_layers")?,
     )?;
+    Ok(CoreLayout {
+        layers,
+        color_squashing_weights: core.opt_f64_list("color_squashing_weights")?,
+        downsample_input_kernel_size: core.opt_triple("downsample_input_kernel_size")?,
+        cut_first_n_frames: core.usize(keys.cut, Some(30))?,
+    })
+}
+
+/// `SimpleCoreWrapper`'s layout from a `UnifiedCoreReadout`'s `core` options (its core kind's `layout`).
+pub(crate) fn simple_core_layout_unified(core: &Map<String, Value>, channels: &[usize]) -> Result<CoreLayout> {
+    let keys = CoreKeys { input_padding: "input_padding", hidden_padding: "hidden_padding", cut: "cut_first_n_frames" };
+    simple_core_layout(&core_options(core), &keys, channels)
+}
+
+/// A model of a core `layout` + readout, with the stimulus shape and sessions from `top`.
+fn core_readout(model_class: &str, top: &Options, layout: CoreLayout, channels: &[usize], readout: ReadoutConfig) -> Result<ModelConfig> {
+    let ([c, h, w], t) = input_shape(top)?;
+    if channels[0] != c {
+        bail!("hyper parameters disagree: the core's channels start with {} but the stimulus has {c} channels", channels[0]);
+    }
     validate(ModelConfig {
         model_class: model_class.into(),
         core_class: "SimpleCoreWrapper".into(),
@@ -490,12 +524,13 @@ fn simple_core_readout(
         height: h,
         width: w,
         train_time_steps: t,
-        layers,
-        color_squashing_weights: core.opt_f64_list("color_squashing_weights")?,
-        downsample_input_kernel_size: core.opt_triple("downsample_input_kernel_size")?,
-        cut_first_n_frames: core.usize(keys.cut, Some(30))?,
+        layers: layout.layers,
+        color_squashing_weights: layout.color_squashing_weights,
+        downsample_input_kernel_size: layout.downsample_input_kernel_size,
+        cut_first_n_frames: layout.cut_first_n_frames,
         sessions: sessions(top)?,
         readout,
+        core_options: Map::new(),
     })
 }
 
@@ -505,7 +540,7 @@ fn unified_core_readout(hp: &Map<String, Value>) -> Result<ModelConfig> {
     let readout = Options { map: obj(o.required("readout")?, "readout")?, prefix: "readout." };
 
     let core_target = core.str("_target_", "")?;
-    let core_class = registry::core_kind::<f32>(core_target).map_err(|e| Error::new(format!("hyper parameter `core._target_`: {e}")))?.class;
+    let core_kind = registry::core_kind::<f32>(core_target).map_err(|e| Error::new(format!("hyper parameter `core._target_`: {e}")))?;
     let readout_target = readout.str("_target_", "")?;
     let readout_class =
         registry::readout_kind::<f32>(readout_target).map_err(|e| Error::new(format!("hyper parameter `readout._target_`: {e}")))?.class;
@@ -529,9 +564,10 @@ fn unified_core_readout(hp: &Map<String, Value>) -> Result<ModelConfig> {
         bias: true,
         options: readout.map.clone(),
     };
-    let keys = CoreKeys { input_padding: "input_padding", hidden_padding: "hidden_padding", cut: "cut_first_n_frames" };
-    let mut config = simple_core_readout("UnifiedCoreReadout", &o, &core, &keys, channels, gaussian_readout(&readout, "", defaults)?)?;
-    config.core_class = core_class.into();
+    let layout = (core_kind.layout)(core.map, &channels)?;
+    let mut config = core_readout("UnifiedCoreReadout", &o, layout, &channels, gaussian_readout(&readout, "", defaults)?)?;
+    config.core_class = core_kind.class.into();
+    config.core_options = core.map.clone();
     // Checked against the core's output when the model is built.
     config.readout.in_shape = readout.get("in_shape").map(|_| readout.usize_list("in_shape", None)).transpose()?;
     Ok(config)
@@ -650,6 +686,7 @@ fn hoefling_ensemble_member(hp: &Map<String, Value>) -> Result<ModelConfig> {
             bias: mc.bool("readout_bias", true)?,
             options: Map::new(),
         },
+        core_options: Map::new(),
     };
     let names: Vec<&str> = config.session_names().collect();
     if dims.len() != names.len() || !names.iter().all(|s| dims.contains_key(*s)) {

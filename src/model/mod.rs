@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod core;
+pub mod gru_core;
 pub mod layer;
 pub mod layers;
 pub mod linalg;
@@ -224,6 +225,7 @@ pub trait Float:
     fn sqrt(self) -> Self;
     fn sin(self) -> Self;
     fn cos(self) -> Self;
+    fn tanh(self) -> Self;
     fn zero() -> Self {
         Self::from_f64(0.0)
     }
@@ -245,6 +247,7 @@ macro_rules! impl_float {
             fn sqrt(self) -> Self { <$t>::sqrt(self) }
             fn sin(self) -> Self { <$t>::sin(self) }
             fn cos(self) -> Self { <$t>::cos(self) }
+            fn tanh(self) -> Self { <$t>::tanh(self) }
         }
     };
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::config::{LayerConfig, ModelConfig, Padding, ReadoutConfig};
+use super::config::{simple_core_layout_unified, CoreLayout, LayerConfig, ModelConfig, Padding, ReadoutConfig};
 use super::core::Core;
 use super::layer::{Layer, Shape};
 use super::layers;
@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 pub struct CoreKind<F> {
     /// The class name `core._target_` ends with.
     pub class: &'static str,
+    /// Its convolution layers from `UnifiedCoreReadout`'s `core` options and channel counts.
+    pub layout: fn(&serde_json::Map<String, serde_json::Value>, &[usize]) -> Result<CoreLayout>,
     pub load: fn(&ModelConfig, &mut StateDict) -> Result<Core<F>>,
 }
 
@@ -47,9 +49,10 @@ pub struct ReadoutKind<F> {
 
 pub fn core_kinds<F: Float>() -> Vec<CoreKind<F>> {
     vec![
-        CoreKind { class: "SimpleCoreWrapper", load: super::load::simple_core },
+        CoreKind { class: "SimpleCoreWrapper", layout: simple_core_layout_unified, load: super::load::simple_core },
         // The legacy Hoefling 2024 ensemble member's core: the same layers, per-session log speeds.
-        CoreKind { class: "ParametricFactorizedBatchConv3dCore", load: super::load::simple_core },
+        CoreKind { class: "ParametricFactorizedBatchConv3dCore", layout: simple_core_layout_unified, load: super::load::simple_core },
+        CoreKind { class: "ConvGRUCore", layout: super::gru_core::layout, load: super::gru_core::load },
     ]
 }
 

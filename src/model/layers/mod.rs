@@ -4,6 +4,7 @@
 pub mod avg_pool;
 pub mod batch_norm;
 pub mod color_squash;
+pub mod conv_gru;
 pub mod elu;
 pub mod max_pool;
 pub mod st_separable;

@@ -1,0 +1,239 @@
+//! openretina's `GRU_Module` around a `ConvGRUCell` (the `gru` child of `ConvGRUCore`): a
+//! convolutional GRU run frame by frame over time, its state starting at zero. Per frame `t`, with
+//! input `x` and previous state `h` (all gates 2-D convolutions with bias):
+//!
+//! ```text
+//! u = sigmoid(Wu x + Uu h)    r = sigmoid(Wr x + Ur h)    n = tanh(Wo x + Uo (h * r))
+//! h' = h (1 - u) + n u        (the output at t is h')
+//! ```
+//!
+//! The three input convolutions read the same input, so they run once over all frames as one
+//! convolution with `3 x rec_channels` outputs (kernel `1 x k x k`); the two state convolutions of
+//! `u` and `r` run as one per frame. The input gradient is backpropagation through time: the state's
+//! gradient flows from the last frame to the first, so nothing of the input can be cropped away.
+
+use crate::error::Result;
+use crate::model::layer::{BackwardValues, Layer, LayerState, Needs, Reach, Shape};
+use crate::model::load::StateDict;
+use crate::model::Float;
+
+use super::conv3d::Conv3d;
+
+/// The cell's sizes, as `gru_kwargs` give them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GruSize {
+    pub in_channels: usize,
+    pub rec_channels: usize,
+    pub input_kern: usize,
+    pub rec_kern: usize,
+    /// The input convolutions pad by `input_kern / 2` (else they shrink space by `input_kern - 1`).
+    pub pad_input: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConvGruCell<F> {
+    pub size: GruSize,
+    /// `update_gate_input`, `reset_gate_input`, `out_gate_input` stacked along the output channels.
+    input_gates: Conv3d<F>,
+    /// `update_gate_hidden` and `reset_gate_hidden` stacked along the output channels.
+    state_gates: Conv3d<F>,
+    /// `out_gate_hidden`, applied to `h * r`.
+    out_hidden: Conv3d<F>,
+}
+
+/// Per frame the gate values the backward pass reads, each `(rec_channels, pixels)`, frame-major.
+struct Gates<F> {
+    update: Vec<F>,
+    reset: Vec<F>,
+    candidate: Vec<F>,
+}
+
+fn sigmoid<F: Float>(x: F) -> F {
+    F::one() / (F::one() + (-x).exp())
+}
+
+impl<F: Float> ConvGruCell<F> {
+    /// `{prefix}.{update,reset,out}_gate_{input,hidden}.{weight,bias}` (PyTorch `Conv2d`, groups 1).
+    pub fn load(sd: &mut StateDict, prefix: &str, size: GruSize) -> Result<Self> {
+        let GruSize { in_channels: c, rec_channels: r, input_kern: ki, rec_kern: kr, .. } = size;
+        let mut take = |gate: &str, part: &str, inputs: usize, k: usize| -> Result<(Vec<F>, Vec<F>)> {
+            let p = format!("{prefix}.{gate}_gate_{part}");
+            Ok((sd.take(&format!("{p}.weight"), &[r, inputs, k, k])?, sd.take(&format!("{p}.bias"), &[r])?))
+        };
+        let mut input = Vec::new();
+        let mut hidden = Vec::new();
+        for gate in ["update", "reset", "out"] {
+            input.push(take(gate, "input", c, ki)?);
+            hidden.push(take(gate, "hidden", r, kr)?);
+        }
+        Ok(Self::new(size, input, hidden))
+    }
+
+    /// From the `(weight (r, in, k, k), bias (r))` of the update, reset and out gates' input and
+    /// hidden convolutions.
+    pub fn new(size: GruSize, input: Vec<(Vec<F>, Vec<F>)>, hidden: Vec<(Vec<F>, Vec<F>)>) -> Self {
+        let GruSize { in_channels: c, rec_channels: r, input_kern: ki, rec_kern: kr, pad_input } = size;
+        let stack = |parts: &[(Vec<F>, Vec<F>)]| -> (Vec<F>, Vec<F>) {
+            (parts.iter().flat_map(|p| p.0.iter().copied()).collect(), parts.iter().flat_map(|p| p.1.iter().copied()).collect())
+        };
+        let pi = if pad_input { ki / 2 } else { 0 };
+        let pr = kr / 2;
+        let (wi, bi) = stack(&input);
+        let (wh, bh) = stack(&hidden[..2]);
+        let class = "ConvGRUCell gate";
+        ConvGruCell {
+            size,
+            input_gates: Conv3d::new(c, 3 * r, [1, ki, ki], [(0, 0), (pi, pi), (pi, pi)], wi, Some(bi), class),
+            state_gates: Conv3d::new(r, 2 * r, [1, kr, kr], [(0, 0), (pr, pr), (pr, pr)], wh, Some(bh), class),
+            out_hidden: Conv3d::new(r, r, [1, kr, kr], [(0, 0), (pr, pr), (pr, pr)], hidden[2].0.clone(), Some(hidden[2].1.clone()), class),
+        }
+    }
+
+    /// One frame of the state as a conv input shape.
+    fn state_shape(&self, [_, _, h, w]: Shape) -> Shape {
+        [self.size.rec_channels, 1, h, w]
+    }
+
+    /// A state convolution of `h`, or only its bias when `h` is the zero start state.
+    fn state_conv(conv: &Conv3d<F>, h: Option<&[F]>, shape: Shape) -> Vec<F> {
+        match h {
+            Some(h) => conv.forward_values(h, shape),
+            None => {
+                let p = shape[2] * shape[3];
+                conv.bias.as_ref().expect("gate convolutions have a bias").iter().flat_map(|&b| std::iter::repeat_n(b, p)).collect()
+            }
+        }
+    }
+}
+
+impl<F: Float> Layer<F> for ConvGruCell<F> {
+    fn describe(&self) -> String {
+        let s = &self.size;
+        format!(
+            "ConvGRUCell (GRU_Module) {} -> {} channels, input kernel {k}x{k}{}, recurrent kernel {r}x{r}, state from zero at the first frame",
+            s.in_channels,
+            s.rec_channels,
+            if s.pad_input { " (padded)" } else { " (unpadded)" },
+            k = s.input_kern,
+            r = s.rec_kern,
+        )
+    }
+
+    fn output_shape(&self, input: Shape) -> Result<Shape> {
+        let [_, t, h, w] = self.input_gates.output_shape(input)?;
+        Ok([self.size.rec_channels, t, h, w])
+    }
+
+    fn forward(&self, x: &[F], shape: Shape, _: Option<&str>) -> (Vec<F>, LayerState) {
+        let r = self.size.rec_channels;
+        let [_, t_n, h, w] = self.output_shape(shape).expect("shapes checked before the forward pass");
+        let p = h * w;
+        let frame_shape = self.state_shape([0, 1, h, w]);
+        // (3r, t, p): the input's contribution to every gate at every frame.
+        let gx = self.input_gates.forward_values(x, shape);
+        let at = |g: usize, c: usize, t: usize| ((g * r + c) * t_n + t) * p;
+        let mut out = vec![F::zero(); r * t_n * p];
+        let mut gates = Gates { update: vec![F::zero(); t_n * r * p], reset: vec![F::zero(); t_n * r * p], candidate: vec![F::zero(); t_n * r * p] };
+        let mut prev: Option<Vec<F>> = None;
+        for t in 0..t_n {
+            let gh = Self::state_conv(&self.state_gates, prev.as_deref(), frame_shape);
+            let f = t * r * p;
+            let mut hr = vec![F::zero(); r * p];
+            for c in 0..r {
+                for j in 0..p {
+                    let u = sigmoid(gx[at(0, c, t) + j] + gh[c * p + j]);
+                    let rg = sigmoid(gx[at(1, c, t) + j] + gh[(r + c) * p + j]);
+                    gates.update[f + c * p + j] = u;
+                    gates.reset[f + c * p + j] = rg;
+                    hr[c * p + j] = prev.as_ref().map_or(F::zero(), |h| h[c * p + j]) * rg;
+                }
+            }
+            let go = Self::state_conv(&self.out_hidden, prev.as_ref().map(|_| hr.as_slice()), frame_shape);
+            let mut next = vec![F::zero(); r * p];
+            for c in 0..r {
+                for j in 0..p {
+                    let i = c * p + j;
+                    let n = (gx[at(2, c, t) + j] + go[i]).tanh();
+                    let u = gates.update[f + i];
+                    let h_prev = prev.as_ref().map_or(F::zero(), |h| h[i]);
+                    gates.candidate[f + i] = n;
+                    next[i] = h_prev * (F::one() - u) + n * u;
+                    out[(c * t_n + t) * p + j] = next[i];
+                }
+            }
+            prev = Some(next);
+        }
+        (out, Some(Box::new(gates)))
+    }
+
+    fn needs(&self) -> Needs {
+        Needs::Output
+    }
+
+    fn backward(&self, v: BackwardValues<'_, F>, grad: Vec<F>, _: Option<&str>) -> Vec<F> {
+        let out = v.output.expect("the GRU keeps its output (the states)");
+        let gates = v.state.and_then(|s| s.downcast_ref::<Gates<F>>()).expect("the GRU keeps its gates");
+        let r = self.size.rec_channels;
+        let [_, t_n, h, w] = v.output_shape;
+        let p = h * w;
+        let frame_shape = self.state_shape([0, 1, h, w]);
+        let state = |c: usize, t: usize| &out[(c * t_n + t) * p..(c * t_n + t + 1) * p];
+        // Gradients of the gates' pre-activations, laid out as the input convolutions' output.
+        let mut g_gx = vec![F::zero(); 3 * r * t_n * p];
+        let at = |g: usize, c: usize, t: usize| ((g * r + c) * t_n + t) * p;
+        // Gradient of the state at frame t coming back from frame t + 1.
+        let mut carry = vec![F::zero(); r * p];
+        for t in (0..t_n).rev() {
+            let f = t * r * p;
+            let mut g_h = vec![F::zero(); r * p];
+            let mut g_o = vec![F::zero(); r * p];
+            let mut g_u = vec![F::zero(); r * p];
+            for c in 0..r {
+                for j in 0..p {
+                    let i = c * p + j;
+                    let g = grad[(c * t_n + t) * p + j] + carry[i];
+                    let (u, n) = (gates.update[f + i], gates.candidate[f + i]);
+                    let h_prev = if t > 0 { state(c, t - 1)[j] } else { F::zero() };
+                    g_o[i] = g * u * (F::one() - n * n);
+                    g_u[i] = g * (n - h_prev) * u * (F::one() - u);
+                    g_h[i] = g * (F::one() - u);
+                    g_gx[at(2, c, t) + j] = g_o[i];
+                    g_gx[at(0, c, t) + j] = g_u[i];
+                }
+            }
+            // At the first frame the state is the constant zero: no gradient flows through it.
+            if t == 0 {
+                break;
+            }
+            let g_hr = self.out_hidden.backward_values(&g_o, frame_shape);
+            let mut g_pre = g_u;
+            g_pre.resize(2 * r * p, F::zero());
+            for c in 0..r {
+                let h_prev = state(c, t - 1);
+                for j in 0..p {
+                    let i = c * p + j;
+                    let rg = gates.reset[f + i];
+                    g_h[i] += g_hr[i] * rg;
+                    let g_r = g_hr[i] * h_prev[j] * rg * (F::one() - rg);
+                    g_pre[r * p + i] = g_r;
+                    g_gx[at(1, c, t) + j] = g_r;
+                }
+            }
+            let g_state = self.state_gates.backward_values(&g_pre, frame_shape);
+            g_h.iter_mut().zip(&g_state).for_each(|(a, &b)| *a += b);
+            carry = g_h;
+        }
+        self.input_gates.backward_values(&g_gx, v.input_shape)
+    }
+
+    fn reach(&self) -> Reach {
+        // Each output frame depends on every earlier input frame through the state.
+        Reach::Everything
+    }
+
+    fn flops(&self, shape: Shape) -> f64 {
+        let Ok(out) = self.output_shape(shape) else { return 0.0 };
+        let frame = self.state_shape(out);
+        self.input_gates.flop_count(shape) + out[1] as f64 * (self.state_gates.flop_count(frame) + self.out_hidden.flop_count(frame))
+    }
+}
