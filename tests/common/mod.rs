@@ -96,55 +96,70 @@ pub fn synthetic_model(channels: usize, height: usize, width: usize, extra: serd
     let config = retina::model::ModelConfig::from_hyper_parameters("ExampleCoreReadout", &hp).unwrap();
     let mut rng = Rng::new(seed);
     let mut tensors = BTreeMap::new();
-    fn put(tensors: &mut BTreeMap<String, RawTensor>, name: String, shape: Vec<usize>, f: &mut dyn FnMut() -> f32) {
-        let n = shape.iter().product();
-        tensors.insert(name, RawTensor::f32(shape, (0..n).map(|_| f()).collect()));
-    }
     for (i, l) in config.layers.iter().enumerate() {
-        let p = format!("core.features.layer{i}");
-        let (o, c, nk, k) = (l.out_channels, l.in_channels, l.temporal_kernel / 3, l.spatial_kernel);
-        let kt = l.temporal_kernel;
-        // The tensors of each convolution_type's PyTorch module.
-        match l.convolution.as_str() {
-            "custom_separable" => {
-                put(&mut tensors, format!("{p}.conv.sin_weights"), vec![o, c, nk], &mut || rng.normal() as f32 * 0.5);
-                put(&mut tensors, format!("{p}.conv.cos_weights"), vec![o, c, nk], &mut || rng.normal() as f32 * 0.5);
-                put(&mut tensors, format!("{p}.conv.weight_spatial"), vec![o, c, 1, k, k], &mut || rng.normal() as f32 * 0.3);
-                put(&mut tensors, format!("{p}.conv._log_speed_default"), vec![1], &mut || 0.0);
-            }
-            "full" => {
-                put(&mut tensors, format!("{p}.conv.conv.weight"), vec![o, c, kt, k, k], &mut || rng.normal() as f32 * 0.1);
-                put(&mut tensors, format!("{p}.conv._log_speed_default"), vec![1], &mut || 0.0);
-            }
-            "separable" => {
-                put(&mut tensors, format!("{p}.conv.space_conv.weight"), vec![o, c, 1, k, k], &mut || rng.normal() as f32 * 0.3);
-                put(&mut tensors, format!("{p}.conv.time_conv.weight"), vec![o, o, kt, 1, 1], &mut || rng.normal() as f32 * 0.3);
-                put(&mut tensors, format!("{p}.conv._log_speed_default"), vec![1], &mut || 0.1);
-            }
-            "time_independent" => {
-                put(&mut tensors, format!("{p}.conv.conv.weight"), vec![o, c, 1, k, k], &mut || rng.normal() as f32 * 0.3);
-            }
-            other => panic!("no synthetic tensors for convolution_type {other}"),
-        }
-        put(&mut tensors, format!("{p}.norm.weight"), vec![o], &mut || 1.0 + rng.uniform() as f32 * 0.2);
-        put(&mut tensors, format!("{p}.norm.bias"), vec![o], &mut || rng.normal() as f32 * 0.1);
-        put(&mut tensors, format!("{p}.norm.running_mean"), vec![o], &mut || rng.normal() as f32 * 0.1);
-        put(&mut tensors, format!("{p}.norm.running_var"), vec![o], &mut || 0.5 + rng.uniform() as f32);
-        put(&mut tensors, format!("{p}.bias.bias"), vec![1, o, 1, 1, 1], &mut || rng.normal() as f32 * 0.1);
+        layer_tensors(&mut tensors, &format!("core.features.layer{i}"), l, &mut rng);
     }
     if let Some(w) = &config.color_squashing_weights {
         let w: Vec<f32> = w.iter().map(|&x| x as f32).collect();
         tensors.insert("core.color_squashing_layer.channel_weights".into(), RawTensor::f32(vec![w.len()], w));
     }
-    let [c, _, h, w] = config.core_output_shape(30).unwrap();
-    for (session, n) in &config.sessions {
+    gaussian_readout_tensors(&mut tensors, &config.sessions, config.core_output_shape(30).unwrap(), &mut rng);
+    RawModel { model_class: "ExampleCoreReadout".into(), hyper_parameters: hp, tensors }
+}
+
+/// A random tensor of `shape` with values from `f`, as float32.
+pub fn put(tensors: &mut BTreeMap<String, RawTensor>, name: String, shape: Vec<usize>, f: &mut dyn FnMut() -> f32) {
+    let n = shape.iter().product();
+    tensors.insert(name, RawTensor::f32(shape, (0..n).map(|_| f()).collect()));
+}
+
+/// Random tensors of one core layer `{p}.conv.*`, `{p}.norm.*` (and `{p}.bias.bias`) as
+/// openretina's modules for its `convolution_type` name them.
+pub fn layer_tensors(tensors: &mut BTreeMap<String, RawTensor>, p: &str, l: &retina::model::config::LayerConfig, rng: &mut Rng) {
+    let (o, c, nk, k) = (l.out_channels, l.in_channels, l.temporal_kernel / 3, l.spatial_kernel);
+    let kt = l.temporal_kernel;
+    match l.convolution.as_str() {
+        "custom_separable" => {
+            put(tensors, format!("{p}.conv.sin_weights"), vec![o, c, nk], &mut || rng.normal() as f32 * 0.5);
+            put(tensors, format!("{p}.conv.cos_weights"), vec![o, c, nk], &mut || rng.normal() as f32 * 0.5);
+            put(tensors, format!("{p}.conv.weight_spatial"), vec![o, c, 1, k, k], &mut || rng.normal() as f32 * 0.3);
+            put(tensors, format!("{p}.conv._log_speed_default"), vec![1], &mut || 0.0);
+        }
+        "full" => {
+            put(tensors, format!("{p}.conv.conv.weight"), vec![o, c, kt, k, k], &mut || rng.normal() as f32 * 0.1);
+            put(tensors, format!("{p}.conv._log_speed_default"), vec![1], &mut || 0.0);
+        }
+        "separable" => {
+            put(tensors, format!("{p}.conv.space_conv.weight"), vec![o, c, 1, k, k], &mut || rng.normal() as f32 * 0.3);
+            put(tensors, format!("{p}.conv.time_conv.weight"), vec![o, o, kt, 1, 1], &mut || rng.normal() as f32 * 0.3);
+            put(tensors, format!("{p}.conv._log_speed_default"), vec![1], &mut || 0.1);
+        }
+        "time_independent" => {
+            put(tensors, format!("{p}.conv.conv.weight"), vec![o, c, 1, k, k], &mut || rng.normal() as f32 * 0.3);
+        }
+        other => panic!("no synthetic tensors for convolution_type {other}"),
+    }
+    if l.batch_norm_affine {
+        put(tensors, format!("{p}.norm.weight"), vec![o], &mut || 1.0 + rng.uniform() as f32 * 0.2);
+        put(tensors, format!("{p}.norm.bias"), vec![o], &mut || rng.normal() as f32 * 0.1);
+    }
+    put(tensors, format!("{p}.norm.running_mean"), vec![o], &mut || rng.normal() as f32 * 0.1);
+    put(tensors, format!("{p}.norm.running_var"), vec![o], &mut || 0.5 + rng.uniform() as f32);
+    if l.bias_layer {
+        put(tensors, format!("{p}.bias.bias"), vec![1, o, 1, 1, 1], &mut || rng.normal() as f32 * 0.1);
+    }
+}
+
+/// Random `MultiGaussianMaskReadout` tensors `readout.<session>.*` for a core output `[c, t, h, w]`.
+pub fn gaussian_readout_tensors(tensors: &mut BTreeMap<String, RawTensor>, sessions: &[(String, usize)], [c, _, h, w]: [usize; 4], rng: &mut Rng) {
+    for (session, n) in sessions {
         let p = format!("readout.{session}");
         let n = *n;
-        put(&mut tensors, format!("{p}.features"), vec![1, c, 1, n], &mut || rng.normal() as f32 * 0.5);
-        put(&mut tensors, format!("{p}.mask_mean"), vec![n, 2], &mut || (rng.uniform() as f32 - 0.5) * 0.2);
-        put(&mut tensors, format!("{p}.mask_log_var"), vec![n], &mut || rng.normal() as f32 * 0.2);
-        put(&mut tensors, format!("{p}.scale_param"), vec![n], &mut || 1.0);
-        put(&mut tensors, format!("{p}.bias"), vec![n], &mut || rng.normal() as f32 * 0.1);
+        put(tensors, format!("{p}.features"), vec![1, c, 1, n], &mut || rng.normal() as f32 * 0.5);
+        put(tensors, format!("{p}.mask_mean"), vec![n, 2], &mut || (rng.uniform() as f32 - 0.5) * 0.2);
+        put(tensors, format!("{p}.mask_log_var"), vec![n], &mut || rng.normal() as f32 * 0.2);
+        put(tensors, format!("{p}.scale_param"), vec![n], &mut || 1.0);
+        put(tensors, format!("{p}.bias"), vec![n], &mut || rng.normal() as f32 * 0.1);
         // openretina's make_mask_grid: (n, h, w, 2), linspace over each axis scaled by max(h, w).
         let m = h.max(w) as f32;
         let lin = |len: usize, i: usize| if len == 1 { -(len as f32) / m } else { -(len as f32) / m + 2.0 * (len as f32) / m * i as f32 / (len - 1) as f32 };
@@ -159,7 +174,6 @@ pub fn synthetic_model(channels: usize, height: usize, width: usize, extra: serd
         }
         tensors.insert(format!("{p}.grid"), RawTensor::f32(vec![n, h, w, 2], grid));
     }
-    RawModel { model_class: "ExampleCoreReadout".into(), hyper_parameters: hp, tensors }
 }
 
 pub fn random_stimulus(shape: [usize; 4], seed: u64) -> Vec<f64> {

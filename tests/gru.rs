@@ -1,0 +1,164 @@
+//! `ConvGRUCore`'s GRU (`ConvGRUCell`): its input gradient (backpropagation through time) against
+//! finite differences in float64, alone and inside a small synthetic `ConvGRUCore` model for every
+//! MEI objective; and the options openretina cannot run, refused in one line.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{gaussian_readout_tensors, layer_tensors, put, random_stimulus};
+use retina::formats::RawModel;
+use retina::mei::{self, Objective};
+use retina::model::layer::{BackwardValues, Layer};
+use retina::model::layers::conv_gru::{ConvGruCell, GruSize};
+use retina::model::{Model, ModelConfig};
+use retina::rng::Rng;
+use serde_json::{json, Value};
+
+/// Central finite difference of `f` along `v` at `x`: float64, step 1e-5, truncation ~1e-10 relative.
+fn directional_fd(f: &dyn Fn(&[f64]) -> f64, x: &[f64], v: &[f64]) -> f64 {
+    let eps = 1e-5;
+    let shifted = |s: f64| -> Vec<f64> { x.iter().zip(v).map(|(a, b)| a + s * b).collect() };
+    (f(&shifted(eps)) - f(&shifted(-eps))) / (2.0 * eps)
+}
+
+fn assert_close(analytic: f64, numeric: f64, what: &str) {
+    // 1e-6 relative: far above the finite difference's ~1e-10 error, far below any wrong term.
+    let scale = analytic.abs().max(numeric.abs()).max(1e-6);
+    assert!((analytic - numeric).abs() <= 1e-6 * scale, "{what}: gradient {analytic} vs finite difference {numeric}");
+}
+
+/// The layer alone: d<g, GRU(x)>/dx along random directions, with padded and unpadded input gates.
+#[test]
+fn gru_input_gradient_matches_finite_differences() {
+    for (seed, pad_input) in [(1, true), (2, false)] {
+        let size = GruSize { in_channels: 3, rec_channels: 4, input_kern: 3, rec_kern: 3, pad_input };
+        let mut rng = Rng::new(seed);
+        let mut conv = |inputs: usize, k: usize| -> (Vec<f64>, Vec<f64>) {
+            let w = (0..4 * inputs * k * k).map(|_| rng.normal() * 0.4).collect();
+            let b = (0..4).map(|_| rng.normal() * 0.3).collect();
+            (w, b)
+        };
+        let input = (0..3).map(|_| conv(3, 3)).collect();
+        let hidden = (0..3).map(|_| conv(4, 3)).collect();
+        let gru = ConvGruCell::<f64>::new(size, input, hidden);
+        let shape = [3, 7, 6, 5];
+        let out_shape = gru.output_shape(shape).unwrap();
+        assert_eq!(out_shape, if pad_input { [4, 7, 6, 5] } else { [4, 7, 4, 3] });
+        let x = random_stimulus(shape, 10 + seed);
+        let g = random_stimulus(out_shape, 20 + seed);
+        let objective = |x: &[f64]| -> f64 { gru.forward(x, shape, None).0.iter().zip(&g).map(|(a, b)| a * b).sum() };
+        let (out, state) = gru.forward(&x, shape, None);
+        let values = BackwardValues { input: Some(&x), input_shape: shape, output: Some(&out), output_shape: out_shape, state: state.as_deref() };
+        let grad = gru.backward(values, g.clone(), None);
+        for d in 0..3 {
+            let v = random_stimulus(shape, 30 + d);
+            let analytic: f64 = grad.iter().zip(&v).map(|(a, b)| a * b).sum();
+            assert_close(analytic, directional_fd(&objective, &x, &v), &format!("GRU pad_input {pad_input}, direction {d}"));
+        }
+    }
+}
+
+/// A `UnifiedCoreReadout` + `ConvGRUCore` with random weights: 2 layers (custom_separable), the
+/// projection, and a GRU with `gru` options merged into `gru_kwargs`.
+fn synthetic_gru_model(gru: Value, seed: u64) -> RawModel {
+    let mut kwargs = json!({"rec_channels": 3, "input_kern": 3, "rec_kern": 3, "groups": 1, "gamma_rec": 1, "pad_input": true});
+    for (k, v) in gru.as_object().unwrap() {
+        kwargs[k] = v.clone();
+    }
+    let hp = json!({
+        "in_shape": [2, 30, 12, 10],
+        "hidden_channels": [3, 4],
+        "n_neurons_dict": {"b_session": 3, "a_session": 2},
+        "core": {
+            "_target_": "openretina.modules.core.gru_core.ConvGRUCore",
+            "channels": [2, 3, 4],
+            "temporal_kernel_sizes": [9, 6, 6],
+            "spatial_kernel_sizes": [5, 3, 3],
+            "input_padding": 0,
+            "hidden_padding": [0, 1, 1],
+            "bias": true,
+            "convolution_type": "custom_separable",
+            "use_projections": true,
+            "use_gru": true,
+            "gru_kwargs": kwargs,
+        },
+        "readout": {
+            "_target_": "openretina.modules.readout.multi_readout.MultiGaussianMaskReadout",
+            "scale": true, "bias": true, "positive": true, "gaussian_mean_scale": 6.0, "gaussian_var_scale": 4.0,
+        },
+    });
+    let config = ModelConfig::from_hyper_parameters("UnifiedCoreReadout", &hp).unwrap();
+    let mut rng = Rng::new(seed);
+    let mut tensors = BTreeMap::new();
+    for (i, l) in config.layers.iter().enumerate() {
+        layer_tensors(&mut tensors, &format!("core.features.layer{i}"), l, &mut rng);
+    }
+    put(&mut tensors, "core.features.projection.0._log_speed_default".into(), vec![1], &mut || 0.0);
+    put(&mut tensors, "core.features.projection.0.conv.weight".into(), vec![3, 3, 1, 1, 1], &mut || rng.normal() as f32 * 0.5);
+    let (r, c) = (hp["core"]["gru_kwargs"]["rec_channels"].as_u64().unwrap() as usize, 4);
+    let (ki, kr) = (kwargs_usize(&hp, "input_kern"), kwargs_usize(&hp, "rec_kern"));
+    for gate in ["update", "reset", "out"] {
+        for (part, inputs, k) in [("input", c, ki), ("hidden", r, kr)] {
+            let p = format!("core.features.gru.gru.{gate}_gate_{part}");
+            put(&mut tensors, format!("{p}.weight"), vec![r, inputs, k, k], &mut || rng.normal() as f32 * 0.4);
+            put(&mut tensors, format!("{p}.bias"), vec![r], &mut || rng.normal() as f32 * 0.2);
+        }
+    }
+    // The GRU keeps layer 1's time and, padded, its space.
+    let [_, t, h, w] = config.core_output_shape(30).unwrap();
+    let shrink = if hp["core"]["gru_kwargs"]["pad_input"] == json!(true) { 0 } else { ki - 1 };
+    gaussian_readout_tensors(&mut tensors, &config.sessions, [r, t, h - shrink, w - shrink], &mut rng);
+    RawModel { model_class: "UnifiedCoreReadout".into(), hyper_parameters: hp, tensors }
+}
+
+fn kwargs_usize(hp: &Value, key: &str) -> usize {
+    hp["core"]["gru_kwargs"][key].as_u64().unwrap() as usize
+}
+
+/// Every MEI objective of the synthetic model (inner channels of layer0 and layer1, output neurons
+/// through the GRU): gradient along a random direction against finite differences.
+#[test]
+fn gru_core_gradients_match_finite_differences() {
+    for (seed, gru) in [(41, json!({})), (42, json!({"pad_input": false, "input_kern": 2, "rec_channels": 2}))] {
+        let raw = synthetic_gru_model(gru, seed);
+        let model: Model<f64> = Model::from_raw(&raw).unwrap();
+        let names: Vec<String> = model.core.blocks.iter().filter_map(|b| b.hook()).collect();
+        assert_eq!(names, ["core_features_layer0", "core_features_projection", "core_features_layer1", "core_features_gru"]);
+        let time_steps = 30;
+        let shape = model.config.stimulus_shape(time_steps, 1);
+        let x = random_stimulus([shape[1], shape[2], shape[3], shape[4]], 7);
+        let v = random_stimulus([shape[1], shape[2], shape[3], shape[4]], 8);
+        let targets = mei::all_targets(&model);
+        assert_eq!(targets.len(), 3 + 4 + 2 + 3);
+        for target in targets {
+            let objective = Objective::new(&model, target.clone(), time_steps).unwrap();
+            let (_, gradient) = objective.gradient(&x);
+            let analytic: f64 = gradient.iter().zip(&v).map(|(g, d)| g * d).sum();
+            let numeric = directional_fd(&|s: &[f64]| objective.evaluate(s).0, &x, &v);
+            assert_close(analytic, numeric, &format!("seed {seed} {}", target.id()));
+        }
+    }
+}
+
+/// openretina cannot build a GRU with padded even kernels (the config's own 4x4): refused in one
+/// line naming the option; the same for options retina does not implement.
+#[test]
+fn gru_options_openretina_cannot_run_are_refused() {
+    let cases = [
+        (json!({"input_kern": 4}), "core.gru_kwargs.input_kern"),
+        (json!({"rec_kern": 4}), "core.gru_kwargs.rec_kern"),
+        (json!({"groups": 2}), "core.gru_kwargs.groups"),
+    ];
+    for (gru, option) in cases {
+        let mut raw = synthetic_gru_model(json!({}), 1);
+        for (k, v) in gru.as_object().unwrap() {
+            raw.hyper_parameters["core"]["gru_kwargs"][k] = v.clone();
+        }
+        let err = Model::<f32>::from_raw(&raw).unwrap_err().to_string();
+        assert!(err.contains(option) && !err.contains('\n'), "{option}: {err}");
+    }
+    // Unpadded input gates may have an even kernel (the state shrinks with them).
+    let raw = synthetic_gru_model(json!({"pad_input": false, "input_kern": 2}), 1);
+    assert!(Model::<f32>::from_raw(&raw).is_ok());
+}
