@@ -884,13 +884,15 @@ fn mds_command(args: &MdsArgs) -> Result<()> {
 
 fn visualize_command(args: &VisualizeArgs) -> Result<()> {
     let start = std::time::Instant::now();
+    let mut failures = FailedMeis::default();
     if args.merge {
-        for (folder, meis) in crate::visualize::merge_folders(&args.save_folder)? {
+        for merged in crate::visualize::merge_folders(&args.save_folder)? {
             if !args.quiet {
-                println!("{}: merged {meis} MEIs into meis.safetensors, summary.csv and index.html", folder.display());
+                println!("{}: merged {} MEIs into meis.safetensors, summary.csv and index.html", merged.folder.display(), merged.meis);
             }
+            failures.add(&merged.folder, merged.meis, &merged.failed);
         }
-        return Ok(());
+        return failures.result();
     }
     if args.device != "cpu" {
         bail!("--device {}: not available in this build; retina runs on the CPU (use --device cpu)", args.device);
@@ -929,7 +931,8 @@ fn visualize_command(args: &VisualizeArgs) -> Result<()> {
     }
     if jobs.len() == 1 {
         let (spec, id, _) = &jobs[0];
-        return visualize_model(args, spec.as_deref(), *id, &args.save_folder, style, start).map(|_| ());
+        visualize_model(args, spec.as_deref(), *id, &args.save_folder, style, start, &mut failures)?;
+        return failures.result();
     }
     let names = crate::visualize::models::folder_names(
         &jobs.iter().map(|(spec, _, member)| (spec.clone().unwrap_or_else(|| "hoefling_2024_ensemble".into()), *member)).collect::<Vec<_>>(),
@@ -937,10 +940,43 @@ fn visualize_command(args: &VisualizeArgs) -> Result<()> {
     crate::visualize::models::check_models_index(&args.save_folder, args.overwrite)?;
     let mut listed = Vec::new();
     for ((spec, id, _), name) in jobs.iter().zip(names) {
-        let what = visualize_model(args, spec.as_deref(), *id, &args.save_folder.join(&name), style, start)?;
+        let what = visualize_model(args, spec.as_deref(), *id, &args.save_folder.join(&name), style, start, &mut failures)?;
         listed.push((name, what));
     }
-    crate::visualize::models::write_models_index(&args.save_folder, &listed)
+    crate::visualize::models::write_models_index(&args.save_folder, &listed)?;
+    failures.result()
+}
+
+/// The MEIs that failed over a visualize command's folders. Every other output is written; the
+/// command then ends with one line counting them, and exit code 2.
+#[derive(Default)]
+struct FailedMeis {
+    failed: usize,
+    meis: usize,
+    first: Option<String>,
+    folders: Vec<std::path::PathBuf>,
+}
+
+impl FailedMeis {
+    fn add(&mut self, folder: &std::path::Path, meis: usize, failed: &std::collections::BTreeMap<usize, String>) {
+        self.meis += meis;
+        self.failed += failed.len();
+        if let Some(error) = failed.values().next() {
+            self.first.get_or_insert_with(|| error.clone());
+            self.folders.push(folder.to_path_buf());
+        }
+    }
+
+    fn result(self) -> Result<()> {
+        let Some(first) = self.first else { return Ok(()) };
+        let folders: Vec<String> = self.folders.iter().map(|f| f.display().to_string()).collect();
+        Err(Error::new(format!(
+            "{} of {} MEIs failed (the first: {first}); every other output is written, and summary.csv and index.html in {} mark the failed ones",
+            self.failed,
+            self.meis,
+            folders.join(", ")
+        )))
+    }
 }
 
 /// Visualize one model into `save_folder`; returns a one-line description of it for the models page.
@@ -951,6 +987,7 @@ fn visualize_model(
     save_folder: &std::path::Path,
     style: crate::plot::FigureStyle,
     start: std::time::Instant,
+    failures: &mut FailedMeis,
 ) -> Result<String> {
     let download = args.source.download_options(args.quiet);
     let loading = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new_spinner() };
@@ -1042,6 +1079,7 @@ fn visualize_model(
             bench::peak_rss_bytes().map(|b| format!(", peak memory {} MB", b >> 20)).unwrap_or_default()
         );
     }
+    failures.add(save_folder, report.meis, &report.failed);
     let neurons: usize = model.readouts.values().map(|r| r.neurons()).sum();
     let member = if ensemble { format!(" member {model_id}") } else { String::new() };
     let c = &model.config;

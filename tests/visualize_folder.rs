@@ -307,3 +307,106 @@ fn several_models_each_get_a_folder_and_the_top_page_links_them() {
     // Elsewhere one model is read: `all` is refused with one line.
     assert_one_line_error(&strings(&["info", "--model-path", &ensemble, "--model-id", "all"]), &["--model-id all", "visualize"]);
 }
+
+/// The example model with the readout features of one neuron of `SESSION_1` set to `f32::MAX`: finite
+/// weights (the loader takes them) whose weighted sum overflows, so that neuron's MEI fails at its
+/// first step while every other MEI of the model is unaffected.
+fn model_overflowing_for(dir: &Path, neuron: usize) -> ModelSpec {
+    use retina::formats::{safetensors, TensorData};
+    let bytes = std::fs::read(crate::common::fixture("example_low_res/model.safetensors")).unwrap();
+    let (mut tensors, metadata) = safetensors::parse(&bytes, "fixture").unwrap();
+    let name = format!("readout.{SESSION_1}.features");
+    let tensor = tensors.get_mut(&name).unwrap_or_else(|| panic!("no tensor {name}"));
+    // Laid out (..., neurons): the neuron is the last axis.
+    let neurons = *tensor.shape.last().unwrap();
+    match &mut tensor.data {
+        TensorData::F32(v) => v.iter_mut().enumerate().filter(|(i, _)| i % neurons == neuron).for_each(|(_, x)| *x = f32::MAX),
+        other => panic!("{name} is not f32: {other:?}"),
+    }
+    let path = dir.join("overflowing.safetensors");
+    std::fs::write(&path, safetensors::serialize(&tensors, Some(metadata)).unwrap()).unwrap();
+    ModelSpec { path, model_id: None }
+}
+
+/// Run `retina visualize` that must end with exit code 2 because of failed MEIs; returns stdout and
+/// the stderr lines.
+fn visualize_with_failures(spec: &ModelSpec, folder: &Path, extra: &[&str]) -> (String, Vec<String>) {
+    let mut args = strings(&["visualize"]);
+    args.extend(model_args(spec));
+    args.extend(strings(&["--save-folder", &folder.display().to_string(), "--dpi", &DPI.to_string()]));
+    args.extend(strings(extra));
+    let out = retina(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "retina {args:?}: stderr {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (String::from_utf8_lossy(&out.stdout).to_string(), stderr.lines().map(String::from).collect())
+}
+
+#[test]
+fn an_mei_that_overflows_fails_alone_and_the_folder_marks_it() {
+    let dir = TempDir::new().unwrap();
+    let spec = model_overflowing_for(dir.path(), 2);
+    let bad = format!("output.{SESSION_1}.2");
+    let settings = ["--layers", "0", "--sessions", SESSION_1, "--neurons", "0,1,2", "--no-weights", "--no-video", "--quiet"];
+    let inner = shape(&load(&spec)).layers[0].1;
+    let meis = inner + 3;
+
+    // One run: the failed MEI is named as it fails, and the last line counts it; the others are done.
+    let whole = dir.path().join("whole");
+    let (_, lines) = visualize_with_failures(&spec, &whole, &settings);
+    assert_eq!(lines.len(), 2, "one line for the MEI, one summary: {lines:#?}");
+    assert!(lines[0].contains(&format!("MEI {bad} stopped")), "{}", lines[0]);
+    for word in [format!("1 of {meis} MEIs failed"), bad.clone(), "summary.csv".to_string()] {
+        assert!(lines[1].contains(&word), "`{}` does not mention `{word}`", lines[1]);
+    }
+    let figures = whole.join(format!("output_neurons/{SESSION_1}"));
+    assert!(figures.join("0.jpg").is_file() && figures.join("1.jpg").is_file(), "the other neurons' figures are missing");
+    assert!(!figures.join("2.jpg").exists(), "a failed MEI has no figure");
+    assert!(whole.join(format!("core_features_layer0/{}.jpg", inner - 1)).is_file());
+    // summary.csv: one row per MEI; the failed one holds its error and nothing else.
+    let summary = std::fs::read_to_string(whole.join("summary.csv")).unwrap();
+    let header: Vec<&str> = summary.lines().next().unwrap().split(',').collect();
+    assert_eq!(header.last(), Some(&"error"));
+    let rows: Vec<&str> = summary.lines().skip(1).collect();
+    assert_eq!(rows.len(), meis);
+    let failed: Vec<&&str> = rows.iter().filter(|r| !r.ends_with(',')).collect();
+    assert_eq!(failed.len(), 1, "exactly one row carries an error: {failed:?}");
+    assert!(failed[0].starts_with(&format!("output,{SESSION_1},2,,,,")) && failed[0].contains("stopped"), "{}", failed[0]);
+    // index.html: a card with the error instead of the figure; meis.safetensors: the other MEIs only.
+    let html = std::fs::read_to_string(whole.join("index.html")).unwrap();
+    assert_eq!(html.matches("class=\"mei failed\"").count(), 1);
+    assert_eq!(html.matches("<img ").count(), meis - 1);
+    let (tensors, _) = retina::formats::safetensors::parse(&std::fs::read(whole.join("meis.safetensors")).unwrap(), "meis").unwrap();
+    assert_eq!(tensors.keys().filter(|k| k.starts_with("mei.")).count(), meis - 1);
+    assert!(!tensors.contains_key(&format!("mei.{bad}")));
+
+    // Resumed: nothing is redone (the same settings fail the same way), the outputs stay, and the run
+    // still ends with exit code 2: the folder it answers for holds a failed MEI.
+    let before = outputs(&whole);
+    let (stdout, lines) = visualize_with_failures(&spec, &whole, &settings[..settings.len() - 1]);
+    let report = RunReport::parse(stdout.lines().last().unwrap());
+    assert_eq!((report.optimised, report.reused), (0, meis), "{stdout}");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains(&format!("1 of {meis} MEIs failed")), "{}", lines[0]);
+    assert!(outputs(&whole) == before, "a resumed run changed the outputs");
+
+    // Sharded: the shard that owns the failed MEI and the one that merges both end with exit code 2
+    // (the second only answers for it through the merge), and the folder is the single run's.
+    let sharded = dir.path().join("sharded");
+    let owner = (inner + 2) % 2;
+    for k in [owner, 1 - owner] {
+        // Shard k owns the MEIs at even (k = 0) or odd places: (meis + 1 - k) / 2 of them.
+        let shard = format!("{k}/2");
+        let (_, lines) = visualize_with_failures(&spec, &sharded, &[&settings[..], &["--shard", &shard]].concat());
+        assert!(lines.last().unwrap().contains(&format!("1 of {} MEIs failed", if k == owner { (meis + 1 - k) / 2 } else { meis })), "shard {shard}: {lines:#?}");
+    }
+    assert_same_outputs(&sharded, &whole);
+    let merge = retina(&strings(&["visualize", "--merge", "--save-folder", &sharded.display().to_string()]));
+    assert_eq!(merge.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&merge.stderr).contains(&format!("1 of {meis} MEIs failed")));
+    assert_same_outputs(&sharded, &whole);
+
+    // With other settings the failure goes with the rest of the old outputs.
+    visualize(&spec, &whole, &["--layers", "0", "--sessions", SESSION_1, "--neurons", "0,1", "--no-weights", "--no-video"]);
+    assert!(!std::fs::read_to_string(whole.join("summary.csv")).unwrap().contains("stopped"));
+}

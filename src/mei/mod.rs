@@ -149,6 +149,13 @@ pub fn mean_objective<'m, F: Float>(models: &'m [Model<F>], target: &MeiTarget, 
 /// Optimise one stimulus for the mean objective over `models` (the members of an ensemble); with one
 /// model, [`optimize`].
 pub fn optimize_mean<F: Float>(models: &[Model<F>], target: &MeiTarget, init: Tensor<F>, settings: &MeiSettings) -> Result<Mei> {
+    optimize_mean_or_fail(models, target, init, settings)?
+}
+
+/// [`optimize_mean`] with the two kinds of error apart: the outer one is a fault of the request (it
+/// would fail for every MEI), the inner one this MEI's own failure (its values left the finite numbers),
+/// after which other MEIs of the same model can still succeed.
+fn optimize_mean_or_fail<F: Float>(models: &[Model<F>], target: &MeiTarget, init: Tensor<F>, settings: &MeiSettings) -> Result<Result<Mei>> {
     let objective = mean_objective(models, target, settings)?;
     let model = &models[0];
     let expected = model.config.stimulus_shape(settings.time_steps, 1);
@@ -178,13 +185,13 @@ pub fn optimize_mean<F: Float>(models: &[Model<F>], target: &MeiTarget, init: Te
         let penalty = settings.constraints.penalty(&x, &mut grad);
         let loss = -value + penalty;
         if !loss.is_finite() {
-            return Err(non_finite(target, &format!("its loss is {loss} at step {step}")));
+            return Ok(Err(non_finite(target, &format!("its loss is {loss} at step {step}"))));
         }
         losses.push(loss);
         optimizer.step(&mut x, &grad);
         settings.postprocess(&mut x, shape);
         if !all_finite(&x) {
-            return Err(non_finite(target, &format!("its stimulus holds NaN or infinite values after step {step}")));
+            return Ok(Err(non_finite(target, &format!("its stimulus holds NaN or infinite values after step {step}"))));
         }
         // As openretina: the stopper sees the loss of the stimulus before this step, after the step.
         if stopper.should_stop(loss) {
@@ -193,16 +200,16 @@ pub fn optimize_mean<F: Float>(models: &[Model<F>], target: &MeiTarget, init: Te
     }
     let (final_objective, series) = objective.evaluate(&x);
     if !final_objective.is_finite() || !all_finite(&series) {
-        return Err(non_finite(target, &format!("its final response is {final_objective}")));
+        return Ok(Err(non_finite(target, &format!("its final response is {final_objective}"))));
     }
-    Ok(Mei {
+    Ok(Ok(Mei {
         target: target.clone(),
         stimulus: Tensor { shape: expected.to_vec(), data: x.iter().map(|v| v.to_f64() as f32).collect() },
         losses,
         objective: final_objective,
         response: series.iter().map(|v| v.to_f64() as f32).collect(),
         highlighted_frames: objective.first().highlighted_frames(),
-    })
+    }))
 }
 
 fn all_finite<F: Float>(x: &[F]) -> bool {
@@ -259,13 +266,24 @@ pub fn optimize_all_mean<F: Float>(
     settings: &MeiSettings,
     on_done: &(dyn Fn() + Sync),
 ) -> Result<Vec<Mei>> {
+    optimize_each_mean(models, targets, settings, on_done)?.into_iter().collect()
+}
+
+/// [`optimize_all_mean`] that goes on when single MEIs fail: the outer error is a fault of the request,
+/// each inner one the failure of that target's MEI (its values left the finite numbers).
+pub fn optimize_each_mean<F: Float>(
+    models: &[Model<F>],
+    targets: &[MeiTarget],
+    settings: &MeiSettings,
+    on_done: &(dyn Fn() + Sync),
+) -> Result<Vec<Result<Mei>>> {
     let model = models.first().ok_or_else(|| Error::new("no models to optimise on"))?;
     check_memory(model, targets.len(), settings)?;
     targets
         .par_iter()
         .map(|target| {
             let init = initial_stimulus(model, target, settings);
-            let mei = optimize_mean(models, target, init, settings);
+            let mei = optimize_mean_or_fail(models, target, init, settings);
             on_done();
             mei
         })

@@ -6,6 +6,9 @@
 //! - `running`: held shared by every run working in the folder. Shards of one run (same fingerprint)
 //!   work side by side; a run with other settings needs it alone, so it is refused while they work.
 //! - `meis/<i>.safetensors`: MEIs finished and not yet merged into `meis.safetensors`.
+//! - `failed/<i>.txt`: MEIs that failed (their values left the finite numbers), with the one-line
+//!   error. They are finished work too: a resumed run does not redo them (the same settings fail the
+//!   same way), the merge marks them, and they go with the rest of the state when the settings change.
 
 use std::collections::HashSet;
 use std::fs::{File, TryLockError};
@@ -53,6 +56,25 @@ impl Folder {
     /// Where MEI `i` of the plan is saved until the merge.
     pub fn record(&self, i: usize) -> PathBuf {
         self.state_dir.join("meis").join(format!("{i}.safetensors"))
+    }
+
+    /// Where the error of MEI `i`, if it failed, is kept (also after the merge).
+    pub fn failure(&self, i: usize) -> PathBuf {
+        self.state_dir.join("failed").join(format!("{i}.txt"))
+    }
+
+    /// The error of MEI `i`, if it failed.
+    pub fn failed(&self, i: usize) -> Option<String> {
+        std::fs::read_to_string(self.failure(i)).ok().map(|s| s.trim().to_string())
+    }
+
+    /// Mark MEI `i` as failed with `error`.
+    pub fn mark_failed(&self, i: usize, error: &Error) -> Result<()> {
+        let path = self.failure(i);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, format!("cannot create folder ({e})")))?;
+        }
+        write_atomic(&path, format!("{}\n", error.message()).as_bytes())
     }
 
     fn state_file(&self) -> PathBuf {
@@ -162,6 +184,7 @@ impl Folder {
             }
             for i in 0..state.as_ref().map_or(0, |s| s.mei_count()).max(plan.mei_count()) {
                 remove_if_present(&self.record(i))?;
+                remove_if_present(&self.failure(i))?;
             }
             // Folders the old outputs leave empty go too (`remove_dir` keeps any that hold other files).
             let mut dirs: Vec<PathBuf> = dirs.into_iter().collect();
@@ -187,6 +210,7 @@ impl Folder {
         let mut dirs: HashSet<PathBuf> = plan.outputs().chain(old_files.iter().cloned()).filter_map(|f| self.path(&f).parent().map(Path::to_path_buf)).collect();
         dirs.insert(self.root.clone());
         dirs.insert(self.state_dir.join("meis"));
+        dirs.insert(self.state_dir.join("failed"));
         for dir in dirs {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for entry in entries.flatten() {

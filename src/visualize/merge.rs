@@ -43,8 +43,9 @@ impl MeiSources {
         merged.has_mei(id).then(|| TensorFile::open(&folder.path(MEIS_FILE)).ok()).flatten()
     }
 
+    /// Whether MEI `i` is finished: saved, or failed.
     pub fn is_done(&self, folder: &Folder, i: usize, id: &str) -> bool {
-        folder.record(i).is_file() || self.merged.as_ref().is_some_and(|m| m.has_mei(id))
+        folder.record(i).is_file() || self.merged.as_ref().is_some_and(|m| m.has_mei(id)) || folder.failure(i).is_file()
     }
 }
 
@@ -56,8 +57,12 @@ pub fn missing_work(folder: &Folder, plan: &Plan) -> Result<usize> {
         .iter()
         .enumerate()
         .filter(|(i, item)| {
-            let mei_missing = item.target().is_some_and(|t| !sources.is_done(folder, *i, &t.id()));
-            mei_missing || plan.item_files(item).any(|f| !folder.path(&f).is_file())
+            let Some(target) = item.target() else { return plan.item_files(item).any(|f| !folder.path(&f).is_file()) };
+            if folder.failure(*i).is_file() {
+                // A failed MEI has no figure or video.
+                return false;
+            }
+            !sources.is_done(folder, *i, &target.id()) || plan.item_files(item).any(|f| !folder.path(&f).is_file())
         })
         .count())
 }
@@ -67,17 +72,28 @@ pub fn needs_merge(folder: &Folder, plan: &Plan) -> bool {
     (0..plan.mei_count()).any(|i| folder.record(i).is_file()) || plan.merged_files().iter().any(|f| !folder.path(f).is_file())
 }
 
+/// The MEIs of a plan that failed, by their place in it, with their errors.
+pub fn failures(folder: &Folder, plan: &Plan) -> Vec<(usize, String)> {
+    (0..plan.mei_count()).filter_map(|i| folder.failed(i).map(|e| (i, e))).collect()
+}
+
 /// Write the merged files for the whole plan (every piece of work must be done), then drop the records.
+/// Failed MEIs have no tensors in `meis.safetensors`; their row in `summary.csv` and their card in
+/// `index.html` carry the error instead.
 pub fn write_merged(folder: &Folder, plan: &Plan) -> Result<()> {
     let sources = MeiSources::open(folder)?;
-    let meis: Vec<(usize, &Item, String)> =
-        plan.items.iter().enumerate().filter_map(|(i, item)| item.target().map(|t| (i, item, t.id()))).collect();
+    let meis: Vec<(usize, &Item, String, Option<String>)> = plan
+        .items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| item.target().map(|t| (i, item, t.id(), folder.failed(i))))
+        .collect();
     let missing = |id: &str| Error::file(&folder.root, format!("MEI {id} is not done; run the shards that are missing, then merge"));
 
     // The header first: every tensor's shape is in the records' headers.
     let mut specs: Vec<TensorSpec> = Vec::with_capacity(4 * meis.len());
     let mut channels = 0;
-    for (i, _, id) in &meis {
+    for (i, _, id, _) in meis.iter().filter(|m| m.3.is_none()) {
         let file = sources.find(folder, *i, id).ok_or_else(|| missing(id))?;
         let names = super::records::tensor_names(id);
         for (n, name) in names.iter().enumerate() {
@@ -99,20 +115,35 @@ pub fn write_merged(folder: &Folder, plan: &Plan) -> Result<()> {
     let mut index = IndexPage::new(folder, plan)?;
 
     for chunk in meis.chunks(CHUNK) {
-        let records: Vec<MeiRecord> = chunk
+        let records: Vec<Option<MeiRecord>> = chunk
             .iter()
-            .map(|(i, _, id)| sources.find(folder, *i, id).ok_or_else(|| missing(id))?.read_mei(id))
+            .map(|(i, _, id, failed)| match failed {
+                Some(_) => Ok(None),
+                None => sources.find(folder, *i, id).ok_or_else(|| missing(id))?.read_mei(id).map(Some),
+            })
             .collect::<Result<_>>()?;
         let frequencies: Vec<Vec<f64>> = records
             .par_iter()
-            .map(|r| Ok(plot::mei_composition(&strip_batch(&r.stimulus), FRAME_RATE)?.iter().map(|c| c.main_frequency).collect()))
+            .map(|r| match r {
+                Some(r) => Ok(plot::mei_composition(&strip_batch(&r.stimulus), FRAME_RATE)?.iter().map(|c| c.main_frequency).collect()),
+                None => Ok(Vec::new()),
+            })
             .collect::<Result<_>>()?;
-        for (((_, item, _), record), freq) in chunk.iter().zip(&records).zip(&frequencies) {
-            if let Some(f) = meis_file.as_mut() {
-                f.write_all(&mei_bytes(record))?;
+        for (((_, item, _, failed), record), freq) in chunk.iter().zip(&records).zip(&frequencies) {
+            match (record, failed) {
+                (Some(record), _) => {
+                    if let Some(f) = meis_file.as_mut() {
+                        f.write_all(&mei_bytes(record))?;
+                    }
+                    summary.write_all(summary_row(plan, item, record, freq).as_bytes())?;
+                    index.mei(plan, item, record.objective)?;
+                }
+                (None, Some(error)) => {
+                    summary.write_all(failed_row(item, channels, error).as_bytes())?;
+                    index.failed_mei(item, error)?;
+                }
+                (None, None) => unreachable!("a record is read for every MEI that did not fail"),
             }
-            summary.write_all(summary_row(plan, item, record, freq).as_bytes())?;
-            index.mei(plan, item, record.objective)?;
         }
     }
     for item in plan.items.iter().filter(|i| i.target().is_none()) {
@@ -123,29 +154,36 @@ pub fn write_merged(folder: &Folder, plan: &Plan) -> Result<()> {
     }
     summary.commit()?;
     index.finish()?;
-    for (i, _, _) in &meis {
+    for (i, _, _, _) in &meis {
         remove_if_present(&folder.record(*i))?;
     }
     Ok(())
 }
 
+/// The columns of `summary.csv`; `error` is empty for MEIs that succeeded and holds the (quoted) error
+/// of those that failed, whose other value columns are empty.
 fn summary_header(channels: usize) -> String {
     let mut csv = String::from("kind,layer_or_session,index,objective,first_loss,final_loss");
     for c in 0..channels {
         let _ = write!(csv, ",main_frequency_hz_c{c}");
     }
-    csv + ",figure,video\n"
+    csv + ",figure,video,error\n"
+}
+
+/// The first three columns of an MEI's row.
+fn row_start(item: &Item) -> String {
+    match item {
+        Item::Inner { layer, channel } => format!("inner,core_features_layer{layer},{channel}"),
+        Item::Output { session, neuron } => format!("output,{session},{neuron}"),
+        _ => unreachable!("only MEIs have rows"),
+    }
 }
 
 /// One MEI's row of `summary.csv`.
 fn summary_row(plan: &Plan, item: &Item, m: &MeiRecord, main_frequencies: &[f64]) -> String {
-    let (kind, group, index) = match item {
-        Item::Inner { layer, channel } => ("inner", format!("core_features_layer{layer}"), *channel),
-        Item::Output { session, neuron } => ("output", session.clone(), *neuron),
-        _ => unreachable!("only MEIs have rows"),
-    };
     let mut row = format!(
-        "{kind},{group},{index},{},{},{}",
+        "{},{},{},{}",
+        row_start(item),
         m.objective,
         m.losses.first().copied().unwrap_or(f64::NAN),
         m.losses.last().copied().unwrap_or(f64::NAN)
@@ -153,8 +191,13 @@ fn summary_row(plan: &Plan, item: &Item, m: &MeiRecord, main_frequencies: &[f64]
     for f in main_frequencies {
         let _ = write!(row, ",{f}");
     }
-    let _ = writeln!(row, ",{},{}", plan.figure(item), plan.video(item).unwrap_or_default());
+    let _ = writeln!(row, ",{},{},", plan.figure(item), plan.video(item).unwrap_or_default());
     row
+}
+
+/// The row of an MEI that failed: no values, no figure or video, and its error (quoted as CSV quotes).
+fn failed_row(item: &Item, channels: usize, error: &str) -> String {
+    format!("{},,,{},,,\"{}\"\n", row_start(item), ",".repeat(channels), error.replace('"', "\"\""))
 }
 
 /// `index.html`, written section by section: each MEI as a card with its figure and video, then the
@@ -165,7 +208,7 @@ struct IndexPage {
     section: Option<String>,
 }
 
-const INDEX_HEAD: &str = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>retina visualize</title>\n<style>body{font-family:sans-serif;margin:1em 2em}section{margin-bottom:2em}.grid{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;width:320px}figure.mei{width:500px}figure.mei div{display:flex;gap:6px;align-items:center}figure.mei img{width:350px}figure.mei video{width:144px}img{width:100%}figcaption{font-size:12px;color:#444}</style></head><body>\n";
+const INDEX_HEAD: &str = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>retina visualize</title>\n<style>body{font-family:sans-serif;margin:1em 2em}section{margin-bottom:2em}.grid{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;width:320px}figure.mei{width:500px}figure.mei div{display:flex;gap:6px;align-items:center}figure.mei img{width:350px}figure.mei video{width:144px}img{width:100%}figcaption{font-size:12px;color:#444}.failed p{color:#b00;font-size:13px}</style></head><body>\n";
 
 /// Plays the videos in view and pauses the others.
 const INDEX_SCRIPT: &str = "<script>\nconst retinaVideos = new IntersectionObserver(es => es.forEach(e => e.isIntersecting ? e.target.play().catch(() => {}) : e.target.pause()));\ndocument.querySelectorAll('video').forEach(v => retinaVideos.observe(v));\n</script>\n";
@@ -205,6 +248,16 @@ impl IndexPage {
         self.card(
             dir,
             format!("<figure class=\"mei\"><div><img src=\"{src}\" alt=\"MEI of {what} {index}\" loading=\"lazy\">{video}</div><figcaption>{what} {index} · objective {objective:.3}</figcaption></figure>"),
+        )
+    }
+
+    /// The card of an MEI that failed: its error where the figure would be.
+    fn failed_mei(&mut self, item: &Item, error: &str) -> Result<()> {
+        let (dir, index) = item.mei_folder().expect("an MEI");
+        let what = if matches!(item, Item::Inner { .. }) { "channel" } else { "neuron" };
+        self.card(
+            dir,
+            format!("<figure class=\"mei failed\"><div><p>{}</p></div><figcaption>{what} {index} · failed</figcaption></figure>", html_escape(error)),
         )
     }
 

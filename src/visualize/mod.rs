@@ -14,7 +14,7 @@ pub mod models;
 pub mod plan;
 mod records;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -76,6 +76,11 @@ pub struct Report {
     pub merged: bool,
     /// Pieces of work of other shards still missing when this run ended.
     pub missing: usize,
+    /// MEIs this run answers for that failed (now or in an earlier run with the same settings): those of
+    /// its shard, and all of the folder's when it merged. By place in the plan, with their errors.
+    pub failed: BTreeMap<usize, String>,
+    /// MEIs this run answers for (as `failed`).
+    pub meis: usize,
 }
 
 /// Run the job (this process's shard of it). `output_models` are the models output-neuron MEIs are
@@ -116,11 +121,21 @@ pub fn visualize(model: &Model<f32>, output_models: &[Model<f32>], opts: &Visual
                 continue;
             }
             let targets: Vec<MeiTarget> = part.iter().map(|&i| plan.items[i].target().expect("an MEI")).collect();
-            let meis = mei::optimize_all_mean(models, &targets, &opts.mei, &|| {})?;
+            let meis = mei::optimize_each_mean(models, &targets, &opts.mei, &|| {})?;
             let written: Vec<usize> = part
                 .par_iter()
                 .zip(meis)
                 .map(|(&i, m)| {
+                    let m = match m {
+                        Ok(m) => m,
+                        Err(e) => {
+                            // This MEI stops here; the others go on, and the merge marks it.
+                            folder.mark_failed(i, &e)?;
+                            bar.suspend(|| eprintln!("error: {e}"));
+                            bar.inc(1);
+                            return Ok(0);
+                        }
+                    };
                     let record = MeiRecord::of(&m);
                     let written = draw_mei_files(&folder, &plan, i, &record, m.highlighted_frames, opts, true)?;
                     // Saved last: a saved MEI has its figure and video.
@@ -137,6 +152,11 @@ pub fn visualize(model: &Model<f32>, output_models: &[Model<f32>], opts: &Visual
         .par_iter()
         .map(|&i| {
             let item = &plan.items[i];
+            if folder.failure(i).is_file() {
+                // Failed in an earlier run: nothing to draw.
+                bar.inc(1);
+                return Ok((0, 0));
+            }
             let files = plan.item_files(item).count();
             let written = if plan.item_files(item).all(|f| folder.path(&f).is_file()) {
                 0
@@ -182,17 +202,29 @@ pub fn visualize(model: &Model<f32>, output_models: &[Model<f32>], opts: &Visual
         merge::write_merged(&folder, &plan)?;
         report.merged = true;
     }
+    let mine_meis: Vec<usize> = mine.iter().copied().filter(|&i| plan.items[i].target().is_some()).collect();
+    report.meis = if report.merged { plan.mei_count() } else { mine_meis.len() };
+    report.failed = merge::failures(&folder, &plan)
+        .into_iter()
+        .filter(|(i, _)| report.merged || mine_meis.contains(i))
+        .collect();
     drop(running);
     drop(setup);
     Ok(report)
 }
 
+/// A merged folder: its number of MEIs and the failed ones (by place in the plan, with their errors).
+pub struct Merged {
+    pub folder: PathBuf,
+    pub meis: usize,
+    pub failed: BTreeMap<usize, String>,
+}
+
 /// `retina visualize --merge`: write meis.safetensors, summary.csv and index.html of a folder whose
-/// shards are all done, or of each model folder in it (a call with several models). Returns the
-/// folders merged with their number of MEIs.
-pub fn merge_folders(save_folder: &std::path::Path) -> Result<Vec<(PathBuf, usize)>> {
+/// shards are all done, or of each model folder in it (a call with several models).
+pub fn merge_folders(save_folder: &std::path::Path) -> Result<Vec<Merged>> {
     if Folder::new(save_folder).has_state() {
-        return Ok(vec![(save_folder.to_path_buf(), merge_folder(save_folder)?)]);
+        return Ok(vec![merge_folder(save_folder)?]);
     }
     let mut models: Vec<PathBuf> = std::fs::read_dir(save_folder)
         .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| Folder::new(p).has_state()).collect())
@@ -204,11 +236,11 @@ pub fn merge_folders(save_folder: &std::path::Path) -> Result<Vec<(PathBuf, usiz
             format!("no retina visualize run to merge here (no {STATE_DIR}/state.json, nor in its folders); run visualize into it first"),
         ));
     }
-    models.into_iter().map(|m| merge_folder(&m).map(|n| (m, n))).collect()
+    models.into_iter().map(|m| merge_folder(&m)).collect()
 }
 
 /// `merge_folders` for one model's folder.
-fn merge_folder(save_folder: &std::path::Path) -> Result<usize> {
+fn merge_folder(save_folder: &std::path::Path) -> Result<Merged> {
     let folder = Folder::new(save_folder);
     let _setup = folder.lock_setup()?;
     let plan = folder
@@ -225,7 +257,7 @@ fn merge_folder(save_folder: &std::path::Path) -> Result<usize> {
         ));
     }
     merge::write_merged(&folder, &plan)?;
-    Ok(plan.mei_count())
+    Ok(Merged { folder: save_folder.to_path_buf(), meis: plan.mei_count(), failed: merge::failures(&folder, &plan).into_iter().collect() })
 }
 
 /// Draw an MEI's figure and video (all of them, or only the missing ones); returns how many it drew.
