@@ -2,8 +2,6 @@
 //! (defaults: 300 dpi, jpg, 9 repeats, a temporary folder). Prints the median and fastest time per
 //! figure; openretina 1.1.1 takes about 0.63 s per MEI figure and 0.39 s per weight figure at 300 dpi.
 
-use std::path::PathBuf;
-
 use retina::plot::bench::bench_figures;
 use retina::plot::{FigureStyle, ImageFormat};
 
@@ -25,9 +23,7 @@ fn run() -> retina::Result<()> {
         Some(r) => r.parse().map_err(|_| retina::Error::new(format!("REPEATS must be a whole number, got '{r}'")))?,
         None => 9,
     };
-    let temp = std::env::temp_dir().join(format!("retina-bench-plot-{}", std::process::id()));
-    let dir = args.get(3).map(PathBuf::from).unwrap_or(temp);
-    std::fs::create_dir_all(&dir).map_err(|e| retina::Error::file(&dir, format!("cannot create ({e})")))?;
+    let dir = retina::output::output_folder(args.get(3).map(String::as_str), "bench-plot")?;
 
     let style = FigureStyle { format, dpi };
     println!("{dpi} dpi, {}, {repeats} repeats, files in {}", format.extension(), dir.display());

@@ -3,11 +3,10 @@
 //! (SGD at lr 100 for 10 steps, norm 30 with its clipper ranges, then a temporal Gaussian low-pass),
 //! and its figure with both neurons' responses.
 //!
-//! `cargo run --release --example mds [FOLDER]` (default `.`): writes `FOLDER/mds.safetensors`
+//! `cargo run --release --example mds [FOLDER]` (default: a fresh temporary folder): writes `FOLDER/mds.safetensors`
 //! (`mds`, `loss`, `response.neurons`, `response.against`, as `retina mds` writes) and `FOLDER/mds.png`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use retina::formats::safetensors::serialize;
 use retina::formats::{read_model, RawTensor, TensorData};
@@ -23,8 +22,7 @@ const NEURON: usize = 0;
 const AGAINST: usize = 4;
 
 fn main() -> retina::Result<()> {
-    let folder = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| ".".to_string()));
-    std::fs::create_dir_all(&folder).map_err(|e| retina::Error::file(&folder, format!("cannot create ({e})")))?;
+    let folder = retina::output::output_folder(std::env::args().nth(1).as_deref(), "mds-example")?;
     let model: Model<f32> = Model::from_raw(&read_model("demo", -1, &Default::default())?)?;
 
     // The notebook's procedure: temperature 1.6, clipper then low-pass (sigma 0.5, 5 frames), no penalty.

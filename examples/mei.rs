@@ -1,7 +1,8 @@
 //! The second listing of the openretina paper in Rust: optimise the most exciting input (MEI) of one
 //! output neuron and save it.
 //!
-//! `cargo run --release --example mei [OUT.safetensors]` (default `mei.safetensors`). The file holds
+//! `cargo run --release --example mei [OUT.safetensors]` (default: `mei.safetensors` in a fresh
+//! temporary folder, named on stdout). The file holds
 //! `mei` (1, channels, time, height, width) and `loss` (one value per SGD step), as `retina mei` writes.
 
 use std::collections::BTreeMap;
@@ -18,7 +19,10 @@ const SESSION: &str = "session_3_ventral1_20201021";
 const NEURON: usize = 10;
 
 fn main() -> retina::Result<()> {
-    let output = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "mei.safetensors".to_string()));
+    let output = match std::env::args().nth(1) {
+        Some(path) => PathBuf::from(path),
+        None => retina::output::output_folder(None, "mei-example")?.join("mei.safetensors"),
+    };
     let model: Model<f32> = Model::from_raw(&read_model("demo", -1, &Default::default())?)?;
 
     // openretina's procedure (norm and per-colour range constraints of the Hoefling 2024 models),

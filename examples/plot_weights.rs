@@ -2,9 +2,8 @@
 //! The conv weight figure of layer 0, in channel 1, out channel 0, and the readout figure of neuron 5
 //! of the first session, written as PNG files.
 //!
-//! `cargo run --release --example plot_weights [MODEL] [OUT_FOLDER]` (defaults: `demo`, `.`)
-
-use std::path::PathBuf;
+//! `cargo run --release --example plot_weights [MODEL] [OUT_FOLDER]` (defaults: `demo`, a fresh
+//! temporary folder, named on stdout)
 
 use retina::plot::{self, FigureStyle, ImageFormat};
 use retina::visualize::{conv_weights, layer_conv_limits, readout_neuron, session_readout_limits};
@@ -12,7 +11,7 @@ use retina::visualize::{conv_weights, layer_conv_limits, readout_neuron, session
 fn main() -> retina::Result<()> {
     let mut args = std::env::args().skip(1);
     let spec = args.next().unwrap_or_else(|| "demo".into());
-    let folder = PathBuf::from(args.next().unwrap_or_else(|| ".".into()));
+    let folder = retina::output::output_folder(args.next().as_deref(), "plot-weights")?;
     let model: retina::model::Model<f32> =
         retina::model::Model::from_raw(&retina::formats::read_model(&spec, -1, &Default::default())?)?;
     let style = FigureStyle { format: ImageFormat::Png, dpi: 100 };

@@ -60,3 +60,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     file.write_all(bytes)?;
     file.commit()
 }
+
+/// The folder named by `given`, created if missing; without one, a fresh folder
+/// `<temp>/retina-<what>-<pid>` (never the current folder: running a program must not litter the
+/// place it is run from). The caller names the folder on stdout.
+pub fn output_folder(given: Option<&str>, what: &str) -> Result<PathBuf> {
+    let folder = match given {
+        Some(g) => PathBuf::from(g),
+        None => std::env::temp_dir().join(format!("retina-{what}-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&folder).map_err(|e| Error::file(&folder, format!("cannot create the output folder ({e}); name a writable one")))?;
+    Ok(folder)
+}

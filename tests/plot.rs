@@ -364,3 +364,37 @@ fn flat_and_broken_stimuli_draw_without_panicking() {
     let zero = mei_composition(&Tensor::<f32>::zeros(vec![2, 20, 6, 6]), 30.0).unwrap();
     assert!(zero.iter().all(|c| c.temporal.iter().all(|&v| v == 0.0) && c.main_frequency == 0.0));
 }
+
+/// The examples that write files write where their arguments say, or without one into a fresh folder
+/// they name on stdout, never into the folder they are run from. They are built by `cargo test` (all
+/// targets), next to this test's `deps/` folder.
+#[test]
+fn examples_write_where_they_say_never_into_the_current_folder() {
+    let exe = std::env::current_exe().unwrap();
+    let examples = exe.parent().and_then(Path::parent).unwrap().join("examples");
+    for (example, written) in [("plot_weights", &["weights_layer0_in1_out0.png", "readout_"][..]), ("mei", &["mei.safetensors"][..])] {
+        let bin = examples.join(example);
+        assert!(bin.is_file(), "{} is missing: build the examples (`cargo test --release` or `cargo build --release --examples`)", bin.display());
+        let cwd = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(&bin)
+            .current_dir(cwd.path())
+            .env("OPENRETINA_CACHE_DIRECTORY", std::env::temp_dir().join("retina-examples-test-empty-cache"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0, "{example} wrote into the current folder");
+        // Every file it wrote is named on stdout, outside the current folder.
+        let paths: Vec<PathBuf> = written
+            .iter()
+            .map(|name| {
+                let line = stdout.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("{example} does not name {name}: {stdout}"));
+                PathBuf::from(line.rsplit(' ').next().unwrap())
+            })
+            .collect();
+        for path in &paths {
+            assert!(path.is_file() && !path.starts_with(cwd.path()), "{example}: {}", path.display());
+        }
+        let _ = std::fs::remove_dir_all(paths[0].parent().unwrap());
+    }
+}
