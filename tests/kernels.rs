@@ -8,14 +8,29 @@ use retina::model::{simd, Model};
 use serde_json::json;
 
 #[test]
-fn vectorised_kernels_match_portable_code_for_8_16_and_24_channels() {
+fn vectorised_kernels_match_portable_code() {
     // 8, 16 and 24 output channels: the single-block, pair and pair-plus-single paths. Same float32
     // sums in another order (and with FMA): 1e-5 relative to the largest value is ~100 float32 ulps,
     // far below any indexing mistake.
     let raw = common::synthetic_model(2, 18, 16, json!({"hidden_channels": [8, 24], "spatial_kernel_sizes": [5, 3]}), 21);
     let model: Model<f32> = Model::from_raw(&raw).unwrap();
     let demo: Model<f32> = Model::from_raw(&common::raw_model("example_low_res/model.safetensors")).unwrap();
-    for (model, time_steps) in [(&model, 30), (&demo, 50)] {
+    // The dense convolutions' direct correlation (`simd_conv.rs`): 8, 16 and 24 output channels on the
+    // channels-last kernel, 6 and the stimulus' 1 or 2 (input gradients) on the pixels-along-x one,
+    // rows narrower and wider than 8 pixels, with and without padding.
+    let dense = |channels, convolution: &str, hidden: [usize; 2], extra: serde_json::Value, seed| {
+        let mut hp = json!({"convolution_type": convolution, "hidden_channels": hidden});
+        for (k, v) in extra.as_object().unwrap() {
+            hp[k] = v.clone();
+        }
+        Model::<f32>::from_raw(&common::synthetic_model(channels, 18, 16, hp, seed)).unwrap()
+    };
+    let full = dense(2, "full", [8, 6], json!({}), 23);
+    let full_padded = dense(1, "full", [16, 24], json!({"core_hidden_padding": [1, 1, 1], "spatial_kernel_sizes": [11, 3]}), 24);
+    let separable = dense(2, "separable", [8, 16], json!({"core_hidden_padding": [0, 1, 1]}), 25);
+    let time_independent =
+        dense(1, "time_independent", [8, 4], json!({"temporal_kernel_sizes": [1, 1], "cut_first_n_frames_in_core": 0}), 26);
+    for (model, time_steps) in [(&model, 30), (&demo, 50), (&full, 30), (&full_padded, 30), (&separable, 30), (&time_independent, 30)] {
         let shape = model.config.stimulus_shape(time_steps, 1);
         let x: Vec<f32> = common::random_stimulus([shape[1], shape[2], shape[3], shape[4]], 22).iter().map(|&v| v as f32).collect();
         for target in mei::all_targets(model) {

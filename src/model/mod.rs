@@ -11,6 +11,7 @@ pub mod memory;
 pub mod readout;
 pub mod registry;
 pub mod simd;
+pub mod simd_conv;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -212,6 +213,7 @@ pub trait Float:
     + std::iter::Sum
     + linalg::Gemm
     + simd::FastKernels
+    + simd_conv::DirectConv
     + 'static
 {
     /// The largest finite value, as f64.

@@ -16,7 +16,7 @@ pub fn set_fast_kernels(enabled: bool) {
 }
 
 /// Whether the AVX2/FMA kernels may run: switched on, and the CPU has both.
-fn avx2_fma() -> bool {
+pub(crate) fn avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         FAST_KERNELS.load(Ordering::Relaxed) && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")

@@ -4,14 +4,16 @@
 //!
 //! Per input channel one matrix product applies every `(dt, out)` spatial kernel to every padded
 //! frame (`[rows = t * pixels] x [k * k] x [kt * out]`), then the `kt` shifted frames are summed; the
-//! input gradient runs the same two steps transposed. The matrix product uses the AVX2 spatial kernel
-//! where it applies.
+//! input gradient runs the same two steps transposed. In float32 on CPUs with AVX2 and FMA, a direct
+//! correlation (`simd_conv.rs`) replaces both: forward, and the input gradient as the correlation of
+//! the output gradient with the flipped kernels.
 
 use crate::error::Result;
 use crate::model::config::Padding;
 use crate::model::layer::{BackwardValues, KernelView, Layer, LayerState, Reach, Shape};
 use crate::model::linalg::{gemm, Layout};
 use crate::model::load::StateDict;
+use crate::model::simd_conv::Correlation;
 use crate::model::Float;
 
 use super::st_separable::{conv_output_shape, Geometry};
@@ -28,6 +30,12 @@ pub struct Conv3d<F> {
     pub bias: Option<Vec<F>>,
     /// `[in][(dy, dx)][dt][out]`, for the matrix product.
     packed: Vec<F>,
+    /// `(in, kt, k, k, out)`: the weights channels last, for the direct correlation.
+    weight_channels_last: Vec<F>,
+    /// The input gradient's correlation: `(in, out, kt, k, k)` flipped in time and space, and the
+    /// same channels last `(out, kt, k, k, in)`.
+    flipped: Vec<F>,
+    flipped_channels_last: Vec<F>,
     /// What it stands for in openretina, for `retina info`.
     pub class: String,
 }
@@ -73,7 +81,33 @@ impl<F: Float> Conv3d<F> {
                 }
             }
         }
-        Conv3d { in_channels, out_channels, kernel, padding, weight, bias, packed, class: class.into() }
+        let size = kt * kk;
+        let mut weight_channels_last = vec![F::zero(); weight.len()];
+        let mut flipped = vec![F::zero(); weight.len()];
+        let mut flipped_channels_last = vec![F::zero(); weight.len()];
+        for o in 0..o_n {
+            for i in 0..i_n {
+                for j in 0..size {
+                    let w = weight[(o * i_n + i) * size + j];
+                    weight_channels_last[(i * size + j) * o_n + o] = w;
+                    flipped[(i * o_n + o) * size + size - 1 - j] = w;
+                    flipped_channels_last[(o * size + size - 1 - j) * i_n + i] = w;
+                }
+            }
+        }
+        Conv3d {
+            in_channels,
+            out_channels,
+            kernel,
+            padding,
+            weight,
+            bias,
+            packed,
+            weight_channels_last,
+            flipped,
+            flipped_channels_last,
+            class: class.into(),
+        }
     }
 
     fn geometry(&self, [_, t, h, w]: Shape) -> Geometry {
@@ -88,6 +122,22 @@ impl<F: Float> Conv3d<F> {
     }
 
     pub fn forward_values(&self, x: &[F], shape: Shape) -> Vec<F> {
+        let correlation = Correlation {
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            kernel: self.kernel,
+            weights: &self.weight,
+            weights_channels_last: &self.weight_channels_last,
+        };
+        if let Some(mut out) = F::correlate_fast(&correlation, x, [shape[1], shape[2], shape[3]], self.padding) {
+            if let Some(bias) = &self.bias {
+                let len = out.len() / self.out_channels;
+                for (chunk, &b) in out.chunks_exact_mut(len).zip(bias) {
+                    chunk.iter_mut().for_each(|v| *v += b);
+                }
+            }
+            return out;
+        }
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
@@ -97,6 +147,25 @@ impl<F: Float> Conv3d<F> {
     }
 
     pub fn backward_values(&self, grad: &[F], shape: Shape) -> Vec<F> {
+        // The input gradient is the correlation of the output gradient, padded by `kernel - 1 -
+        // padding` on each side, with the flipped kernels (input and output channels swapped).
+        let [_, t, h, w] = self.output_shape(shape).expect("shapes checked before the forward pass");
+        let padding = [0, 1, 2].map(|d| {
+            let (k, (lo, hi)) = (self.kernel[d], self.padding[d]);
+            (k > lo && k > hi).then(|| (k - 1 - lo, k - 1 - hi))
+        });
+        if let [Some(pt), Some(ph), Some(pw)] = padding {
+            let correlation = Correlation {
+                in_channels: self.out_channels,
+                out_channels: self.in_channels,
+                kernel: self.kernel,
+                weights: &self.flipped,
+                weights_channels_last: &self.flipped_channels_last,
+            };
+            if let Some(grad_x) = F::correlate_fast(&correlation, grad, [t, h, w], [pt, ph, pw]) {
+                return grad_x;
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
