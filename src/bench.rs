@@ -98,8 +98,11 @@ pub struct BenchReport {
     pub lines: Vec<String>,
 }
 
-/// Time forward and forward+backward per stimulus at batch 1 and 32, and all MEIs of the model.
-pub fn run(model: &Model<f32>, time_steps: usize, openretina: Option<&OpenretinaTimes>) -> crate::Result<BenchReport> {
+/// Time forward and forward+backward per stimulus at batch 1 and 32, and all MEIs of the model; with
+/// `one_mei`, batch 1 only and, instead of all MEIs, output neuron 0 of the first session (the MEI the
+/// fixtures' openretina timings use), one copy per thread run together (as `visualize` runs MEIs):
+/// for the real-size models, where all MEIs take many minutes.
+pub fn run(model: &Model<f32>, time_steps: usize, openretina: Option<&OpenretinaTimes>, one_mei: bool) -> crate::Result<BenchReport> {
     let mut lines = Vec::new();
     let threads = rayon::current_num_threads();
     lines.push(format!("threads: {threads}; stimulus: {:?}", model.config.stimulus_shape(time_steps, 1)));
@@ -108,7 +111,7 @@ pub fn run(model: &Model<f32>, time_steps: usize, openretina: Option<&Openretina
 
     let session = model.sessions().next().expect("sessions").to_string();
     let target = MeiTarget::OutputNeuron { session: session.clone(), neuron: 0 };
-    let objective = Objective::new(model, target, time_steps)?;
+    let objective = Objective::new(model, target.clone(), time_steps)?;
     let full_shape = model.config.stimulus_shape(time_steps, 1);
     let full = [full_shape[1], full_shape[2], full_shape[3], full_shape[4]];
     let flops_fwd = conv_flops(model, full, model.core.blocks.len());
@@ -116,10 +119,11 @@ pub fn run(model: &Model<f32>, time_steps: usize, openretina: Option<&Openretina
     let flops_step = 2.0 * conv_flops(model, gradient_shape, gradient_layers);
     let mut rng = Rng::new(2);
     let shape = model.config.stimulus_shape(time_steps, 1);
-    for batch in [1usize, 32] {
+    let batches: &[usize] = if one_mei { &[1] } else { &[1, 32] };
+    for &batch in batches {
         let n: usize = shape.iter().product();
         let stimuli: Vec<Vec<f32>> = (0..batch).map(|_| (0..n).map(|_| rng.uniform() as f32).collect()).collect();
-        let runs = if batch == 1 { 21 } else { 5 };
+        let runs = if one_mei { 3 } else if batch == 1 { 21 } else { 5 };
         let fwd = median_seconds(runs, || {
             stimuli.par_iter().for_each(|x| {
                 objective.evaluate(x);
@@ -147,10 +151,13 @@ pub fn run(model: &Model<f32>, time_steps: usize, openretina: Option<&Openretina
     }
 
     let settings = MeiSettings { time_steps, ..MeiSettings::openretina(model.config.input_channels) };
-    let targets = mei::all_targets(model);
-    // Median of 7: the machine kind this is measured on (2 shared cores) varies by ±15% run to run.
+    let targets = if one_mei { vec![target; threads] } else { mei::all_targets(model) };
+    // Median of 7 (3 for one MEI): the machine kind this is measured on (2 shared cores) varies by
+    // ±15% run to run.
     let mut failed = None;
-    let secs = median_seconds(7, || {
+    let runs = if one_mei { 3 } else { 7 };
+    let cpu_before = process_cpu_seconds();
+    let secs = median_seconds(runs, || {
         if let Err(e) = mei::optimize_all(model, &targets, &settings, &|| {}) {
             failed = Some(e);
         }
@@ -159,6 +166,11 @@ pub fn run(model: &Model<f32>, time_steps: usize, openretina: Option<&Openretina
         return Err(e);
     }
     let per_mei = secs / targets.len() as f64;
+    // CPU seconds per MEI: on a loaded machine the wall time depends on what else runs.
+    let cpu_per_mei = match (cpu_before, process_cpu_seconds()) {
+        (Some(a), Some(b)) => format!(", CPU {:.2} s per MEI", (b - a) / (runs * targets.len()) as f64),
+        _ => String::new(),
+    };
     // Work actually done: each step a forward and backward on the objective's part of the stimulus,
     // then one full forward for the final response.
     let total_flops: f64 = targets
@@ -173,10 +185,13 @@ pub fn run(model: &Model<f32>, time_steps: usize, openretina: Option<&Openretina
         Some(o) => format!("{:.1}x openretina's {:.0} ms per MEI from {}; ", o.mei_seconds / per_mei, o.mei_seconds * 1e3, o.source),
         None => "no openretina time for this model: pass --openretina-mei-seconds for a ratio; ".into(),
     };
+    let which = if one_mei {
+        format!("{} copies of output neuron 0's MEI ({} steps each, one per thread)", targets.len(), settings.iterations)
+    } else {
+        format!("all {} MEIs ({} steps each)", targets.len(), settings.iterations)
+    };
     lines.push(format!(
-        "all {} MEIs ({} steps each): {:.3} s, {:.2} ms per MEI, {:.0} MEIs/s ({ratio}~{:.0}% of sgemm peak)",
-        targets.len(),
-        settings.iterations,
+        "{which}: {:.3} s, {:.2} ms per MEI{cpu_per_mei}, {:.2} MEIs/s ({ratio}~{:.0}% of sgemm peak)",
         secs,
         per_mei * 1e3,
         1.0 / per_mei,
@@ -297,6 +312,16 @@ pub fn per_mei_by_neurons(raw: &RawModel, sizes: &[usize], time_steps: usize) ->
 }
 
 /// Peak resident memory of this process so far (`VmHWM`), where the system reports it (Linux).
+/// CPU time (user + system, all threads) of this process so far, in seconds (Linux; else `None`).
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces): utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // Linux reports them in USER_HZ, 100 on every architecture it supports.
+    Some(ticks / 100.0)
+}
+
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;

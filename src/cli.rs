@@ -477,6 +477,10 @@ pub struct BenchArgs {
     /// measured numbers for `demo`; otherwise no ratios are printed).
     #[arg(long, value_name = "SECONDS", value_parser = positive_number)]
     pub openretina_mei_seconds: Option<f64>,
+    /// For large models: time batch 1 only and, instead of all MEIs, output neuron 0's MEI of the first
+    /// session (the one openretina's fixture timings use), one copy per thread, median of 3.
+    #[arg(long, conflicts_with = "neurons")]
+    pub one_mei: bool,
 }
 
 #[derive(Args, Debug)]
@@ -615,10 +619,10 @@ pub fn run(command: Command) -> Result<()> {
 fn bench_command(args: &BenchArgs) -> Result<()> {
     let Some(sizes) = &args.neurons else {
         let model = load_model(&args.model_path, &args.source)?;
-        // Batches of 32 stimuli are timed.
-        model.check_work(args.time_steps, 32, Work::Forward)?;
+        // Batches of 32 stimuli are timed (of 1 with --one-mei).
+        model.check_work(args.time_steps, if args.one_mei { 1 } else { 32 }, Work::Forward)?;
         let openretina = bench::openretina_reference(&args.model_path, args.openretina_mei_seconds)?;
-        for line in bench::run(&model, args.time_steps, openretina.as_ref())?.lines {
+        for line in bench::run(&model, args.time_steps, openretina.as_ref(), args.one_mei)?.lines {
             println!("{line}");
         }
         return Ok(());

@@ -93,6 +93,8 @@ const TAPS_PER_SUM: usize = 128;
 struct Taps {
     rows: Vec<(usize, usize)>,
     width: usize,
+    /// The tap ranges `rows` was built for (neighbouring blocks mostly share them).
+    ranges: Option<[(usize, usize); 3]>,
 }
 
 impl Taps {
@@ -134,7 +136,12 @@ impl Geometry {
             let to = hi.saturating_sub(first).min(k);
             (from, to.max(from))
         };
-        let [(t0, t1), (y0, y1), (x0, x1)] = [range(0), range(1), range(2)];
+        let ranges = [range(0), range(1), range(2)];
+        if taps.ranges == Some(ranges) {
+            return;
+        }
+        taps.ranges = Some(ranges);
+        let [(t0, t1), (y0, y1), (x0, x1)] = ranges;
         let [kt, kh, kw] = self.kernel;
         let [tp, hp, wp] = self.padded;
         taps.rows.clear();

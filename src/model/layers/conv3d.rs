@@ -148,23 +148,38 @@ impl<F: Float> Conv3d<F> {
 
     pub fn backward_values(&self, grad: &[F], shape: Shape) -> Vec<F> {
         // The input gradient is the correlation of the output gradient, padded by `kernel - 1 -
-        // padding` on each side, with the flipped kernels (input and output channels swapped).
+        // padding` on each side, with the flipped kernels (input and output channels swapped). Where
+        // the padding is wider than the kernel (the separable time stage's spatial padding), that is
+        // the gradient of the padded input: its padding is cropped off.
         let [_, t, h, w] = self.output_shape(shape).expect("shapes checked before the forward pass");
         let padding = [0, 1, 2].map(|d| {
             let (k, (lo, hi)) = (self.kernel[d], self.padding[d]);
-            (k > lo && k > hi).then(|| (k - 1 - lo, k - 1 - hi))
+            ((k - 1).saturating_sub(lo), (k - 1).saturating_sub(hi))
         });
-        if let [Some(pt), Some(ph), Some(pw)] = padding {
-            let correlation = Correlation {
-                in_channels: self.out_channels,
-                out_channels: self.in_channels,
-                kernel: self.kernel,
-                weights: &self.flipped,
-                weights_channels_last: &self.flipped_channels_last,
-            };
-            if let Some(grad_x) = F::correlate_fast(&correlation, grad, [t, h, w], [pt, ph, pw]) {
+        let crop = [0, 1, 2].map(|d| (self.padding[d].0.saturating_sub(self.kernel[d] - 1), self.padding[d].1.saturating_sub(self.kernel[d] - 1)));
+        let correlation = Correlation {
+            in_channels: self.out_channels,
+            out_channels: self.in_channels,
+            kernel: self.kernel,
+            weights: &self.flipped,
+            weights_channels_last: &self.flipped_channels_last,
+        };
+        if let Some(grad_x) = F::correlate_fast(&correlation, grad, [t, h, w], padding) {
+            if crop == [(0, 0); 3] {
                 return grad_x;
             }
+            let [_, t_in, h_in, w_in] = shape;
+            let [tc, hc, wc] = [0, 1, 2].map(|d| shape[d + 1] + crop[d].0 + crop[d].1);
+            let mut cropped = Vec::with_capacity(self.in_channels * t_in * h_in * w_in);
+            for i in 0..self.in_channels {
+                for ti in 0..t_in {
+                    for y in 0..h_in {
+                        let src = ((i * tc + ti + crop[0].0) * hc + y + crop[1].0) * wc + crop[2].0;
+                        cropped.extend_from_slice(&grad_x[src..src + w_in]);
+                    }
+                }
+            }
+            return cropped;
         }
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
