@@ -34,17 +34,6 @@ fn tolerance(own: f64) -> f64 {
     }
 }
 
-fn target_from_id(id: &str) -> MeiTarget {
-    if let Some(rest) = id.strip_prefix("output.") {
-        let (session, neuron) = rest.rsplit_once('.').unwrap();
-        MeiTarget::OutputNeuron { session: session.into(), neuron: neuron.parse().unwrap() }
-    } else {
-        let (layer, channel) = id.split_once('.').unwrap();
-        let layer = layer.strip_prefix("core_features_layer").unwrap().parse().unwrap();
-        MeiTarget::InnerChannel { layer, channel: channel.parse().unwrap() }
-    }
-}
-
 fn check_all_meis(fixture_name: &str, model_file: &str, center: bool) {
     let reference = Reference::load(fixture_name);
     let manifest = manifest(fixture_name);
@@ -62,7 +51,7 @@ fn check_all_meis(fixture_name: &str, model_file: &str, center: bool) {
     let mut worst = 0.0f64;
     for id in &ids {
         let init = reference.get32(&format!("mei.{id}.init"));
-        let result = mei::optimize(&model, &target_from_id(id), init, &settings).unwrap();
+        let result = mei::optimize(&model, &MeiTarget::from_id(id).unwrap(), init, &settings).unwrap();
         assert_eq!(result.target.id(), *id);
         let expected = reference.get(&format!("mei.{id}.f64"));
         let own = own_difference(&manifest, id);
@@ -116,7 +105,7 @@ fn float64_replay_reproduces_the_reference_exactly() {
     let reference = Reference::load("unified_low_res");
     let model: Model<f64> = Model::from_raw(&raw_model("unified_low_res/model.safetensors")).unwrap();
     let id = "output.session_3_ventral1_20201021.1";
-    let objective = mei::Objective::new(&model, target_from_id(id), 50).unwrap();
+    let objective = mei::Objective::new(&model, MeiTarget::from_id(id).unwrap(), 50).unwrap();
     let constraints = mei::Constraints::openretina_default(2);
     let mut x = reference.get(&format!("mei.{id}.init")).data;
     let mut on_kink = Vec::new();
@@ -139,4 +128,19 @@ fn float64_replay_reproduces_the_reference_exactly() {
     let d = rel_max_diff(&x, &reference.get(&format!("mei.{id}.f64")).data);
     // Float64 rounding over 10 steps: the search found 3.2e-15.
     assert!(d <= 1e-12, "float64 replay differs by {d:e}");
+}
+
+/// Reference tensors and MEI folders are keyed by target ids: `from_id` inverts `id` and refuses others.
+#[test]
+fn target_ids_round_trip() {
+    let targets = [
+        MeiTarget::OutputNeuron { session: "mouse_1.ventral".into(), neuron: 3 },
+        MeiTarget::InnerChannel { layer: 2, channel: 15 },
+    ];
+    for t in targets {
+        assert_eq!(MeiTarget::from_id(&t.id()), Some(t));
+    }
+    for bad in ["output.s", "output.s.x", "core_features_layer.1", "core_features_layer1", "mds.s.1_vs_2", "layer0.1"] {
+        assert_eq!(MeiTarget::from_id(bad), None, "{bad}");
+    }
 }

@@ -57,17 +57,6 @@ fn check_forward(name: &str) {
     }
 }
 
-fn target_from_id(id: &str) -> MeiTarget {
-    if let Some(rest) = id.strip_prefix("output.") {
-        let (session, neuron) = rest.rsplit_once('.').unwrap();
-        MeiTarget::OutputNeuron { session: session.into(), neuron: neuron.parse().unwrap() }
-    } else {
-        let (layer, channel) = id.split_once('.').unwrap();
-        let layer = layer.strip_prefix("core_features_layer").unwrap().parse().unwrap();
-        MeiTarget::InnerChannel { layer, channel: channel.parse().unwrap() }
-    }
-}
-
 /// Every reference MEI of the fixture, in float32 from its recorded initial stimulus, within the
 /// fixtures README's per-MEI bar: max(2e-4, 3 x openretina's own float32-vs-float64 difference).
 fn check_meis(name: &str) {
@@ -84,7 +73,7 @@ fn check_meis(name: &str) {
         let init = reference.get32(&format!("mei.{id}.init"));
         // Some fixtures use other stimulus lengths (zoo_goldin_meis: 20 frames, as `--time-steps-stimulus 20`).
         settings.time_steps = init.shape[2];
-        let result = mei::optimize(&model, &target_from_id(id), init, &settings).unwrap();
+        let result = mei::optimize(&model, &MeiTarget::from_id(id).unwrap(), init, &settings).unwrap();
         let expected = reference.get(&format!("mei.{id}.f64"));
         let own = manifest["relative_max_diff_f32_vs_f64"][format!("mei.{id}")].as_f64().unwrap();
         let tol = if own < CHAOTIC { (3.0 * own).max(2e-4) } else { (3.0 * own).max(2e-3) };

@@ -40,13 +40,7 @@ fn check_meis(fixture_name: &str) {
     assert_eq!(ids.len() as u64, manifest["meis"].as_u64().unwrap(), "{fixture_name}: MEI count");
     let mut failures = Vec::new();
     for id in &ids {
-        let target = if let Some(rest) = id.strip_prefix("output.") {
-            let (session, neuron) = rest.rsplit_once('.').unwrap();
-            MeiTarget::OutputNeuron { session: session.into(), neuron: neuron.parse().unwrap() }
-        } else {
-            let (layer, channel) = id.split_once('.').unwrap();
-            MeiTarget::InnerChannel { layer: layer.strip_prefix("core_features_layer").unwrap().parse().unwrap(), channel: channel.parse().unwrap() }
-        };
+        let target = MeiTarget::from_id(id).unwrap();
         let own = manifest["relative_max_diff_f32_vs_f64"][format!("mei.{id}")].as_f64().unwrap();
         assert!(own < 1e-5, "{id}: openretina's own difference {own:e} marks a chaotic MEI; use tests/mei.rs's bar");
         let tol = (3.0 * own).max(2e-4);

@@ -61,6 +61,17 @@ impl MeiTarget {
             }
         }
     }
+
+    /// The target an [`id`](Self::id) names, for output neurons and inner channels (`None` otherwise):
+    /// reference files and MEI folders are keyed by these names.
+    pub fn from_id(id: &str) -> Option<MeiTarget> {
+        if let Some(rest) = id.strip_prefix("output.") {
+            let (session, neuron) = rest.rsplit_once('.')?;
+            return Some(MeiTarget::OutputNeuron { session: session.into(), neuron: neuron.parse().ok()? });
+        }
+        let (layer, channel) = id.strip_prefix("core_features_layer")?.split_once('.')?;
+        Some(MeiTarget::InnerChannel { layer: layer.parse().ok()?, channel: channel.parse().ok()? })
+    }
 }
 
 /// An objective bound to a model: evaluates and differentiates with respect to one stimulus.
