@@ -6,14 +6,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::mask_features::{MaskFeatures, Tape};
-use super::{NeuronWeights, Readout, ReadoutState, WeightFigure};
+use super::mask_features::{MaskFeatures, MaskReadout};
+use super::Readout;
 use crate::error::Result;
 use crate::model::config::ReadoutConfig;
 use crate::model::layer::Shape;
 use crate::model::load::StateDict;
 use crate::model::Float;
-use crate::tensor::Tensor;
 
 #[derive(Debug, Clone)]
 pub struct FactorizedReadout<F> {
@@ -98,31 +97,21 @@ pub fn load_sessions<F: Float>(
     Ok(readouts)
 }
 
-impl<F: Float> Readout<F> for FactorizedReadout<F> {
-    fn class_name(&self) -> &'static str {
-        "FactorizedReadout"
+impl<F: Float> MaskReadout for FactorizedReadout<F> {
+    type F = F;
+    const CLASS_NAME: &'static str = "FactorizedReadout";
+    /// openretina's figure for this class draws the feature bars around 0.
+    const SYMMETRIC_FEATURES: bool = true;
+
+    fn rows(&self) -> &MaskFeatures<F> {
+        &self.rows
     }
 
-    fn neurons(&self) -> usize {
-        self.rows.neurons
+    fn mask_shape(&self) -> [usize; 2] {
+        [self.height, self.width]
     }
 
-    fn forward(&self, core_out: &[F], [_, t, _, _]: Shape) -> (Vec<F>, ReadoutState) {
-        let (out, tape) = self.rows.forward(core_out, t);
-        (out, Box::new(tape))
-    }
-
-    fn backward(&self, state: &ReadoutState, grad_out: &[F], [_, t, _, _]: Shape) -> Vec<F> {
-        let tape = state.downcast_ref::<Tape<F>>().expect("the state of this readout's forward pass");
-        self.rows.backward(tape, grad_out, t)
-    }
-
-    fn select(&self, neurons: &[usize]) -> Arc<dyn Readout<F>> {
-        Arc::new(FactorizedReadout { height: self.height, width: self.width, rows: self.rows.select(neurons) })
-    }
-
-    fn neuron_weights(&self, neuron: usize) -> NeuronWeights {
-        let (mask, features) = self.rows.neuron_row(neuron);
-        NeuronWeights { spatial: Tensor { shape: vec![self.height, self.width], data: mask }, features, figure: WeightFigure::mask(true) }
+    fn select_rows(&self, neurons: &[usize]) -> Self {
+        FactorizedReadout { height: self.height, width: self.width, rows: self.rows.select(neurons) }
     }
 }

@@ -5,14 +5,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::mask_features::{MaskFeatures, Tape};
-use super::{nan_to_num, NeuronWeights, WeightFigure, Readout, ReadoutState};
+use super::mask_features::{MaskFeatures, MaskReadout};
+use super::{nan_to_num, Readout};
 use crate::error::Result;
 use crate::model::config::ReadoutConfig;
 use crate::model::layer::Shape;
 use crate::model::load::StateDict;
 use crate::model::Float;
-use crate::tensor::Tensor;
 
 #[derive(Debug, Clone)]
 pub struct GaussianReadout<F> {
@@ -147,28 +146,22 @@ impl<F: Float> GaussianReadout<F> {
     }
 }
 
-impl<F: Float> Readout<F> for GaussianReadout<F> {
-    fn class_name(&self) -> &'static str {
-        "GaussianMaskReadout"
+impl<F: Float> MaskReadout for GaussianReadout<F> {
+    type F = F;
+    const CLASS_NAME: &'static str = "GaussianMaskReadout";
+    const SYMMETRIC_FEATURES: bool = false;
+
+    fn rows(&self) -> &MaskFeatures<F> {
+        &self.rows
     }
 
-    fn neurons(&self) -> usize {
-        self.rows.neurons
+    fn mask_shape(&self) -> [usize; 2] {
+        [self.height, self.width]
     }
 
-    fn forward(&self, core_out: &[F], [_, t, _, _]: Shape) -> (Vec<F>, ReadoutState) {
-        let (out, tape) = self.rows.forward(core_out, t);
-        (out, Box::new(tape))
-    }
-
-    fn backward(&self, state: &ReadoutState, grad_out: &[F], [_, t, _, _]: Shape) -> Vec<F> {
-        let tape = state.downcast_ref::<Tape<F>>().expect("the state of this readout's forward pass");
-        self.rows.backward(tape, grad_out, t)
-    }
-
-    fn select(&self, neurons: &[usize]) -> Arc<dyn Readout<F>> {
+    fn select_rows(&self, neurons: &[usize]) -> Self {
         let hw2 = self.height * self.width * 2;
-        Arc::new(GaussianReadout {
+        GaussianReadout {
             height: self.height,
             width: self.width,
             mask_mean: neurons.iter().flat_map(|&n| [self.mask_mean[2 * n], self.mask_mean[2 * n + 1]]).collect(),
@@ -177,17 +170,12 @@ impl<F: Float> Readout<F> for GaussianReadout<F> {
             gaussian_mean_scale: self.gaussian_mean_scale,
             gaussian_var_scale: self.gaussian_var_scale,
             rows: self.rows.select(neurons),
-        })
+        }
     }
 
-    fn centered(&self, target: [f64; 2]) -> Option<Arc<dyn Readout<F>>> {
+    fn recentered(&self, target: [f64; 2]) -> Option<Self> {
         let mut r = self.clone();
         r.center(target.map(F::from_f64));
-        Some(Arc::new(r))
-    }
-
-    fn neuron_weights(&self, neuron: usize) -> NeuronWeights {
-        let (mask, features) = self.rows.neuron_row(neuron);
-        NeuronWeights { spatial: Tensor { shape: vec![self.height, self.width], data: mask }, features, figure: WeightFigure::mask(false) }
+        Some(r)
     }
 }

@@ -3,10 +3,17 @@
 //! Gaussian, and the factorised readout, whose mask is free): per neuron n and frame t,
 //! `softplus(scale[n] * sum_c features[c, n] * sum_p core[c, t, p] * mask[n, p] + bias[n])`.
 //! Each neuron uses only its own row of every array, so a subset of neurons is just those rows.
+//! A readout kind of this family implements [`MaskReadout`] (what differs: its class, its figure,
+//! how its rows are selected or re-centred) and gets [`Readout`] from the one impl here.
 
-use super::{softplus, softplus_derivative};
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use super::{softplus, softplus_derivative, NeuronWeights, Readout, ReadoutState, WeightFigure};
+use crate::model::layer::Shape;
 use crate::model::linalg::{gemm, Layout};
 use crate::model::Float;
+use crate::tensor::Tensor;
 
 #[derive(Debug, Clone)]
 pub struct MaskFeatures<F> {
@@ -101,5 +108,63 @@ impl<F: Float> MaskFeatures<F> {
             self.masks[n * hw..(n + 1) * hw].iter().map(|v| v.to_f64() as f32).collect(),
             (0..self.channels).map(|c| self.features[c * self.neurons + n].to_f64() as f32).collect(),
         )
+    }
+}
+
+/// A readout kind whose computation is a [`MaskFeatures`]; it supplies only what differs between kinds.
+/// (`F` is an associated type, not a parameter, so that no other crate can implement this trait for
+/// the other readouts and the impl of [`Readout`] below stays theirs alone.)
+pub trait MaskReadout: Debug + Send + Sync + Sized + 'static {
+    type F: Float;
+    /// openretina's per-session class, e.g. `GaussianMaskReadout`.
+    const CLASS_NAME: &'static str;
+    /// Whether its weight figure draws the feature bars within plus/minus the largest |weight|.
+    const SYMMETRIC_FEATURES: bool;
+
+    fn rows(&self) -> &MaskFeatures<Self::F>;
+
+    /// `(height, width)` of a mask.
+    fn mask_shape(&self) -> [usize; 2];
+
+    /// The same readout with only `neurons` (see [`Readout::select`]).
+    fn select_rows(&self, neurons: &[usize]) -> Self;
+
+    /// A copy whose masks all sit at `target` (see [`Readout::centered`]); `None` for free masks.
+    fn recentered(&self, _target: [f64; 2]) -> Option<Self> {
+        None
+    }
+}
+
+impl<F: Float, R: MaskReadout<F = F>> Readout<F> for R {
+    fn class_name(&self) -> &'static str {
+        R::CLASS_NAME
+    }
+
+    fn neurons(&self) -> usize {
+        self.rows().neurons
+    }
+
+    fn forward(&self, core_out: &[F], [_, t, _, _]: Shape) -> (Vec<F>, ReadoutState) {
+        let (out, tape) = self.rows().forward(core_out, t);
+        (out, Box::new(tape))
+    }
+
+    fn backward(&self, state: &ReadoutState, grad_out: &[F], [_, t, _, _]: Shape) -> Vec<F> {
+        let tape = state.downcast_ref::<Tape<F>>().expect("the state of this readout's forward pass");
+        self.rows().backward(tape, grad_out, t)
+    }
+
+    fn select(&self, neurons: &[usize]) -> Arc<dyn Readout<F>> {
+        Arc::new(self.select_rows(neurons))
+    }
+
+    fn centered(&self, target: [f64; 2]) -> Option<Arc<dyn Readout<F>>> {
+        self.recentered(target).map(|r| Arc::new(r) as Arc<dyn Readout<F>>)
+    }
+
+    fn neuron_weights(&self, neuron: usize) -> NeuronWeights {
+        let (mask, features) = self.rows().neuron_row(neuron);
+        let spatial = Tensor { shape: self.mask_shape().to_vec(), data: mask };
+        NeuronWeights { spatial, features, figure: WeightFigure::mask(R::SYMMETRIC_FEATURES) }
     }
 }
