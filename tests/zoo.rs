@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use retina::formats::RawModel;
 use retina::mei::{self, MeiSettings, MeiTarget};
 use retina::model::Model;
 
@@ -27,10 +28,29 @@ fn zoo_folder(name: &str) -> String {
     }
 }
 
+/// A zoo fixture's model: the shared folders' `model.safetensors`; this repository's folders keep only
+/// the Lightning checkpoint users load (`model.ckpt`, or the shared one their manifest's `model_file` names).
+fn zoo_model(folder: &str) -> RawModel {
+    if !std::path::Path::new(folder).is_absolute() {
+        return raw_model(&format!("{folder}/model.safetensors"));
+    }
+    let file = manifest(folder)["model_file"].as_str().unwrap_or("model.ckpt").to_string();
+    let path = std::path::Path::new(folder).join(&file);
+    retina::formats::checkpoint::read_model_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A stored layer output `(1, channels, frames, h, w)` is the first channels of ours, or channel 0's
+/// first frames: either way a prefix of our values.
+fn assert_prefix_shape(got: &[usize], stored: &[usize], what: &str) {
+    assert_eq!(got[3..], stored[3..], "{what}: spatial shape");
+    assert!(stored[1] > 0 && stored[1] <= got[1] && stored[2] > 0 && stored[2] <= got[2], "{what}: {stored:?} within {got:?}");
+    assert!(stored[1] == 1 || stored[2] == got[2], "{what}: {stored:?} is not a prefix of {got:?}");
+}
+
 fn check_forward(name: &str) {
     let folder = zoo_folder(name);
     let reference = Reference::load(&folder);
-    let model: Model<f32> = Model::from_raw(&raw_model(&format!("{folder}/model.safetensors"))).unwrap();
+    let model: Model<f32> = Model::from_raw(&zoo_model(&folder)).unwrap();
     let input = reference.get32("forward.input");
     let sessions: Vec<String> = model.sessions().map(String::from).collect();
     for session in &sessions {
@@ -48,10 +68,10 @@ fn check_forward(name: &str) {
     for (i, layer) in names.iter().enumerate() {
         let key = format!("layer.{layer}");
         let expected = if reference.names().any(|n| *n == format!("{key}.f64")) { reference.get(&format!("{key}.f64")) } else { reference.get(&key) };
-        // Large layers are stored for their first channels only (batch 1: a prefix of the values).
+        // Large layers are stored for their first channels, or channel 0's first frames only (batch 1:
+        // a prefix of the values).
         let got = &out.layers[i];
-        assert_eq!(got.shape[2..], expected.shape[2..], "{name} {layer}");
-        assert!(expected.shape[1] <= got.shape[1] && expected.shape[1] > 0, "{name} {layer}: channels");
+        assert_prefix_shape(&got.shape, &expected.shape, &format!("{name} {layer}"));
         let d = rel_max_diff(&to_f64(&got.data[..expected.data.len()]), &expected.data);
         assert!(d <= FORWARD_TOL, "{name} {layer}: differs by {d:e} (relative)");
     }
@@ -63,7 +83,7 @@ fn check_meis(name: &str) {
     let fixture = zoo_folder(name);
     let reference = Reference::load(&fixture);
     let manifest = manifest(&fixture);
-    let model: Model<f32> = Model::from_raw(&raw_model(&format!("{fixture}/model.safetensors"))).unwrap();
+    let model: Model<f32> = Model::from_raw(&zoo_model(&fixture)).unwrap();
     let mut settings = MeiSettings::openretina(model.config.input_channels);
     let ids: Vec<String> =
         reference.names().filter_map(|n| n.strip_prefix("mei.").and_then(|n| n.strip_suffix(".init")).map(String::from)).collect();
@@ -132,7 +152,7 @@ fn zoo_karamanlis() {
 fn zoo_karamanlis_float64() {
     let folder = zoo_folder("zoo_karamanlis");
     let reference = Reference::load(&folder);
-    let model: Model<f64> = Model::from_raw(&raw_model(&format!("{folder}/model.safetensors"))).unwrap();
+    let model: Model<f64> = Model::from_raw(&zoo_model(&folder)).unwrap();
     let input = reference.get("forward.input");
     let sessions: Vec<String> = model.sessions().map(String::from).collect();
     for session in &sessions {
@@ -143,6 +163,7 @@ fn zoo_karamanlis_float64() {
     let out = model.forward(&input, &sessions[0]).unwrap();
     for (i, layer) in model.layer_names().iter().enumerate() {
         let expected = reference.get(&format!("layer.{layer}.f64"));
+        assert_prefix_shape(&out.layers[i].shape, &expected.shape, &format!("zoo_karamanlis {layer}"));
         let d = rel_max_diff(&out.layers[i].data[..expected.data.len()], &expected.data);
         assert!(d <= 1e-12, "zoo_karamanlis {layer}: float64 output differs by {d:e}");
     }

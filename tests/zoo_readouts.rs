@@ -363,8 +363,8 @@ fn sampled_gaussian_fixture() -> (LocalReference, serde_json::Value, RawModel) {
     let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
     let reference = LocalReference(retina::formats::safetensors::parse(&bytes, "reference").unwrap().0);
     let manifest = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
-    let model = std::fs::read(dir.join("model.safetensors")).unwrap();
-    (reference, manifest, retina::formats::safetensors::parse_model(&model, "zoo_sampled_gaussian").unwrap())
+    // The repository's zoo folders keep only the Lightning checkpoint (see tests/fixtures/zoo/README.md).
+    (reference, manifest, retina::formats::checkpoint::read_model_file(&dir.join("model.ckpt")).unwrap())
 }
 
 /// The tensors of a reference file inside this repository (`Reference` reads ../shared/fixtures).

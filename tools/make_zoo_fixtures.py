@@ -55,6 +55,11 @@ THREADS = 2
 
 # name -> how to make it. `sessions`: session name -> neurons (kept small: the folders must stay a few MB).
 # `meis`: ("output", session, neuron) or ("inner", layer, channel), in the order they are computed.
+LAYER_FRAMES = 3  # hooked layers are stored as channel 0, first frames: the arithmetic of every position
+
+# name -> how to make it. `sessions`: session name -> neurons (few: the folders must stay about 3 MB).
+# `meis`: ("output", session, neuron) or ("inner", layer, channel). Time steps: `forward_time_steps` gives ~10 output
+# frames; `mei_time_steps` is visualize's 50 where output MEIs need it (they average output frames 10-19).
 FIXTURES = {
     "zoo_sampled_gaussian": dict(
         about="model/core_gaussian_readout.yaml via vystrcilova_2024_wn_cnn.yaml: MultiSampledGaussianReadout "
@@ -63,8 +68,9 @@ FIXTURES = {
         experiment="vystrcilova_2024_wn_cnn",
         sessions={"01": 5, "04": 3},
         meis=[("output", "01", 0)],
-        time_steps=50,
-        layer_channels=(1, 1),
+        why_meis="folder size: one output MEI of the readout class this fixture is for",
+        forward_time_steps=44,
+        mei_time_steps=50,
         seed=3,
     ),
     "zoo_karamanlis": dict(
@@ -72,11 +78,11 @@ FIXTURES = {
         "spatial [21,15,11], temporal [11,11,11], hidden padding (0,5,5), no pooling",
         experiment="karamanlis_2024_core_readout",
         sessions={"mouse_01_fixationmovie": 5, "mouse_02_fixationmovie": 3},
-        meis=[],
-        why_fewer_meis="time: one float32 MEI takes openretina about an hour on this shared 2-core machine",
+        meis=[("output", "mouse_01_fixationmovie", 0)],
+        why_meis="time: one openretina MEI (float32 and float64) takes most of an hour on this shared 2-core machine",
         timing_iterations=1,
-        time_steps=50,
-        layer_channels=(1, 1),
+        forward_time_steps=40,
+        mei_time_steps=50,
         seed=4,
     ),
     "zoo_hoefling_high_res": dict(
@@ -84,36 +90,31 @@ FIXTURES = {
         "temporal [13,11,5,5], spatial [15,15,7,7], hidden padding (0,5,5), MaxPool3d (1,2,2) after layers 0 and 2",
         experiment="hoefling_2024_core_readout_high_res",
         sessions={"session_1_ventral1_20200226": 5, "session_2_ventral2_20201016": 3},
-        meis=[("output", "session_1_ventral1_20200226", 0)],
-        extra_meis=[("inner", "core_features_layer0", 0)],
-        drop_meis=[("output", "session_1_ventral1_20200226", 0)],
-        drop_why="chaotic in openretina itself (its float32 and float64 MEIs differ by 0.53 relative), so no close "
-        "check of a float32 implementation; its 7 MB would double the folder. It stays the MEI of "
-        "f32_frozen_parameters_check and timing",
-        extra_why="the output MEI is chaotic in openretina itself (its float32 and float64 runs differ by 0.53 "
-        "relative: lr 100 steps through four layers with max-pooling and the norm/range post-processing), so it "
-        "cannot check a float32 implementation closely; an inner channel of the first layer is well conditioned",
-        time_steps=50,
-        layer_channels=(1, 1),
+        meis=[("inner", "core_features_layer0", 0)],
+        why_meis="its output MEIs are chaotic in openretina itself (session 1 neuron 0: float32 and float64 differ by "
+        "0.53 relative: lr 100 steps through four layers with max-pooling and the norm/range post-processing), so "
+        "they cannot check a float32 implementation closely; an inner channel of the first layer is well conditioned "
+        "and needs only 31 frames (its objective averages the last 10 of the layer's 19 output frames; the whole model, "
+        "which the objective runs, needs 31)",
+        timing_mei=("output", "session_1_ventral1_20200226", 0),
+        timing_time_steps=50,
+        forward_time_steps=35,
+        mei_time_steps=31,
         seed=5,
     ),
     "zoo_goldin_meis": dict(
         about="more MEIs of ../shared/fixtures/zoo/zoo_goldin (goldin_2022_core_readout.yaml: 1x1x108x108 images, "
-        "time_independent conv, readout positive false): the same checkpoint, an inner-channel MEI and an output MEI "
+        "time_independent conv, readout positive false): its checkpoint, an inner-channel MEI and an output MEI "
         "of the second session, on 20-frame stimuli (`openretina visualize --time-steps-stimulus 20`)",
         experiment="goldin_2022_core_readout",
-        from_shared="zoo/zoo_goldin",
+        model_from="zoo/zoo_goldin",
         meis=[("inner", "core_features_layer0", 1), ("output", "mouse_2_ventral2_20201016", 1)],
-        time_steps=20,
-        layer_channels=(1, 1),
+        why_meis="more MEIs of zoo_goldin, whose folder holds one output MEI; 20 frames instead of visualize's "
+        "default 50: the time_independent core treats every frame on its own and both objectives average frames "
+        "10-19, so frames 20-49 would only carry the untouched random start",
+        forward_time_steps=10,
+        mei_time_steps=20,
         seed=6,
-        notes=[
-            "the model is ../shared/fixtures/zoo/zoo_goldin's checkpoint, copied here with its model.safetensors and "
-            "hparams.json, so these references extend that fixture's",
-            "20 frames instead of visualize's default 50 (its --time-steps-stimulus flag): the time_independent core "
-            "treats every frame on its own and both objectives average frames 10-19, so frames 20-49 would only "
-            "carry the untouched random start and treble the folder size",
-        ],
     ),
 }
 
@@ -333,7 +334,7 @@ def visualize_pieces(stimulus_shape):
     return post, penalty, partial(torch.optim.SGD, lr=100.0)
 
 
-def objective_for(model, spec, layer_shapes):
+def objective_for(model, spec, shapes):
     """visualize's objective for an inner channel (last 10 frames of the layer) or an output neuron (frames 10-19).
     The layer's frame count comes from the float32 model (openretina's get_output_shape_for_layer probes with a
     float32 stimulus, which the float64 model refuses)."""
@@ -342,15 +343,15 @@ def objective_for(model, spec, layer_shapes):
         return IncreaseObjective(model, neuron_indices=b, data_key=a, response_reducer=SliceMeanReducer(0, 10, 10))
     reducer = SliceMeanReducer(0, 10, 10)
     objective = InnerNeuronVisualizationObjective(model, model.readout.readout_keys()[0], reducer)
-    num_timesteps = layer_shapes[a][2]
+    num_timesteps = shapes[a][2]
     reducer.start = num_timesteps - reducer.length
     objective.set_layer_channel(a, b)
     return objective
 
 
-def run_mei(model, spec, init, post, penalty, opt_fn, layer_shapes, iterations=10):
+def run_mei(model, spec, init, post, penalty, opt_fn, shapes, iterations=10):
     stimulus = init.clone().requires_grad_(True)
-    objective = objective_for(model, spec, layer_shapes)
+    objective = objective_for(model, spec, shapes)
     stopper = LossRecorder(iterations)
     t0 = time.perf_counter()
     optimize_stimulus(stimulus, opt_fn, objective, stopper, stimulus_regularization_loss=penalty, stimulus_postprocessor=post)
@@ -376,254 +377,215 @@ def hooked_outputs(model, x, key, names):
     return out
 
 
-def compute_mei(name, mspec, model32, model64, stimulus_shape, shapes, ref, diffs):
-    """One MEI as visualize computes it, from a fresh start, in float32 and float64, into `ref` and `diffs`."""
+def layer_shapes(model, stimulus_shape):
+    """Output shape of every hooked layer for a stimulus of this shape (batch 1), as openretina's
+    get_output_shape_for_layer finds it: a float32 forward pass."""
+    names = hooked_layer_names(model)
+    x = torch.zeros(stimulus_shape)
+    return {n: list(t.shape) for n, t in hooked_outputs(model, x, model.readout.readout_keys()[0], names).items()}
+
+
+def hooked_layer_names(model):
+    """The modules visualize optimises: hook names containing 'layer' and ending in a digit."""
+    names = list(InnerNeuronVisualizationObjective.hook_model(copy.deepcopy(model)).keys())
+    return [n for n in names if "layer" in n and n[-1].isdigit()]
+
+
+def compute_mei(name, mspec, model32, model64, stimulus_shape, ref, diffs):
+    """One MEI as visualize computes it, float32 and float64 from the same start, into `ref` and `diffs`.
+    The start is visualize's (0.1 x standard normal, then its post-processing) with the noise rounded to float16
+    first, so that for one colour channel (no post-processing) it is stored exactly in half the bytes. The float64
+    result is stored rounded to float32 (6e-8 relative, far below the per-MEI bar of 2e-4); the float32 result
+    only as its difference to it. Returns the start, the float32 MEI and the seconds both took."""
     post, penalty, opt_fn = visualize_pieces(stimulus_shape)
     post64, penalty64, _ = visualize_pieces(stimulus_shape)
+    shapes = layer_shapes(model32, stimulus_shape) if mspec[0] == "inner" else {}
     mid = mei_id(mspec)
-    init = post.process(torch.randn(stimulus_shape) * 0.1)
+    init = post.process((torch.randn(stimulus_shape) * 0.1).half().float())
     t0 = time.perf_counter()
     f32, loss32, secs = run_mei(model32, mspec, init, post, penalty, opt_fn, shapes)
     f64, _, _ = run_mei(model64, mspec, init.double(), post64, penalty64, opt_fn, shapes)
     seconds = time.perf_counter() - t0
-    ref[f"mei.{mid}.init"], ref[f"mei.{mid}.f32"], ref[f"mei.{mid}.f64"] = init, f32, f64
+    exact_half = torch.equal(init.half().float(), init)
+    ref[f"mei.{mid}.init"] = init.half() if exact_half else init
+    ref[f"mei.{mid}.f64"] = f64.float()
     ref[f"mei.{mid}.loss32"] = torch.from_numpy(loss32)
     diffs[f"mei.{mid}"] = rel(f32, f64)
-    s = f64[0].numpy()
-    for ci in range(s.shape[0]):
-        temporal, spatial, _ = decompose_kernel(s[ci])
-        freqs, fw = calculate_fft(temporal, FRAME_RATE_MODEL, 10.0)
-        base = f"mei.{mid}.composition.c{ci}"
-        ref[f"{base}.temporal"] = torch.from_numpy(np.ascontiguousarray(temporal, dtype=np.float64))
-        ref[f"{base}.spatial"] = torch.from_numpy(np.ascontiguousarray(spatial, dtype=np.float64))
-        ref[f"{base}.fft_freqs"] = torch.from_numpy(np.ascontiguousarray(freqs, dtype=np.float64))
-        ref[f"{base}.fft_weights"] = torch.from_numpy(np.ascontiguousarray(fw, dtype=np.float64))
-        ref[f"{base}.main_freq"] = torch.tensor([float(weighted_main_frequency(freqs, fw))], dtype=torch.float64)
     moved = rel(f64 - init.double(), init)
     print(f"[{name}] MEI {mid}: float32 (frozen) {secs:.1f} s, f32 vs f64 {diffs[f'mei.{mid}']:.2e}, "
           f"moved {moved:.2e} of the start, losses {loss32[0]:.4g} -> {loss32[-1]:.4g}", flush=True)
     if moved < 1e-2:  # a flat objective makes a useless reference: refuse it
         raise SystemExit(f"{name}: MEI {mid} hardly moves from its start ({moved:.1e}); change the weights or seed")
-    return seconds
+    return init, f32, seconds
 
 
-def add_meis(name, spec, args):
-    """More MEIs on a folder made before (its committed checkpoint), appended to its references and manifest."""
-    torch.set_num_threads(THREADS)
+def readout_references(model, ref, about):
+    """PointGaussianReadout: the eval-time position and the density its weight figure draws (tests read both)."""
+    for key in model.readout.readout_keys():
+        r = model.readout[key]
+        if not hasattr(r, "_mu"):
+            continue
+        with torch.no_grad():
+            grid = r.sample_grid(batch_size=1, sample=False)
+        ref[f"readout.{key}.mu"] = grid[0, :, 0, :].detach().clone()
+        about[f"readout.{key}.mu"] = "eval-time sampling position (neurons, 2) = clamp(mu, -1, 1), (x, y) in grid_sample coordinates"
+        ref[f"readout.{key}.sampling_density"] = torch.from_numpy(
+            np.stack([r._neuron_sampling_map(j) for j in range(r.outdims)]).astype(np.float32))
+        about[f"readout.{key}.sampling_density"] = (
+            "the 'Sampling Density' openretina's readout weight figure draws per neuron (neurons, h, w): Gaussian of "
+            "mean mu and covariance sigma sigma^T + 1e-6 I over linspace(-1,1) grids, normalised to sum 1")
+
+
+def write_references(name, spec, model, out, manifest):
+    """What the tests read, each reference stored once: forward responses and hooked layers (float64, layers as a
+    prefix), readout extras, and the MEIs of `spec['meis']`. Returns id -> (start, float32 MEI), for the timing."""
     torch.manual_seed(spec["seed"] + 1000)
-    out = os.path.join(args.out, name)
-    model = load_core_readout_model(os.path.join(out, "model.ckpt"), "cpu").eval()
-    with open(os.path.join(out, "manifest.json")) as f:
-        manifest = json.load(f)
-    ref = load_file(os.path.join(out, "reference.safetensors"))
-    shapes = manifest["visualize"]["layer_output_shapes"]
-    stimulus_shape = tuple(manifest["visualize"]["stimulus_shape"])
+    keys = model.readout.readout_keys()
     model32 = copy.deepcopy(model).requires_grad_(False)
+    # The reference MEIs run with frozen parameters: the stimulus gradient does not depend on whether torch also
+    # computes weight gradients (the timing run checks it bitwise), and those make most of openretina's MEI time.
     model64 = copy.deepcopy(model).double().requires_grad_(False)
-    seconds = 0.0
-    for mspec in spec["extra_meis"]:
-        seconds += compute_mei(name, mspec, model32, model64, stimulus_shape, shapes, ref, manifest["relative_max_diff_f32_vs_f64"])
-    manifest["mei_plan"]["computed"] += [list(m) for m in spec["extra_meis"]]
-    manifest["mei_plan"]["added_later"] = {"meis": [list(m) for m in spec["extra_meis"]], "why": spec["extra_why"],
-                                           "how": "make_zoo_fixtures.py --add-meis on the re-loaded model.ckpt"}
-    manifest["meis"] = len(manifest["mei_plan"]["computed"])
-    manifest["mei_seconds_openretina_f32_plus_f64"] = round(manifest["mei_seconds_openretina_f32_plus_f64"] + seconds, 2)
-    save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(out, "reference.safetensors"))
+    c, h, w = (int(v) for v in model.data_info["input_shape"])
+    ref, about, diffs = {}, {}, {}
+    x = torch.rand(1, c, spec["forward_time_steps"], h, w).half().float()
+    ref["forward.input"] = x.half()
+    about["forward.input"] = "uniform [0,1) stimulus rounded to float16 (stored as F16, exactly), shape (1, C, T, H, W)"
+    fwd_samples = []
+    for key in keys:
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            y32 = model32(x, data_key=key)
+            fwd_samples.append(time.perf_counter() - t0)
+            y64 = model64(x.double(), data_key=key)
+        ref[f"forward.{key}.f64"] = y64
+        about[f"forward.{key}.f64"] = f"model(x, data_key='{key}') on the model cast to float64, shape (1, T_out, neurons)"
+        diffs[f"forward.{key}"] = rel(y32, y64)
+    names = hooked_layer_names(model)
+    h32, h64 = hooked_outputs(model32, x, keys[0], names), hooked_outputs(model64, x.double(), keys[0], names)
+    layer_diffs = {n: rel(h32[n], h64[n]) for n in names}
+    for n in names:
+        ref[f"layer.{n}.f64"] = h64[n][:, :1, :LAYER_FRAMES].contiguous()
+        about[f"layer.{n}.f64"] = (f"float64 output of hooked module {n} for forward.input, data_key '{keys[0]}': channel 0, "
+                                   f"frames 0..{LAYER_FRAMES - 1} of {list(h64[n].shape)}")
+    readout_references(model, ref, about)
+    mei_shape = model.stimulus_shape(time_steps=spec["mei_time_steps"], num_batches=1)
+    f32_meis, mei_seconds = {}, 0.0
+    for mspec in spec["meis"]:
+        init, f32, secs = compute_mei(name, mspec, model32, model64, mei_shape, ref, diffs)
+        f32_meis[mei_id(mspec)] = (init, f32)
+        mei_seconds += secs
+    save_file({k: v.detach().contiguous() for k, v in ref.items()}, os.path.join(out, "reference.safetensors"))
+    manifest.update(about)
+    manifest.update({
+        "f64_largest_conv3d_im2col_bytes": _largest_im2col[0],
+        "f64_notes": [
+            "float64 runs evaluate every conv3d as the same cross-correlation through float64 FFTs (rfftn, product, "
+            "irfftn, valid part): torch's CPU conv3d in double builds an im2col buffer of up to "
+            f"{_largest_im2col[0]} bytes here and its input gradient takes hours; the FFT route agrees with torch's "
+            "conv3d to ~1e-15 relative (forward and input gradient, checked on these kernel sizes)"],
+        "layer_names": names,
+        "layer_relative_max_diff_f32_vs_f64": layer_diffs,
+        "mei": "mei.<layer>.<channel>.* and mei.output.<session>.<neuron>.*: init = starting stimulus (visualize's "
+        "0.1 x standard normal with the noise rounded to float16, then visualize's renormalisation/clipping, which "
+        "for 1 colour channel does nothing: stored as F16 where exact), f64 = the MEI of the model cast to float64 "
+        "(10 SGD steps at lr 100, visualize's objective, range penalty and post-processing), stored rounded to "
+        "float32; loss32 = the loss optimize_stimulus computes at each step of the float32 run, before that step. "
+        "The float32 MEI itself is not stored: relative_max_diff_f32_vs_f64 holds its difference to f64",
+        "mei_plan": {"computed": [list(m) for m in spec["meis"]], "time_steps_stimulus": spec["mei_time_steps"],
+                     "why": spec["why_meis"]},
+        "mei_seconds_openretina_f32_plus_f64": round(mei_seconds, 2),
+        "meis": len(spec["meis"]),
+        "relative_max_diff_f32_vs_f64": diffs,
+        "storage": "each reference once: forward responses and layer prefixes in float64 (tiny; tests compare "
+        "float64 models to 1e-12), MEIs rounded to float32, inputs in float16 where exact; nothing the tests do "
+        "not read (no float32 duplicates, masks, temporal kernels or MEI compositions: ../shared/fixtures checks "
+        "those)",
+    })
+    manifest.setdefault("timing", {})["forward_samples_f32"] = [round(s, 3) for s in fwd_samples]
     write_manifest(out, manifest)
-    print(f"[{name}] added {len(spec['extra_meis'])} MEI(s)", flush=True)
-    drop_meis(out, spec)
+    return f32_meis
 
 
-def drop_meis(out, spec):
-    """Remove the tensors of `drop_meis` (folder size), keeping what openretina did with them in the manifest."""
-    with open(os.path.join(out, "manifest.json")) as f:
-        manifest = json.load(f)
-    ref = load_file(os.path.join(out, "reference.safetensors"))
-    for mspec in spec.get("drop_meis", []):
-        mid = mei_id(mspec)
-        ref = {k: v for k, v in ref.items() if not k.startswith(f"mei.{mid}.")}
-        manifest["mei_plan"]["computed"].remove(list(mspec))
-        manifest["mei_plan"].setdefault("dropped", {})[f"mei.{mid}"] = {
-            "relative_max_diff_f32_vs_f64": manifest["relative_max_diff_f32_vs_f64"].pop(f"mei.{mid}"),
-            "why": spec["drop_why"]}
-    manifest["meis"] = len(manifest["mei_plan"]["computed"])
-    save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(out, "reference.safetensors"))
+def time_visualize_mei(name, spec, model, out, manifest, f32_meis):
+    """openretina's seconds for one MEI exactly as visualize runs it (parameters requiring grad), on `timing_mei`
+    or the first reference MEI; where a whole MEI is too slow, `timing_iterations` steps scaled to 10."""
+    keys = model.readout.readout_keys()
+    first = tuple(spec.get("timing_mei") or (spec["meis"][0] if spec["meis"] else ("output", keys[0], 0)))
+    shape = model.stimulus_shape(time_steps=spec.get("timing_time_steps", spec["mei_time_steps"]), num_batches=1)
+    post, penalty, opt_fn = visualize_pieces(shape)
+    iterations = spec.get("timing_iterations", 10)
+    init = f32_meis[mei_id(first)][0] if mei_id(first) in f32_meis else post.process(torch.randn(shape) * 0.1)
+    t0 = time.perf_counter()
+    f32, _, secs = run_mei(model, first, init, post, penalty, opt_fn, layer_shapes(model, shape), iterations)
+    seconds = round(secs * 10 / iterations, 2)
+    timing = manifest["timing"]
+    timing.update({"device": "cpu", "threads": THREADS, "torch": torch.__version__, "openretina": "1.1.1",
+                   "mei_float32_seconds": seconds, "mei": list(first), "time_steps_stimulus": shape[2],
+                   "load_average_1min_after": round(os.getloadavg()[0], 2),
+                   "mei_note": "one MEI = 10 SGD steps at lr 100 with visualize's objective, range penalty and "
+                   "post-processing, float32, parameters requiring grad as in visualize",
+                   "contention": "2 cores shared with other CPU-heavy work: an upper bound of an idle 2-thread run"})
+    if iterations != 10:
+        timing["estimated"] = f"10/{iterations} x the time of {iterations} SGD step(s): a whole MEI was too slow"
+    if mei_id(first) in f32_meis and iterations == 10:
+        timing["f32_frozen_parameters_check_bitwise_identical"] = bool(torch.equal(f32, f32_meis[mei_id(first)][1]))
     write_manifest(out, manifest)
+    print(f"[{name}] openretina MEI (visualize-exact) {seconds:.1f} s ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
 def make(name, spec, args):
-    torch.set_num_threads(THREADS)
+    """Build the model as `openretina train` does, save and re-load it, then its references and timing."""
     out = os.path.join(args.out, name)
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(spec["seed"])
     torch.manual_seed(spec["seed"])
     lightning.seed_everything(spec["seed"], verbose=False)
     overrides = spec.get("overrides", [])
-    errors, notes = {}, list(spec.get("notes", []))
-    load_before = round(os.getloadavg()[0], 2)
-
     cfg = compose_config(args.configs, spec["experiment"], overrides)
     cfg_release = compose_config(args.configs_release, spec["experiment"], overrides)
     model_cfg = to_jsonable(OmegaConf.to_container(cfg.model, resolve=False))
     model_cfg_release = to_jsonable(OmegaConf.to_container(cfg_release.model, resolve=False))
-    config_diff = {k: [model_cfg_release.get(k), model_cfg.get(k)] for k in sorted(set(model_cfg) | set(model_cfg_release)) if model_cfg.get(k) != model_cfg_release.get(k)}
-
+    config_diff = {k: [model_cfg_release.get(k), model_cfg.get(k)] for k in sorted(set(model_cfg) | set(model_cfg_release))
+                   if model_cfg.get(k) != model_cfg_release.get(k)}
     ckpt = os.path.join(out, "model.ckpt")
-    shared_manifest = None
-    if "from_shared" in spec:  # more references for an existing shared fixture's checkpoint
-        src = os.path.join(args.shared, spec["from_shared"])
-        for f in ("model.ckpt", "model.safetensors", "hparams.json"):
-            shutil.copyfile(os.path.join(src, f), os.path.join(out, f))
-        with open(os.path.join(src, "manifest.json")) as f:
-            shared_manifest = json.load(f)
-        spec = dict(spec, sessions=shared_manifest["sessions"])
-        weights_only = "weights_only" in shared_manifest["checkpoint"]["kind"]
-        identical = "not re-saved: the shared fixture's checkpoint"
-        model = load_core_readout_model(ckpt, "cpu").eval()
-    else:
-        data_info = synthetic_data(cfg, spec["sessions"], rng)
-        model = build(cfg, data_info)
-        model.eval()
-        c, _, h, w = model.hparams["in_shape"]
-        probe = torch.from_numpy(rng.uniform(0, 1, (1, c, 60, h, w)).astype(np.float32))
-        structure_weights(model, rng, probe)
-        weights_only = spec.get("weights_only_checkpoint", True)
-        train_one_step_and_save(model, cfg, data_info, ckpt, weights_only)
-        loaded = load_core_readout_model(ckpt, "cpu")
-        sd_a, sd_b = model.state_dict(), loaded.state_dict()
-        identical = sd_a.keys() == sd_b.keys() and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
-        model = loaded.eval()
-    c, h, w = (int(v) for v in model.data_info["input_shape"])
-    print(f"[{name}] built and re-loaded ({type(model).__name__}, identical state dict: {identical})", flush=True)
-
-    if "from_shared" not in spec:
-        hp = hyper_parameters_json(model)
-        sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-        save_file(sd, os.path.join(out, "model.safetensors"), metadata={
-            "format": "openretina-core-readout", "model_class": type(model).__name__, "hyper_parameters": json.dumps(hp)})
-        with open(os.path.join(out, "hparams.json"), "w") as f:
-            json.dump({"hyper_parameters": hp, "model_class": type(model).__name__}, f, indent=1, sort_keys=True)
-
-    ref, manifest, diffs = {}, {}, {}
-    keys = model.readout.readout_keys()
-    model64 = copy.deepcopy(model).double().requires_grad_(False)
-    # The reference MEIs run with frozen parameters: the stimulus gradient does not depend on whether torch
-    # also computes weight gradients (checked bitwise against a visualize-exact run in `timing`), and those
-    # weight gradients make up most of openretina's float32 MEI time at these sizes.
-    model32_frozen = copy.deepcopy(model).requires_grad_(False)
-    for p in model.parameters():
-        p.requires_grad_(True)
-
-    # forward passes
-    tsteps = spec["time_steps"]
-    x = torch.rand(1, c, tsteps, h, w)
-    ref["forward.input"] = x
-    manifest["forward.input"] = "uniform [0,1) stimulus, shape (1, C, T, H, W)"
-    fwd_samples = []
-    for key in keys:
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            y32 = model(x, data_key=key)
-            fwd_samples.append(time.perf_counter() - t0)
-            y64 = model64(x.double(), data_key=key)
-        ref[f"forward.{key}.f32"], ref[f"forward.{key}.f64"] = y32, y64
-        manifest[f"forward.{key}.f32"] = f"model(x, data_key='{key}') in float32, shape (1, T_out, neurons)"
-        manifest[f"forward.{key}.f64"] = "same in float64 (the model cast to double)"
-        diffs[f"forward.{key}"] = rel(y32, y64)
-
-    # hooked layers (as visualize hooks them)
-    names_all = list(InnerNeuronVisualizationObjective.hook_model(model).keys())
-    layer_names = [n for n in names_all if "layer" in n and n[-1].isdigit()]
-    h32 = hooked_outputs(model, x, keys[0], layer_names)
-    h64 = hooked_outputs(model64, x.double(), keys[0], layer_names)
-    n32, n64 = spec["layer_channels"]
-    stored, layer_diffs, shapes = {}, {}, {}
-    for n in layer_names:
-        full = list(h32[n].shape)
-        shapes[n] = [1] + full[1:]
-        ref[f"layer.{n}"] = h32[n][:, :n32]
-        manifest[f"layer.{n}"] = (f"float32 output of hooked module {n} for forward.input, data_key '{keys[0]}' "
-                                  f"(channels 0..{n32 - 1} of {full[1]}; full shape {full})")
-        if n64:
-            ref[f"layer.{n}.f64"] = h64[n][:, :n64]
-            manifest[f"layer.{n}.f64"] = f"same from the model cast to float64 (channels 0..{n64 - 1})"
-        stored[n] = {"float32_channels": n32, "float64_channels": n64, "of": full[1]}
-        layer_diffs[n] = rel(h32[n], h64[n])
-
-    # weights and readouts
-    for i, layer in enumerate(model.core.features):
-        conv = layer.conv
-        if hasattr(conv, "sin_weights"):
-            from openretina.modules.layers.convolutions import compute_temporal_kernel
-
-            k = compute_temporal_kernel(conv._log_speed_default, conv.sin_weights, conv.cos_weights,
-                                        conv.temporal_kernel_size, conv.subsampling_factor)
-            ref[f"weights.layer{i}.temporal"] = k.detach()[..., 0, 0]
-            manifest[f"weights.layer{i}.temporal"] = "temporal kernel (out, in, t) from sin/cos weights, log_speed 0"
-    for key in keys:
-        r = model.readout[key]
-        if hasattr(r, "get_mask"):
-            ref[f"readout.{key}.mask"] = r.get_mask().detach()
-            manifest[f"readout.{key}.mask"] = "Gaussian mask pdf (neurons, h, w), normalised to sum 1"
-        else:  # PointGaussianReadout: what it computes at eval time, and what its weight figure draws
-            cin, _, hh, ww = r.in_shape
-            with torch.no_grad():
-                grid = r.sample_grid(batch_size=1, sample=False)
-                eye = torch.eye(hh * ww).view(hh * ww, 1, hh, ww)
-                weights = F.grid_sample(eye, grid.expand(hh * ww, -1, -1, -1), align_corners=r.align_corners)
-            ref[f"readout.{key}.mask"] = weights[:, 0, :, 0].T.reshape(r.outdims, hh, ww).contiguous()
-            manifest[f"readout.{key}.mask"] = (
-                "bilinear sampling weights (neurons, h, w) of the eval-time position mu (grid_sample, align_corners "
-                "as configured): the readout computes sum_hw(mask * core output) . features + bias, then softplus")
-            ref[f"readout.{key}.mu"] = grid[0, :, 0, :].detach()
-            manifest[f"readout.{key}.mu"] = "eval-time sampling position (neurons, 2) = clamp(mu, -1, 1), (x, y) in grid_sample coordinates"
-            ref[f"readout.{key}.sampling_density"] = torch.from_numpy(
-                np.stack([r._neuron_sampling_map(j) for j in range(r.outdims)]).astype(np.float32))
-            manifest[f"readout.{key}.sampling_density"] = (
-                "the 'Sampling Density' openretina's readout weight figure draws per neuron (neurons, h, w): "
-                "Gaussian of mean mu and covariance sigma sigma^T + 1e-6 I over linspace(-1,1) grids, normalised to sum 1")
-
-    # visualize's readout weight figures (does openretina draw them? the core's are one figure per channel pair)
-    try:
+    data_info = synthetic_data(cfg, spec["sessions"], rng)
+    model = build(cfg, data_info).eval()
+    c, _, h, w = model.hparams["in_shape"]
+    structure_weights(model, rng, torch.from_numpy(rng.uniform(0, 1, (1, c, 60, h, w)).astype(np.float32)))
+    train_one_step_and_save(model, cfg, data_info, ckpt, weights_only=True)
+    loaded = load_core_readout_model(ckpt, "cpu")
+    sd_a, sd_b = model.state_dict(), loaded.state_dict()
+    identical = sd_a.keys() == sd_b.keys() and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    model = loaded.eval()
+    hp = hyper_parameters_json(model)
+    with open(os.path.join(out, "hparams.json"), "w") as f:
+        json.dump({"hyper_parameters": hp, "model_class": type(model).__name__}, f, indent=1, sort_keys=True)
+    errors = {}
+    try:  # does openretina draw the readout's weight figures?
         import matplotlib
 
         matplotlib.use("Agg")
         model.readout.save_weight_visualizations(os.path.join("/tmp/zoo_weight_figures", name), "png")
     except Exception as e:  # noqa: BLE001
         errors["readout_save_weight_visualizations"] = f"{type(e).__name__}: {e}".splitlines()[0]
-
-    # MEIs, as visualize computes them
-    stimulus_shape = model.stimulus_shape(time_steps=tsteps, num_batches=1)
-    post, penalty, opt_fn = visualize_pieces(stimulus_shape)
-    mei_seconds = 0.0
-    for mspec in spec["meis"]:
-        mei_seconds += compute_mei(name, mspec, model32_frozen, model64, stimulus_shape, shapes, ref, diffs)
-
-    layer_channels = {n: shapes[n][1] for n in layer_names}
-    meis_total = sum(layer_channels.values()) + sum(model.readout[k].outdims for k in keys)
-    arch = {
-        "about": spec["about"],
-        "conv_classes": sorted({type(layer.conv).__name__ for layer in model.core.features}),
-        "convolution_type": model.hparams["core"]["convolution_type"],
-        "core_children": [n for n, _ in model.core.features.named_children()],
-        "core_class": type(model.core).__name__,
-        "core_target": model.hparams["core"]["_target_"],
-        "hidden_channels": list(model.hparams["hidden_channels"]),
-        "in_shape": list(model.hparams["in_shape"]),
-        "model_class": type(model).__name__,
-        "n_core_layers": len(model.core.features),
-        "n_parameters": sum(p.numel() for p in model.parameters()),
-        "readout_class": type(model.readout).__name__,
-        "readout_per_session_class": type(model.readout[keys[0]]).__name__,
-    }
-    manifest.update({
-        "architecture": arch,
-        "checkpoint": shared_manifest["checkpoint"] | {"copied_from": f"../shared/fixtures/{spec['from_shared']}"}
-        if "from_shared" in spec else {
-            "kind": "weights_only (no optimizer state, to keep the folder small)" if weights_only
-            else "full (optimizer and loop state, as the ModelCheckpoint callback saves)",
-            "lightning": "Trainer.fit one step at the config's optimizer, then Trainer.save_checkpoint",
+    keys = model.readout.readout_keys()
+    shapes = layer_shapes(model, model.stimulus_shape(time_steps=50, num_batches=1))
+    manifest = {
+        "architecture": {
+            "about": spec["about"],
+            "conv_classes": sorted({type(layer.conv).__name__ for layer in model.core.features}),
+            "convolution_type": model.hparams["core"]["convolution_type"],
+            "core_class": type(model.core).__name__,
+            "core_target": model.hparams["core"]["_target_"],
+            "hidden_channels": list(model.hparams["hidden_channels"]),
+            "in_shape": list(model.hparams["in_shape"]),
+            "model_class": type(model).__name__,
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+            "readout_class": type(model.readout).__name__,
+            "readout_per_session_class": type(model.readout[keys[0]]).__name__,
         },
+        "checkpoint": {"kind": "weights_only (no optimizer state, to keep the folder small)",
+                       "lightning": "Trainer.fit one step at the config's optimizer, then Trainer.save_checkpoint"},
         "config": {
             "built_like": "openretina train: UnifiedCoreReadout(data_info=compute_data_info(...), **cfg.model)",
             "configs_from": f"openretina repository configs/ at commit {CONFIGS_COMMIT}",
@@ -631,95 +593,37 @@ def make(name, spec, args):
             "model_config_diff_repo_head_vs_1.1.1_release": config_diff,
             "overrides": overrides,
         },
-        "f64_largest_conv3d_im2col_bytes": _largest_im2col[0],
-        "f64_notes": [
-            "float64 runs evaluate every conv3d as the same cross-correlation through float64 FFTs (rfftn, product, "
-            "irfftn, valid part): torch's CPU conv3d in double builds an im2col buffer of up to "
-            f"{_largest_im2col[0]} bytes here and its input gradient takes hours; the FFT route agrees with torch's "
-            "conv3d to ~1e-15 relative (forward and input gradient, checked on these kernel sizes)"],
-        "f64_plain_openretina": "ok: the model cast to double runs as it is",
-        "layer_channels_stored": stored,
-        "layer_names": layer_names,
-        "layer_relative_max_diff_f32_vs_f64": layer_diffs,
         "load_core_readout_model": f"ok ({type(model).__name__}, state dict identical: {identical})",
-        "mei": "mei.<layer>.<channel>.* and mei.output.<session>.<neuron>.*: init = starting stimulus (already "
-        "renormalised/clipped as visualize does; for 1 colour channel visualize applies no norm or range limit), "
-        "f32 = openretina result in float32 (parameters requiring grad, exactly visualize), f64 = same procedure on "
-        "the model cast to float64 (parameters frozen), loss32 = the loss optimize_stimulus computes at each of the "
-        "10 SGD steps (lr 100) of the float32 run, before that step, composition.* = "
-        "decompose_kernel/calculate_fft/weighted_main_frequency of the f64 MEI per colour channel (30 Hz, 10 Hz low "
-        "pass, as the MEI figure)",
-        "mei_plan": {"computed": [list(m) for m in spec["meis"]],
-                     "why_fewer": spec.get("why_fewer_meis", "folder size cap")},
-        "mei_seconds_openretina_f32_plus_f64": round(mei_seconds, 2),
-        "meis": len(spec["meis"]),
-        "notes": notes,
         "openretina_error": errors,
-        "relative_max_diff_f32_vs_f64": diffs,
         "seed": spec["seed"],
         "sessions": dict(spec["sessions"]),
-        "visualize": {
-            "layer_names": layer_names,
-            "layer_output_shapes": shapes,
-            "meis_total": meis_total,
-            "note": "visualize hooks every module and optimises every channel of the modules whose hook name "
-            "contains 'layer' and ends in a digit, then every neuron of every session",
-            "stimulus_shape": list(stimulus_shape),
-            "time_steps_stimulus": tsteps,
-        },
-    })
-    save_file({k: v.detach().contiguous() for k, v in ref.items()}, os.path.join(out, "reference.safetensors"))
-    write_manifest(out, manifest)
-    print(f"[{name}] references written, timing openretina's MEI next", flush=True)
+        "visualize": {"layer_output_shapes": shapes, "time_steps_stimulus": 50,
+                      "meis_total": sum(s[1] for s in shapes.values()) + sum(model.readout[k].outdims for k in keys),
+                      "note": "visualize hooks every module and optimises every channel of the modules whose hook "
+                      "name contains 'layer' and ends in a digit, then every neuron of every session"},
+    }
+    print(f"[{name}] built and re-loaded (identical state dict: {identical})", flush=True)
+    f32_meis = write_references(name, spec, model, out, manifest)
+    time_visualize_mei(name, spec, model, out, manifest, f32_meis)
 
-    # timing: the first reference MEI again, exactly as visualize runs it (parameters requiring grad)
-    # (where even one MEI is too slow for the session, `timing_iterations` SGD steps are timed and scaled to 10)
-    samples, same = [], None
-    first = spec["meis"][0] if spec["meis"] else ("output", keys[0], 0)
-    iterations = spec.get("timing_iterations", 10)
-    for _ in range(spec.get("timing_runs", 1)):
-        init = ref[f"mei.{mei_id(first)}.init"] if spec["meis"] else post.process(torch.randn(stimulus_shape) * 0.1)
-        f32_visualize, _, secs = run_mei(model, first, init, post, penalty, opt_fn, shapes, iterations)
-        samples.append(secs * 10 / iterations)
-        if spec["meis"] and same is None:
-            same = bool(torch.equal(f32_visualize, ref[f"mei.{mei_id(first)}.f32"]))
-        print(f"[{name}] openretina MEI (visualize-exact) {samples[-1]:.1f} s", flush=True)
-    median = round(statistics.median(samples), 2)
-    if same is not None:
-        manifest["f32_frozen_parameters_check"] = {
-            "bitwise_identical": same,
-            "mei": f"mei.{mei_id(first)}",
-            "note": "the reference f32 MEIs ran with parameters frozen; this one ran again with parameters "
-            "requiring grad, exactly as visualize does, from the same init",
-        }
-    if iterations != 10:
-        manifest["timing_estimated"] = (
-            f"one MEI's time is estimated as 10/{iterations} x the time of {iterations} SGD step(s) of the MEI of "
-            f"{list(first)} exactly as visualize runs it: a whole MEI was too slow for the session")
-    manifest.update({
-        "timing": {
-            "device": "cpu",
-            "threads": THREADS,
-            "torch": torch.__version__,
-            "openretina": openretina.__version__ if hasattr(openretina, "__version__") else "1.1.1",
-            "mei_float32_samples": [round(s, 2) for s in samples],
-            "mei_float32_seconds": median,
-            **({"mei_float32_seconds_median_of_3": median} if len(samples) == 3 else {}),
-            "forward_samples": [round(s, 3) for s in fwd_samples],
-            f"forward_seconds_{tsteps}_frames": round(statistics.median(fwd_samples), 3),
-            "time_steps_stimulus": tsteps,
-            "load_average_1min_before_after": [load_before, round(os.getloadavg()[0], 2)],
-            "mei_note": "one MEI = 10 SGD steps at lr 100 with visualize's objective, range penalty and "
-            "post-processing, float32, parameters requiring grad as in visualize; samples are runs of the first "
-            "reference MEI from its init; mei_float32_seconds is their median",
-            "contention": "the machine has 2 cores shared with other CPU-heavy work: timings are upper bounds of "
-            "an idle 2-thread run",
-            "visualize_meis_total": meis_total,
-            "visualize_estimated_seconds": round(median * meis_total, 1),
-        },
-    })
-    write_manifest(out, manifest)
-    print(f"[{name}] done: {sorted(os.listdir(out))}", flush=True)
+
+def references_only(name, spec, args):
+    """Rewrite a folder's references on its committed checkpoint (or, for `model_from`, the shared one), keeping
+    the manifest's description of the model, its config and openretina's timing."""
+    out = os.path.join(args.out, name)
+    with open(os.path.join(out, "manifest.json")) as f:
+        old = json.load(f)
+    keep = ("architecture", "checkpoint", "config", "load_core_readout_model", "model_file", "notes",
+            "openretina_error", "seed", "sessions", "timing", "visualize")
+    manifest = {k: old[k] for k in keep if k in old}
+    if "model_from" in spec:  # the shared fixture's own checkpoint, not a copy of it
+        manifest["model_file"] = f"../../../../../shared/fixtures/{spec['model_from']}/model.ckpt"
+        manifest["checkpoint"] = {"model_file": f"model_file: ../shared/fixtures/{spec['model_from']}/model.ckpt "
+                                  "relative to the crate (this folder holds no model)"}
+    model_file = os.path.normpath(os.path.join(out, manifest.get("model_file", "model.ckpt")))
+    model = load_core_readout_model(model_file, "cpu").eval()
+    print(f"[{name}] re-loaded {model_file}", flush=True)
+    write_references(name, spec, model, out, manifest)
 
 
 def write_manifest(out, manifest):
@@ -729,16 +633,17 @@ def write_manifest(out, manifest):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", required=True, help="openretina's configs/ folder (repository HEAD)")
-    p.add_argument("--configs-release", required=True, help="configs/ of the release-version-1.1.1 tag, to diff")
-    p.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "../../shared/fixtures"),
-                   help="../shared/fixtures, for fixtures that extend a shared one")
+    p.add_argument("--configs", help="openretina's configs/ folder (repository HEAD); needed to build models")
+    p.add_argument("--configs-release", help="configs/ of the release-version-1.1.1 tag, to diff")
     p.add_argument("--out", required=True, help="where the fixture folders go (tests/fixtures/zoo)")
-    p.add_argument("--add-meis", action="store_true", help="append each fixture's `extra_meis` to its folder")
+    p.add_argument("--references-only", action="store_true",
+                   help="keep each folder's checkpoint and rewrite its references (and its manifest's reference part)")
     p.add_argument("names", nargs="+", choices=sorted(FIXTURES))
     args = p.parse_args()
+    torch.set_num_threads(THREADS)
     for name in args.names:
-        (add_meis if args.add_meis else make)(name, FIXTURES[name], args)
+        spec = FIXTURES[name]
+        (references_only if args.references_only or "model_from" in spec else make)(name, spec, args)
 
 
 if __name__ == "__main__":
