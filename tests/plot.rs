@@ -398,3 +398,33 @@ fn examples_write_where_they_say_never_into_the_current_folder() {
         let _ = std::fs::remove_dir_all(paths[0].parent().unwrap());
     }
 }
+
+/// Kernels without sine/cosine weights get two panels (12 x 6 inches): a one-frame kernel
+/// (`time_independent`) openretina's own figure, spatial weight in the pair's own colour range and an
+/// empty "No temporal filter" panel; a free temporal kernel (`full`, `separable`, which openretina
+/// cannot draw) spatial weight and temporal kernel, without an empty sin/cos panel.
+#[test]
+fn conv_weight_figures_without_sin_cos_have_two_panels() {
+    let dir = tempfile::tempdir().unwrap();
+    let style = FigureStyle { format: ImageFormat::Png, dpi: 50 };
+    let sample = sample_conv_weights();
+    let one_frame = ConvWeights { temporal: vec![1.0], sin: Vec::new(), cos: Vec::new(), ..sample.clone() };
+    let space_time = ConvWeights { sin: Vec::new(), cos: Vec::new(), ..sample.clone() };
+    for (name, w) in [("one_frame", &one_frame), ("space_time", &space_time)] {
+        // A layer limit 10x this pair's: the one-frame figure ignores it (its own range: darkest red
+        // shows), the other uses it (pale colours only).
+        let mut limits = ConvWeightLimits::of_layer(std::slice::from_ref(w));
+        limits.spatial *= 10.0;
+        let path = dir.path().join(format!("{name}.png"));
+        draw_conv_weights(w, &limits, &style, &path).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (600, 300), "{name}");
+        let red = img.enumerate_pixels().filter(|(x, _, p)| *x < 240 && close(p, DARKEST_RED, 6)).count();
+        let bar = 40; // the colour bar's own darkest red, about 6 x 12 pixels at 50 dpi
+        if name == "one_frame" {
+            assert!(red > bar + 30, "{name}: {red} darkest red pixels");
+        } else {
+            assert!(red < bar + 30, "{name}: {red} darkest red pixels");
+        }
+    }
+}

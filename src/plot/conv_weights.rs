@@ -1,6 +1,11 @@
-//! The weights of one (in channel, out channel) pair of a space-time separable convolution, as
-//! openretina's `STSeparableBatchConv3d.plot_weights` shows them: spatial weight, temporal kernel,
-//! and the sine/cosine weights the kernel is built from. Figure: 18 x 6 inches.
+//! The weights of one (in channel, out channel) pair of a core convolution, 6 inches high and 6 wide
+//! per panel, the panels chosen by what the kernel has:
+//! - sine/cosine weights (`custom_separable`): openretina's `STSeparableBatchConv3d.plot_weights`,
+//!   spatial weight, temporal kernel and the sine/cosine weights (18 x 6);
+//! - one frame (`time_independent`): openretina's `TimeIndependentConv3D.plot_weights`, the spatial
+//!   weight in the pair's own colour range and an empty "No temporal filter" panel (12 x 6);
+//! - a free temporal kernel (`full`, `separable`; openretina has no figure for them): spatial weight
+//!   and temporal kernel, in the layer's ranges (12 x 6).
 
 use std::path::Path;
 
@@ -11,14 +16,16 @@ use super::FigureStyle;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-const FIGURE_INCHES: (f32, f32) = (18.0, 6.0);
+/// Inches per panel, and the figure's height.
+const PANEL_INCHES: f32 = 6.0;
 
 /// The weights of one channel pair, as stored in the model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConvWeights {
     /// Spatial weight `(h, w)`.
     pub spatial: Tensor<f32>,
-    /// Temporal kernel (at the default log speed), one value per frame.
+    /// Temporal kernel (at the default log speed), one value per frame; one value for kernels
+    /// without a temporal extent.
     pub temporal: Vec<f32>,
     pub sin: Vec<f32>,
     pub cos: Vec<f32>,
@@ -90,33 +97,75 @@ pub fn draw_conv_weights(
     conv_weights_canvas(weights, limits)?.save(style, path)
 }
 
+/// Which panels a kernel's figure has (see the module's documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    SinCos,
+    NoTemporalFilter,
+    SpaceTime,
+}
+
+impl Layout {
+    fn of(w: &ConvWeights) -> Layout {
+        if !w.sin.is_empty() || !w.cos.is_empty() {
+            Layout::SinCos
+        } else if w.temporal.len() <= 1 {
+            Layout::NoTemporalFilter
+        } else {
+            Layout::SpaceTime
+        }
+    }
+
+    fn panels(self) -> usize {
+        if self == Layout::SinCos {
+            3
+        } else {
+            2
+        }
+    }
+}
+
 pub(crate) fn conv_weights_canvas(weights: &ConvWeights, limits: &ConvWeightLimits) -> Result<Canvas> {
     let w = weights.centre_positive()?;
+    let layout = Layout::of(&w);
+    let panels = layout.panels();
     let (rows, cols) = (w.spatial.shape[0], w.spatial.shape[1]);
-    let mut canvas = Canvas::new(FIGURE_INCHES.0, FIGURE_INCHES.1)?;
+    let mut canvas = Canvas::new(PANEL_INCHES * panels as f32, PANEL_INCHES)?;
 
     let title = format!("Weights for in_channel={} out_channel={}", w.in_channel, w.out_channel);
     canvas.text(canvas.width / 2.0, 8.0 + 0.73 * TITLE_SIZE, TITLE_SIZE, Align::Centre, title);
 
-    // Three equal columns under the title, room for tick labels left of and under each.
+    // Equal columns under the title, room for tick labels left of and under each.
     let (left, right, top, bottom, gap) = (40.0, 15.0, 62.0, 30.0, 60.0);
-    let column_w = (canvas.width - left - right - 2.0 * gap) / 3.0;
+    let column_w = (canvas.width - left - right - (panels - 1) as f32 * gap) / panels as f32;
     let height = canvas.height - top - bottom;
     let column_x = |i: usize| left + i as f32 * (column_w + gap);
 
-    // Spatial weight: square cells, colour bar on the right.
+    // Spatial weight: square cells, colour bar on the right. openretina's time-independent figure
+    // scales each pair's colours to its own largest |weight|, the others to the layer's.
     let bar_w = 15.0;
     let bar_space = bar_w + 15.0 + 45.0;
     let (x, y, iw, ih) = fit_aspect(column_x(0), top, column_w - bar_space, height, rows, cols);
     let image = Axes { x, y, w: iw, h: ih, xlim: (-0.5, cols as f64 - 0.5), ylim: (rows as f64 - 0.5, -0.5) };
     let spatial: Vec<f64> = w.spatial.data.iter().map(|&v| v as f64).collect();
-    let spatial_limit = symmetric_limit(limits.spatial as f64);
+    let own_max = spatial.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let spatial_limit = symmetric_limit(if layout == Layout::NoTemporalFilter { own_max } else { limits.spatial as f64 });
     image.heat_map(&mut canvas, &spatial, cols, spatial_limit);
     image.frame(&mut canvas);
     image.x_ticks(&mut canvas, true);
     image.y_ticks(&mut canvas, true);
     image.title(&mut canvas, "Spatial Weight");
     colour_bar(&mut canvas, x + iw + 15.0, y, bar_w, ih, spatial_limit);
+
+    if layout == Layout::NoTemporalFilter {
+        // matplotlib's empty axes: 0 to 1 both ways.
+        let empty = Axes { x: column_x(1), y: top, w: column_w, h: height, xlim: (0.0, 1.0), ylim: (0.0, 1.0) };
+        empty.frame(&mut canvas);
+        empty.x_ticks(&mut canvas, false);
+        empty.y_ticks(&mut canvas, false);
+        empty.title(&mut canvas, "No temporal filter");
+        return Ok(canvas);
+    }
 
     // Temporal kernel.
     let temporal_limit = symmetric_limit(limits.temporal as f64);
@@ -134,6 +183,9 @@ pub(crate) fn conv_weights_canvas(weights: &ConvWeights, limits: &ConvWeightLimi
     temporal.x_ticks(&mut canvas, false);
     temporal.y_ticks(&mut canvas, false);
     temporal.title(&mut canvas, "Temporal Weight");
+    if layout == Layout::SpaceTime {
+        return Ok(canvas);
+    }
 
     // Sine and cosine weights.
     let sin_cos_limit = symmetric_limit(limits.sin_cos as f64);
