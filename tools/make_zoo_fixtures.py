@@ -17,8 +17,6 @@ import argparse
 import copy
 import json
 import os
-import shutil
-import statistics
 import sys
 import time
 from functools import partial
@@ -31,7 +29,7 @@ import lightning
 import openretina
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from openretina.data_io.base import MoviesTrainTestSplit, ResponsesTrainTestSplit, compute_data_info
 from openretina.data_io.base_dataloader import DataPoint
