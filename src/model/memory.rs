@@ -73,7 +73,10 @@ impl<F: Float> Model<F> {
     /// Bytes that `work` on `batch` stimuli of `time_steps` frames needs at its peak, with up to
     /// `threads` stimuli in flight at once; None if the count overflows.
     pub fn work_bytes(&self, time_steps: usize, batch: usize, threads: usize, work: Work) -> Option<u64> {
-        let per = per_stimulus_values(&self.config, time_steps)?;
+        let mut per = per_stimulus_values(&self.config, time_steps)?;
+        let other = self.other_block_values(time_steps)?;
+        per.tape = per.tape.checked_add(other.checked_mul(4)?)?;
+        per.gradients = per.gradients.checked_add(other.checked_mul(2)?)?;
         let size = std::mem::size_of::<F>() as u64;
         let in_flight = batch.min(threads.max(1)) as u64;
         let (kept, transient) = match work {
@@ -86,6 +89,23 @@ impl<F: Float> Model<F> {
         };
         let values = (batch as u64).checked_mul(kept)?.checked_add(in_flight.checked_mul(transient)?)?;
         values.checked_mul(size)
+    }
+
+    /// Output values of the core blocks the config's layers do not describe (`ConvGRUCore`'s
+    /// `projection` and `gru`). Each keeps up to four values per output on the tape (the GRU: its
+    /// state and three gates; a projection: its convolution and ELU outputs). 0 when the stimulus
+    /// is too short (refused elsewhere with the config's message).
+    fn other_block_values(&self, time_steps: usize) -> Option<u64> {
+        let c = &self.config;
+        let Ok(shapes) = self.core.block_output_shapes([c.input_channels, time_steps, c.height, c.width]) else { return Some(0) };
+        let mut values = 0u64;
+        for (b, block) in self.core.blocks.iter().enumerate() {
+            if block.name.is_some() && !self.core.layer_blocks.contains(&b) {
+                let n = shapes[b].iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64))?;
+                values = values.checked_add(n)?;
+            }
+        }
+        Some(values)
     }
 
     /// Refuse `work` that would not fit in the memory budget, before anything is allocated (and

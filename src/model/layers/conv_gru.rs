@@ -8,12 +8,16 @@
 //! ```
 //!
 //! The three input convolutions read the same input, so they run once over all frames as one
-//! convolution with `3 x rec_channels` outputs (kernel `1 x k x k`); the two state convolutions of
-//! `u` and `r` run as one per frame. The input gradient is backpropagation through time: the state's
-//! gradient flows from the last frame to the first, so nothing of the input can be cropped away.
+//! convolution with `3 x rec_channels` outputs (kernel `1 x k x k`, the shared `Conv3d`); the state
+//! convolutions (those of `u` and `r` stacked) run per frame, each as one matrix product over all
+//! input channels (the state is a few pixels, where `Conv3d`'s per-channel products are tiny: all
+//! 119 MEIs of `zoo_gru_enabled` took 8.8-9.0 s instead of 10.7 s, `retina bench` under load). The
+//! input gradient is backpropagation through time: the state's gradient flows from the last frame to
+//! the first, so nothing of the input can be cropped away.
 
 use crate::error::Result;
 use crate::model::layer::{BackwardValues, Layer, LayerState, Needs, Reach, Shape};
+use crate::model::linalg::{gemm, Layout};
 use crate::model::load::StateDict;
 use crate::model::Float;
 
@@ -36,9 +40,67 @@ pub struct ConvGruCell<F> {
     /// `update_gate_input`, `reset_gate_input`, `out_gate_input` stacked along the output channels.
     input_gates: Conv3d<F>,
     /// `update_gate_hidden` and `reset_gate_hidden` stacked along the output channels.
-    state_gates: Conv3d<F>,
+    state_gates: FrameConv<F>,
     /// `out_gate_hidden`, applied to `h * r`.
-    out_hidden: Conv3d<F>,
+    out_hidden: FrameConv<F>,
+}
+
+/// A 2-D convolution of one frame `(inputs, h, w)` that keeps its size (odd kernel, padding k / 2),
+/// with bias: every input channel's patches in one column matrix, then one matrix product.
+#[derive(Debug, Clone)]
+struct FrameConv<F> {
+    inputs: usize,
+    outputs: usize,
+    k: usize,
+    /// `(outputs, inputs * k * k)`, as PyTorch stores it.
+    weight: Vec<F>,
+    bias: Vec<F>,
+}
+
+impl<F: Float> FrameConv<F> {
+    /// For each pixel `(y, x)` and column `(c, dy, dx)`, the index of the input value it reads, if
+    /// inside the frame; `visit(row, column, input index)`.
+    fn patches(&self, h: usize, w: usize, mut visit: impl FnMut(usize, usize, usize)) {
+        let (k, pad) = (self.k, self.k / 2);
+        let cols = self.inputs * k * k;
+        for y in 0..h {
+            for x in 0..w {
+                let row = (y * w + x) * cols;
+                for dy in 0..k {
+                    let Some(iy) = (y + dy).checked_sub(pad).filter(|&iy| iy < h) else { continue };
+                    for dx in 0..k {
+                        let Some(ix) = (x + dx).checked_sub(pad).filter(|&ix| ix < w) else { continue };
+                        for c in 0..self.inputs {
+                            visit(row, c * k * k + dy * k + dx, (c * h + iy) * w + ix);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn forward(&self, x: &[F], h: usize, w: usize) -> Vec<F> {
+        let (p, cols) = (h * w, self.inputs * self.k * self.k);
+        let mut col = vec![F::zero(); p * cols];
+        self.patches(h, w, |row, j, i| col[row + j] = x[i]);
+        let mut out: Vec<F> = self.bias.iter().flat_map(|&b| std::iter::repeat_n(b, p)).collect();
+        gemm(&self.weight, Layout::row_major(self.outputs, cols), &col, Layout::row_major(p, cols).t(), F::one(), &mut out, Layout::row_major(self.outputs, p));
+        out
+    }
+
+    /// Gradient with respect to the input, given the output's `grad` `(outputs, h, w)`.
+    fn backward(&self, grad: &[F], h: usize, w: usize) -> Vec<F> {
+        let (p, cols) = (h * w, self.inputs * self.k * self.k);
+        let mut g_col = vec![F::zero(); p * cols];
+        gemm(grad, Layout::row_major(self.outputs, p).t(), &self.weight, Layout::row_major(self.outputs, cols), F::zero(), &mut g_col, Layout::row_major(p, cols));
+        let mut g_x = vec![F::zero(); self.inputs * p];
+        self.patches(h, w, |row, j, i| g_x[i] += g_col[row + j]);
+        g_x
+    }
+
+    fn flop_count(&self, h: usize, w: usize) -> f64 {
+        2.0 * (h * w * self.inputs * self.k * self.k * self.outputs) as f64
+    }
 }
 
 /// Per frame the gate values the backward pass reads, each `(rec_channels, pixels)`, frame-major.
@@ -76,32 +138,25 @@ impl<F: Float> ConvGruCell<F> {
         let stack = |parts: &[(Vec<F>, Vec<F>)]| -> (Vec<F>, Vec<F>) {
             (parts.iter().flat_map(|p| p.0.iter().copied()).collect(), parts.iter().flat_map(|p| p.1.iter().copied()).collect())
         };
+        assert!(kr % 2 == 1, "the state convolutions keep the state's size (odd kernel)");
         let pi = if pad_input { ki / 2 } else { 0 };
-        let pr = kr / 2;
         let (wi, bi) = stack(&input);
         let (wh, bh) = stack(&hidden[..2]);
-        let class = "ConvGRUCell gate";
+        let [_, _, (w_out, b_out)]: [(Vec<F>, Vec<F>); 3] = hidden.try_into().expect("three gates");
         ConvGruCell {
             size,
-            input_gates: Conv3d::new(c, 3 * r, [1, ki, ki], [(0, 0), (pi, pi), (pi, pi)], wi, Some(bi), class),
-            state_gates: Conv3d::new(r, 2 * r, [1, kr, kr], [(0, 0), (pr, pr), (pr, pr)], wh, Some(bh), class),
-            out_hidden: Conv3d::new(r, r, [1, kr, kr], [(0, 0), (pr, pr), (pr, pr)], hidden[2].0.clone(), Some(hidden[2].1.clone()), class),
+            input_gates: Conv3d::new(c, 3 * r, [1, ki, ki], [(0, 0), (pi, pi), (pi, pi)], wi, Some(bi), "ConvGRUCell gate"),
+            state_gates: FrameConv { inputs: r, outputs: 2 * r, k: kr, weight: wh, bias: bh },
+            out_hidden: FrameConv { inputs: r, outputs: r, k: kr, weight: w_out, bias: b_out },
         }
     }
 
-    /// One frame of the state as a conv input shape.
-    fn state_shape(&self, [_, _, h, w]: Shape) -> Shape {
-        [self.size.rec_channels, 1, h, w]
-    }
-
-    /// A state convolution of `h`, or only its bias when `h` is the zero start state.
-    fn state_conv(conv: &Conv3d<F>, h: Option<&[F]>, shape: Shape) -> Vec<F> {
+    /// A state convolution of `h` `(channels, height, width)`, or only its bias when `h` is the zero
+    /// start state.
+    fn state_conv(conv: &FrameConv<F>, h: Option<&[F]>, [height, width]: [usize; 2]) -> Vec<F> {
         match h {
-            Some(h) => conv.forward_values(h, shape),
-            None => {
-                let p = shape[2] * shape[3];
-                conv.bias.as_ref().expect("gate convolutions have a bias").iter().flat_map(|&b| std::iter::repeat_n(b, p)).collect()
-            }
+            Some(h) => conv.forward(h, height, width),
+            None => conv.bias.iter().flat_map(|&b| std::iter::repeat_n(b, height * width)).collect(),
         }
     }
 }
@@ -128,7 +183,7 @@ impl<F: Float> Layer<F> for ConvGruCell<F> {
         let r = self.size.rec_channels;
         let [_, t_n, h, w] = self.output_shape(shape).expect("shapes checked before the forward pass");
         let p = h * w;
-        let frame_shape = self.state_shape([0, 1, h, w]);
+        let frame_shape = [h, w];
         // (3r, t, p): the input's contribution to every gate at every frame.
         let gx = self.input_gates.forward_values(x, shape);
         let at = |g: usize, c: usize, t: usize| ((g * r + c) * t_n + t) * p;
@@ -176,7 +231,6 @@ impl<F: Float> Layer<F> for ConvGruCell<F> {
         let r = self.size.rec_channels;
         let [_, t_n, h, w] = v.output_shape;
         let p = h * w;
-        let frame_shape = self.state_shape([0, 1, h, w]);
         let state = |c: usize, t: usize| &out[(c * t_n + t) * p..(c * t_n + t + 1) * p];
         // Gradients of the gates' pre-activations, laid out as the input convolutions' output.
         let mut g_gx = vec![F::zero(); 3 * r * t_n * p];
@@ -205,7 +259,7 @@ impl<F: Float> Layer<F> for ConvGruCell<F> {
             if t == 0 {
                 break;
             }
-            let g_hr = self.out_hidden.backward_values(&g_o, frame_shape);
+            let g_hr = self.out_hidden.backward(&g_o, h, w);
             let mut g_pre = g_u;
             g_pre.resize(2 * r * p, F::zero());
             for c in 0..r {
@@ -219,7 +273,7 @@ impl<F: Float> Layer<F> for ConvGruCell<F> {
                     g_gx[at(1, c, t) + j] = g_r;
                 }
             }
-            let g_state = self.state_gates.backward_values(&g_pre, frame_shape);
+            let g_state = self.state_gates.backward(&g_pre, h, w);
             g_h.iter_mut().zip(&g_state).for_each(|(a, &b)| *a += b);
             carry = g_h;
         }
@@ -233,7 +287,7 @@ impl<F: Float> Layer<F> for ConvGruCell<F> {
 
     fn flops(&self, shape: Shape) -> f64 {
         let Ok(out) = self.output_shape(shape) else { return 0.0 };
-        let frame = self.state_shape(out);
-        self.input_gates.flop_count(shape) + out[1] as f64 * (self.state_gates.flop_count(frame) + self.out_hidden.flop_count(frame))
+        let [_, t, h, w] = out;
+        self.input_gates.flop_count(shape) + t as f64 * (self.state_gates.flop_count(h, w) + self.out_hidden.flop_count(h, w))
     }
 }
