@@ -612,7 +612,7 @@ def references_only(name, spec, args):
     with open(os.path.join(out, "manifest.json")) as f:
         old = json.load(f)
     keep = ("architecture", "checkpoint", "config", "f32_frozen_parameters_check", "load_core_readout_model",
-            "model_file", "notes", "openretina_error", "seed", "sessions", "timing", "visualize")
+            "model_file", "notes", "openretina_error", "seed", "sessions", "timing", "timing_estimated", "visualize")
     manifest = {k: old[k] for k in keep if k in old}
     if "model_from" in spec:  # the shared fixture's own checkpoint, not a copy of it
         manifest["model_file"] = f"../../../../../shared/fixtures/{spec['model_from']}/model.ckpt"
