@@ -66,6 +66,8 @@ fn run() -> Result<()> {
                 cos: cos.data[pair * n..(pair + 1) * n].to_vec(),
                 in_channel: i,
                 out_channel: o,
+                spatial_note: None,
+                temporal_note: None,
             });
         }
     }

@@ -428,3 +428,31 @@ fn conv_weight_figures_without_sin_cos_have_two_panels() {
         }
     }
 }
+
+/// A full convolution's figure (zoo_conv_full) shows two slices through the pair's largest |weight|:
+/// the spatial kernel at that frame and the temporal kernel at that pixel, and its panel titles say
+/// which (SVG text).
+#[test]
+fn full_conv_figures_slice_through_the_largest_weight_and_say_where() {
+    let raw = retina::formats::checkpoint::read_model_file(&PathBuf::from(FIXTURES).join("zoo/zoo_conv_full/model.ckpt")).unwrap();
+    let model: retina::model::Model<f32> = retina::model::Model::from_raw(&raw).unwrap();
+    let w = retina::visualize::figures::conv_weights(&model, 0, 1, 0);
+    let (note_s, note_t) = (w.spatial_note.clone().unwrap(), w.temporal_note.clone().unwrap());
+    let frame: usize = note_s.strip_prefix("frame ").unwrap().split(' ').next().unwrap().parse().unwrap();
+    let (row, col) = note_t.strip_prefix("at row ").unwrap().split_once(", column ").unwrap();
+    let (row, col): (usize, usize) = (row.parse().unwrap(), col.parse().unwrap());
+    let k = w.spatial.shape[1];
+    let peak = w.spatial.data[row * k + col];
+    assert_eq!(peak, w.temporal[frame], "the two slices cross at the peak");
+    let largest = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    assert_eq!(peak.abs(), largest(&w.spatial.data).max(largest(&w.temporal)));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("full.svg");
+    let limits = ConvWeightLimits::of_layer(std::slice::from_ref(&w));
+    draw_conv_weights(&w.centre_positive().unwrap(), &limits, &FigureStyle { format: ImageFormat::Svg, dpi: 72 }, &path).unwrap();
+    let svg = std::fs::read_to_string(&path).unwrap();
+    for title in [format!("Spatial Weight ({note_s})"), format!("Temporal Weight ({note_t})")] {
+        assert!(svg.contains(&title), "no title {title}");
+    }
+    assert!(!svg.contains("Sin/Cos"), "no empty sin/cos panel");
+}

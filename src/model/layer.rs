@@ -54,6 +54,10 @@ pub struct KernelView {
     /// The sine and cosine weights the temporal kernel is built from, where it is (else empty).
     pub sin: Vec<f32>,
     pub cos: Vec<f32>,
+    /// What the spatial and temporal panels show where it is not the whole kernel, e.g. `frame 7 of
+    /// 21` (drawn after the panel titles).
+    pub spatial_note: Option<String>,
+    pub temporal_note: Option<String>,
 }
 
 /// One layer kind of the core, on one stimulus at a time (batches are parallel maps over stimuli).

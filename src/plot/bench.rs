@@ -130,6 +130,8 @@ pub fn sample_conv_weights() -> ConvWeights {
         cos: (0..7).map(|_| 0.5 * next()).collect(),
         in_channel: 1,
         out_channel: 0,
+        spatial_note: None,
+        temporal_note: None,
     }
 }
 

@@ -31,6 +31,9 @@ pub struct ConvWeights {
     pub cos: Vec<f32>,
     pub in_channel: usize,
     pub out_channel: usize,
+    /// Added to the panel titles where a panel shows part of the kernel, e.g. `frame 7 of 21`.
+    pub spatial_note: Option<String>,
+    pub temporal_note: Option<String>,
 }
 
 impl ConvWeights {
@@ -154,7 +157,7 @@ pub(crate) fn conv_weights_canvas(weights: &ConvWeights, limits: &ConvWeightLimi
     image.frame(&mut canvas);
     image.x_ticks(&mut canvas, true);
     image.y_ticks(&mut canvas, true);
-    image.title(&mut canvas, "Spatial Weight");
+    image.title(&mut canvas, &panel_title("Spatial Weight", &w.spatial_note));
     colour_bar(&mut canvas, x + iw + 15.0, y, bar_w, ih, spatial_limit);
 
     if layout == Layout::NoTemporalFilter {
@@ -182,7 +185,7 @@ pub(crate) fn conv_weights_canvas(weights: &ConvWeights, limits: &ConvWeightLimi
     temporal.frame(&mut canvas);
     temporal.x_ticks(&mut canvas, false);
     temporal.y_ticks(&mut canvas, false);
-    temporal.title(&mut canvas, "Temporal Weight");
+    temporal.title(&mut canvas, &panel_title("Temporal Weight", &w.temporal_note));
     if layout == Layout::SpaceTime {
         return Ok(canvas);
     }
@@ -206,6 +209,14 @@ pub(crate) fn conv_weights_canvas(weights: &ConvWeights, limits: &ConvWeightLimi
     sin_cos.title(&mut canvas, "Sin/Cos Weights");
     sin_cos.legend(&mut canvas, &[("sin", TAB_BLUE), ("cos", TAB_ORANGE)]);
     Ok(canvas)
+}
+
+/// `title (note)`, or `title` alone.
+fn panel_title(title: &str, note: &Option<String>) -> String {
+    match note {
+        Some(note) => format!("{title} ({note})"),
+        None => title.to_string(),
+    }
 }
 
 /// `values` against their indices 0, 1, 2, ...

@@ -91,6 +91,8 @@ pub fn conv_weights<F: Float>(model: &Model<F>, layer: usize, input: usize, outp
         cos: k.cos,
         in_channel: input,
         out_channel: output,
+        spatial_note: k.spatial_note,
+        temporal_note: k.temporal_note,
     }
 }
 

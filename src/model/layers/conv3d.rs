@@ -312,12 +312,16 @@ impl<F: Float> Conv3d<F> {
         let pair = &self.weight[(output * self.in_channels + input) * kt * kk..][..kt * kk];
         let peak = (0..pair.len()).fold(0, |best, j| if pair[j].to_f64().abs() > pair[best].to_f64().abs() { j } else { best });
         let (peak_t, peak_p) = (peak / kk, peak % kk);
+        // A kernel with a temporal extent is shown as two slices through its largest |weight|: say which.
+        let slice = |note: String| if kt > 1 { Some(note) } else { None };
         KernelView {
             spatial: pair[peak_t * kk..(peak_t + 1) * kk].iter().map(|v| v.to_f64() as f32).collect(),
             spatial_shape: [k, k],
             temporal: (0..kt).map(|dt| pair[dt * kk + peak_p].to_f64() as f32).collect(),
             sin: Vec::new(),
             cos: Vec::new(),
+            spatial_note: slice(format!("frame {peak_t} of {kt}")),
+            temporal_note: slice(format!("at row {}, column {}", peak_p / k, peak_p % k)),
         }
     }
 }

@@ -342,6 +342,8 @@ impl<F: Float> Layer<F> for SeparableConv3d<F> {
             temporal: f(&temporal[pair * kt..(pair + 1) * kt]),
             sin: f(&self.sin_weights[pair * nk..(pair + 1) * nk]),
             cos: f(&self.cos_weights[pair * nk..(pair + 1) * nk]),
+            spatial_note: None,
+            temporal_note: None,
         })
     }
 }

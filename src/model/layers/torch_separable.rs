@@ -77,6 +77,7 @@ impl<F: Float> Layer<F> for TorchSeparableConv3d<F> {
         let kt = self.time.kernel[0];
         let o_n = self.time.out_channels;
         view.temporal = (0..kt).map(|dt| self.time.weight[(output * o_n + output) * kt + dt].to_f64() as f32).collect();
+        view.temporal_note = Some(format!("time_conv {output} to {output}"));
         Some(view)
     }
 }
