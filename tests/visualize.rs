@@ -72,6 +72,32 @@ fn full_layout_ensemble_member() {
     assert_eq!(report.written, drawn(&expected));
 }
 
+/// `ConvGRUCore` with its GRU (`zoo_gru_enabled`): `info` names the class and every hooked block;
+/// `visualize` optimises the channels of `layer0` / `layer1` only (`projection` and `gru` are hooked
+/// but not optimised, as openretina's manifest says) and output neurons through the GRU, and draws
+/// both layers' conv weight figures.
+#[test]
+fn zoo_gru_core_info_and_visualize() {
+    let spec = ModelSpec { path: common::fixture("zoo/zoo_gru_enabled/model.ckpt"), model_id: None };
+    let info = retina(&strings(&["info", "--model-path", &spec.path.display().to_string()]));
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    for needle in ["ConvGRUCore", "core_features_projection: TorchFullConv3D", "core_features_gru: ConvGRUCell"] {
+        assert!(text.contains(needle), "info lacks {needle}:\n{text}");
+    }
+    let model = load(&spec);
+    assert_eq!(model.layer_names(), ["core_features_layer0", "core_features_layer1"]);
+    assert_eq!(shape(&model).layers, vec![(2, 32), (32, 64)]);
+    let dir = TempDir::new().unwrap();
+    let out = dir.path().join("gru");
+    let report = visualize(&spec, &out, &["--layers", "1", "--sessions", SESSION_1, "--neurons", "0,3", "--no-video"]);
+    let sel = Selection { layers: Some(vec![1]), sessions: Some(vec![SESSION_1.into()]), neurons: Some(vec![0, 3]), videos: false, ..Selection::all("jpg") };
+    let expected = check_run(&out, &model, &sel);
+    assert_eq!(count(&expected, Kind::ConvWeights), 2 * 32 + 32 * 64);
+    assert_eq!(count(&expected, Kind::MeiFigure), 64 + 2);
+    assert_eq!(report.meis, 64 + 2);
+}
+
 // ---------------------------------------------------------------------------------------------------
 // 2. Image formats
 
