@@ -176,8 +176,18 @@ mod x86 {
             for y in 0..h_in {
                 let yp = y + pad[1];
                 let dy_range = yp.saturating_sub(ho - 1)..(yp + 1).min(k);
-                for x in 0..w_in {
+                let mut x = 0;
+                while x < w_in {
                     let xp = x + pad[2];
+                    // Four neighbouring pixels share the weight loads of the taps they have in common.
+                    let dx_ranges = [0, 1, 2, 3].map(|j| (xp + j).saturating_sub(wo - 1)..(xp + j + 1).min(k));
+                    if x + 4 <= w_in && dx_ranges[3].start < dx_ranges[0].end {
+                        let sums = four_pixels(g_frame, w_ptr, yp, xp, dy_range.clone(), &dx_ranges, k, wo, outputs);
+                        let dst = grad.as_mut_ptr().add((t * h_in + y) * w_in + x);
+                        std::ptr::copy_nonoverlapping(sums.as_ptr(), dst, 4);
+                        x += 4;
+                        continue;
+                    }
                     let dx_range = xp.saturating_sub(wo - 1)..(xp + 1).min(k);
                     // Two accumulators (16 output channels) per pass over the taps where possible.
                     let (mut acc, mut acc2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -212,9 +222,74 @@ mod x86 {
                     let sum2 = _mm_add_ps(sum4, _mm_movehl_ps(sum4, sum4));
                     let sum1 = _mm_add_ss(sum2, _mm_shuffle_ps(sum2, sum2, 1));
                     *grad.get_unchecked_mut((t * h_in + y) * w_in + x) = _mm_cvtss_f32(sum1);
+                    x += 1;
                 }
             }
         }
+    }
+
+    /// `spatial_step_backward` for the input pixels `xp .. xp + 4` (padded coordinates) of row `yp`,
+    /// whose horizontal taps are `dx_ranges`: the taps all four have (`dx_ranges[3].start ..
+    /// dx_ranges[0].end`, not empty) with shared weight loads, then each pixel's others.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn four_pixels(
+        g_frame: *const f32,
+        w_ptr: *const f32,
+        yp: usize,
+        xp: usize,
+        dy_range: std::ops::Range<usize>,
+        dx_ranges: &[std::ops::Range<usize>; 4],
+        k: usize,
+        wo: usize,
+        outputs: usize,
+    ) -> [f32; 4] {
+        let common = dx_ranges[3].start..dx_ranges[0].end;
+        let z = _mm256_setzero_ps();
+        let mut acc = [[z; 2]; 4];
+        let mut lane0 = 0;
+        while lane0 < outputs {
+            let wide = lane0 + 16 <= outputs;
+            for dy in dy_range.clone() {
+                let g_row = g_frame.add((yp - dy) * wo * outputs + lane0);
+                let w_row = w_ptr.add(dy * k * outputs + lane0);
+                for dx in common.clone() {
+                    let w = w_row.add(dx * outputs);
+                    let w0 = _mm256_loadu_ps(w);
+                    let g = g_row.add((xp - dx) * outputs);
+                    if wide {
+                        let w1 = _mm256_loadu_ps(w.add(8));
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            let gj = g.add(j * outputs);
+                            a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(gj), w0, a[0]);
+                            a[1] = _mm256_fmadd_ps(_mm256_loadu_ps(gj.add(8)), w1, a[1]);
+                        }
+                    } else {
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(g.add(j * outputs)), w0, a[0]);
+                        }
+                    }
+                }
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let own = &dx_ranges[j];
+                    for dx in (own.start..common.start).chain(common.end..own.end) {
+                        let w = w_row.add(dx * outputs);
+                        let g = g_row.add((xp + j - dx) * outputs);
+                        a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(g), _mm256_loadu_ps(w), a[0]);
+                        if wide {
+                            a[1] = _mm256_fmadd_ps(_mm256_loadu_ps(g.add(8)), _mm256_loadu_ps(w.add(8)), a[1]);
+                        }
+                    }
+                }
+            }
+            lane0 += if wide { 16 } else { 8 };
+        }
+        acc.map(|[a, b]| {
+            let acc = _mm256_add_ps(a, b);
+            let sum4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            let sum2 = _mm_add_ps(sum4, _mm_movehl_ps(sum4, sum4));
+            _mm_cvtss_f32(_mm_add_ss(sum2, _mm_shuffle_ps(sum2, sum2, 1)))
+        })
     }
 
     /// 4 output pixels of a row x 8 output channels per block, accumulators in registers.

@@ -204,15 +204,21 @@ impl<F: Float> SeparableConv3d<F> {
         }
 
         // Temporal step: out[t'][p][o] = sum_{i,dt} temporal[o,i,dt] * s[i][t'+dt][p][o].
+        // In tiles of 64 pixels, so that the output tile stays in cache while every (i, dt) adds to it
+        // (a whole frame of a real-size model is larger than the cache); same sums, same order.
         let frame = g.p * o_n;
+        let tile = 64 * o_n;
         let mut out_tpo = vec![F::zero(); g.to * frame];
-        for t_out in 0..g.to {
-            let acc = &mut out_tpo[t_out * frame..(t_out + 1) * frame];
-            for i in 0..i_n {
-                for dt in 0..g.kt {
-                    let w = &kernels.temporal[(i * g.kt + dt) * o_n..(i * g.kt + dt + 1) * o_n];
-                    let src = &s[(i * g.tp + t_out + dt) * frame..(i * g.tp + t_out + dt + 1) * frame];
-                    scale_add_frame(acc, w, src);
+        for start in (0..frame).step_by(tile) {
+            let len = tile.min(frame - start);
+            for t_out in 0..g.to {
+                let acc = &mut out_tpo[t_out * frame + start..][..len];
+                for i in 0..i_n {
+                    for dt in 0..g.kt {
+                        let w = &kernels.temporal[(i * g.kt + dt) * o_n..(i * g.kt + dt + 1) * o_n];
+                        let src = &s[(i * g.tp + t_out + dt) * frame + start..][..len];
+                        scale_add_frame(acc, w, src);
+                    }
                 }
             }
         }
