@@ -62,11 +62,16 @@ fn gru_input_gradient_matches_finite_differences() {
 /// A `UnifiedCoreReadout` + `ConvGRUCore` with random weights: 2 layers (custom_separable), the
 /// projection, and a GRU with `gru` options merged into `gru_kwargs`.
 fn synthetic_gru_model(gru: Value, seed: u64) -> RawModel {
+    synthetic_gru_model_with(json!({}), gru, seed)
+}
+
+/// The same with `core` options (and top-level `hidden_channels`, `in_shape`) merged in.
+fn synthetic_gru_model_with(core: Value, gru: Value, seed: u64) -> RawModel {
     let mut kwargs = json!({"rec_channels": 3, "input_kern": 3, "rec_kern": 3, "groups": 1, "gamma_rec": 1, "pad_input": true});
     for (k, v) in gru.as_object().unwrap() {
         kwargs[k] = v.clone();
     }
-    let hp = json!({
+    let mut hp = json!({
         "in_shape": [2, 30, 12, 10],
         "hidden_channels": [3, 4],
         "n_neurons_dict": {"b_session": 3, "a_session": 2},
@@ -88,15 +93,27 @@ fn synthetic_gru_model(gru: Value, seed: u64) -> RawModel {
             "scale": true, "bias": true, "positive": true, "gaussian_mean_scale": 6.0, "gaussian_var_scale": 4.0,
         },
     });
+    for (k, v) in core.as_object().unwrap() {
+        match k.as_str() {
+            "hidden_channels" | "in_shape" => hp[k] = v.clone(),
+            _ => hp["core"][k] = v.clone(),
+        }
+    }
     let config = ModelConfig::from_hyper_parameters("UnifiedCoreReadout", &hp).unwrap();
     let mut rng = Rng::new(seed);
     let mut tensors = BTreeMap::new();
     for (i, l) in config.layers.iter().enumerate() {
         layer_tensors(&mut tensors, &format!("core.features.layer{i}"), l, &mut rng);
     }
+    let c0 = config.layers[0].out_channels;
     put(&mut tensors, "core.features.projection.0._log_speed_default".into(), vec![1], &mut || 0.0);
-    put(&mut tensors, "core.features.projection.0.conv.weight".into(), vec![3, 3, 1, 1, 1], &mut || rng.normal() as f32 * 0.5);
-    let (r, c) = (hp["core"]["gru_kwargs"]["rec_channels"].as_u64().unwrap() as usize, 4);
+    put(&mut tensors, "core.features.projection.0.conv.weight".into(), vec![c0, c0, 1, 1, 1], &mut || rng.normal() as f32 * 0.5);
+    let [c, t, h, w] = config.core_output_shape(30).unwrap();
+    if hp["core"]["use_gru"] == json!(false) {
+        gaussian_readout_tensors(&mut tensors, &config.sessions, [c, t, h, w], &mut rng);
+        return RawModel { model_class: "UnifiedCoreReadout".into(), hyper_parameters: hp, tensors };
+    }
+    let r = hp["core"]["gru_kwargs"]["rec_channels"].as_u64().unwrap() as usize;
     let (ki, kr) = (kwargs_usize(&hp, "input_kern"), kwargs_usize(&hp, "rec_kern"));
     for gate in ["update", "reset", "out"] {
         for (part, inputs, k) in [("input", c, ki), ("hidden", r, kr)] {
@@ -105,8 +122,7 @@ fn synthetic_gru_model(gru: Value, seed: u64) -> RawModel {
             put(&mut tensors, format!("{p}.bias"), vec![r], &mut || rng.normal() as f32 * 0.2);
         }
     }
-    // The GRU keeps layer 1's time and, padded, its space.
-    let [_, t, h, w] = config.core_output_shape(30).unwrap();
+    // The GRU keeps the last layer's time and, padded, its space.
     let shrink = if hp["core"]["gru_kwargs"]["pad_input"] == json!(true) { 0 } else { ki - 1 };
     gaussian_readout_tensors(&mut tensors, &config.sessions, [r, t, h - shrink, w - shrink], &mut rng);
     RawModel { model_class: "UnifiedCoreReadout".into(), hyper_parameters: hp, tensors }
@@ -161,4 +177,29 @@ fn gru_options_openretina_cannot_run_are_refused() {
     // Unpadded input gates may have an even kernel (the state shrinks with them).
     let raw = synthetic_gru_model(json!({"pad_input": false, "input_kern": 2}), 1);
     assert!(Model::<f32>::from_raw(&raw).is_ok());
+}
+
+/// openretina 1.1.1's `ConvGRUCore` padding and non-linearities, as running it shows (`hidden_padding`
+/// counts only as true/false; layer `i` gets the padding computed for layer `i - 1`; layer 0's ELU
+/// exists only with `final_nonlinearity`). Shapes below are what openretina printed for
+/// `ConvGRUCore(channels=(2, 3, 4, 5), temporal_kernel_sizes=[9, 6, 6], spatial_kernel_sizes=[5, 3, 7],
+/// input_padding=0, hidden_padding=[0, 1, 1], convolution_type="full", use_projections=True)` on a
+/// 30x16x16 stimulus: layer 1 unpadded, layer 2 padded by 1 (layer 1's kernel 3 // 2, not its own 7 // 2).
+#[test]
+fn gru_core_layers_are_built_as_openretina_builds_them() {
+    let core = json!({
+        "in_shape": [2, 30, 16, 16], "hidden_channels": [3, 4, 5], "channels": [2, 3, 4, 5],
+        "temporal_kernel_sizes": [9, 6, 6], "spatial_kernel_sizes": [5, 3, 7], "convolution_type": "full", "use_gru": false,
+    });
+    let model: Model<f64> = Model::from_raw(&synthetic_gru_model_with(core, json!({}), 3)).unwrap();
+    let shapes = model.core.block_output_shapes([2, 30, 16, 16]).unwrap();
+    assert_eq!(shapes, [[3, 22, 12, 12], [3, 22, 12, 12], [4, 17, 10, 10], [5, 12, 6, 6]]);
+    let elus = |m: &Model<f64>| -> Vec<usize> { m.core.blocks.iter().map(|b| b.layers.iter().filter(|l| l.describe() == "ELU").count()).collect() };
+    assert_eq!(elus(&model), [1, 1, 1, 1]);
+    // final_nonlinearity false: no ELU in layer 0 (openretina's condition) nor in the last layer.
+    let core = json!({"final_nonlinearity": false, "use_gru": false, "input_padding": true});
+    let model: Model<f64> = Model::from_raw(&synthetic_gru_model_with(core, json!({}), 4)).unwrap();
+    assert_eq!(elus(&model), [0, 1, 0]);
+    // input_padding true pads layer 0 by spatial // 2 in space only.
+    assert_eq!(model.core.block_output_shapes([2, 30, 12, 10]).unwrap()[0], [3, 22, 12, 10]);
 }
