@@ -60,6 +60,34 @@ pub struct KernelView {
     pub temporal_note: Option<String>,
 }
 
+/// What one layer allocates on one stimulus beyond its input and output, in values (not bytes), for
+/// the memory check (`model::memory`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkValues {
+    /// Kept from the forward pass for the backward pass (its `LayerState`).
+    pub state: u64,
+    /// Temporaries alive at once at the peak of the forward pass.
+    pub forward: u64,
+    /// Temporaries alive at once at the peak of the backward pass (beyond the output gradient it gets
+    /// and the input gradient it returns).
+    pub backward: u64,
+}
+
+impl WorkValues {
+    /// Nothing beyond input and output (elementwise layers, pooling).
+    pub const NONE: WorkValues = WorkValues { state: 0, forward: 0, backward: 0 };
+}
+
+/// The number of values of a buffer of these dimensions; None if it overflows.
+pub fn count(dims: &[usize]) -> Option<u64> {
+    dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+}
+
+/// The sum of buffer sizes; None if it overflows.
+pub fn total(parts: &[u64]) -> Option<u64> {
+    parts.iter().try_fold(0u64, |n, &p| n.checked_add(p))
+}
+
 /// One layer kind of the core, on one stimulus at a time (batches are parallel maps over stimuli).
 pub trait Layer<F: Float>: Debug + Send + Sync {
     /// openretina's class (and option) this layer stands for, as `retina info` prints it.
@@ -89,6 +117,11 @@ pub trait Layer<F: Float>: Debug + Send + Sync {
     fn reach(&self) -> Reach {
         Reach::Everything
     }
+
+    /// What the layer allocates on one stimulus of `input` shape beyond its input and output (None:
+    /// beyond counting, or the kernel does not fit). No default: every kind answers for its own
+    /// buffers, since the commands refuse work beyond the memory budget from these numbers.
+    fn work_values(&self, input: Shape) -> Option<WorkValues>;
 
     /// Floating-point operations of the forward pass for an input of `shape` (the backward pass
     /// costs about the same); 0 for layers whose cost is negligible next to the convolutions.

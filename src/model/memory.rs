@@ -2,11 +2,12 @@
 //! allocated, and the budget it must fit in: a request that would not fit (`--time-steps 100000`) is
 //! refused with one line saying how much it would need, instead of aborting on a failed allocation.
 //!
-//! The estimate follows the buffers of `core.rs`, `conv.rs` and `readout.rs`: per stimulus the tape
-//! (every layer's activation and output) is kept, and the largest layer's temporaries (padded frames,
-//! im2col columns, the spatial-step result of every (in, out) channel pair) come on top while it runs.
+//! The estimate walks the core as `core.rs` runs it: per stimulus the tape (the outputs a backward
+//! pass reads, every block's output, the layers' kept states) is kept, and the largest layer's input,
+//! output and temporaries come on top while it runs. Each layer kind states its own temporaries
+//! (`Layer::work_values`, a required method), so a new kind cannot be left out.
 
-use super::config::ModelConfig;
+use super::layer::{count, total, Needs};
 use super::{Float, Model};
 use crate::error::{Error, Result};
 
@@ -71,41 +72,21 @@ pub fn format_bytes(bytes: u64) -> String {
 
 impl<F: Float> Model<F> {
     /// Bytes that `work` on `batch` stimuli of `time_steps` frames needs at its peak, with up to
-    /// `threads` stimuli in flight at once; None if the count overflows.
+    /// `threads` stimuli in flight at once; None if the count overflows (or the frames are too few).
     pub fn work_bytes(&self, time_steps: usize, batch: usize, threads: usize, work: Work) -> Option<u64> {
-        let mut per = per_stimulus_values(&self.config, time_steps)?;
-        let other = self.other_block_values(time_steps)?;
-        per.tape = per.tape.checked_add(other.checked_mul(4)?)?;
-        per.gradients = per.gradients.checked_add(other.checked_mul(2)?)?;
+        let per = self.per_stimulus_values(time_steps)?;
         let size = std::mem::size_of::<F>() as u64;
         let in_flight = batch.min(threads.max(1)) as u64;
         let (kept, transient) = match work {
             // Tapes of the whole batch are collected, then copied into the returned tensors, which
             // the caller serialises once more.
-            Work::Forward => (per.stimulus + per.tape + 2 * per.outputs, per.forward_temporaries),
-            // MEIs are one stimulus each: tape, the gradients flowing back, the stimulus and its
-            // gradient copies.
-            Work::Gradient => (0, per.tape + per.gradients + 4 * per.stimulus + per.forward_temporaries.max(per.backward_temporaries)),
+            Work::Forward => (total(&[per.stimulus, per.tape, 2 * per.outputs])?, per.forward),
+            // MEIs are one stimulus each: the tape, the stimulus and its gradient copies, and the
+            // larger of the two passes' peaks.
+            Work::Gradient => (0, total(&[per.tape, 4 * per.stimulus, per.forward.max(per.backward)])?),
         };
         let values = (batch as u64).checked_mul(kept)?.checked_add(in_flight.checked_mul(transient)?)?;
         values.checked_mul(size)
-    }
-
-    /// Output values of the core blocks the config's layers do not describe (`ConvGRUCore`'s
-    /// `projection` and `gru`). Each keeps up to four values per output on the tape (the GRU: its
-    /// state and three gates; a projection: its convolution and ELU outputs). 0 when the stimulus
-    /// is too short (refused elsewhere with the config's message).
-    fn other_block_values(&self, time_steps: usize) -> Option<u64> {
-        let c = &self.config;
-        let Ok(shapes) = self.core.block_output_shapes([c.input_channels, time_steps, c.height, c.width]) else { return Some(0) };
-        let mut values = 0u64;
-        for (b, block) in self.core.blocks.iter().enumerate() {
-            if block.name.is_some() && !self.core.layer_blocks.contains(&b) {
-                let n = shapes[b].iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64))?;
-                values = values.checked_add(n)?;
-            }
-        }
-        Some(values)
     }
 
     /// Refuse `work` that would not fit in the memory budget, before anything is allocated (and
@@ -120,70 +101,54 @@ impl<F: Float> Model<F> {
         let stimuli = if batch == 1 { "stimulus" } else { "stimuli" };
         check_bytes(bytes, &format!("{what} over {batch} {stimuli} of {time_steps} frames"))
     }
+
+    /// The buffers of one stimulus, walking the core's layers as `Core::forward_blocks` runs them:
+    /// each layer answers for its own temporaries (`Layer::work_values`), the walk for inputs, outputs
+    /// and what the tape keeps.
+    fn per_stimulus_values(&self, time_steps: usize) -> Option<PerStimulus> {
+        let c = &self.config;
+        let input = [c.input_channels, time_steps, c.height, c.width];
+        let stimulus = count(&input)?;
+        let mut per = PerStimulus { stimulus, tape: stimulus, outputs: 0, forward: 0, backward: 0 };
+        let mut shape = input;
+        for (b, block) in self.core.blocks.iter().enumerate() {
+            for (j, layer) in block.layers.iter().enumerate() {
+                let next = layer.output_shape(shape).ok()?;
+                let (i_values, o_values) = (count(&shape)?, count(&next)?);
+                let work = layer.work_values(shape)?;
+                // Kept on the tape: what a backward pass reads, and every block's output.
+                let read_next = block.layers.get(j + 1).is_some_and(|l| l.needs() == Needs::Input);
+                if j + 1 == block.layers.len() || read_next || layer.needs() == Needs::Output {
+                    per.tape = per.tape.checked_add(o_values)?;
+                }
+                per.tape = per.tape.checked_add(work.state)?;
+                // While a layer runs, its input and output (or their gradients) are alive too.
+                per.forward = per.forward.max(total(&[i_values, o_values, work.forward])?);
+                per.backward = per.backward.max(total(&[i_values, o_values, work.backward])?);
+                shape = next;
+            }
+            if self.core.layer_blocks.contains(&b) {
+                per.outputs = per.outputs.checked_add(count(&shape)?)?;
+            }
+        }
+        // The readout: per session (one at a time) channels x frames x neurons, and the responses.
+        let [channels, frames, ..] = self.core.output_shape(input).ok()?;
+        let neurons = c.sessions.iter().map(|(_, n)| *n as u64).max().unwrap_or(0);
+        let readout = (channels as u64).checked_add(2)?.checked_mul(frames as u64)?.checked_mul(neurons)?;
+        per.tape = per.tape.checked_add(readout)?;
+        per.outputs = per.outputs.checked_add((frames as u64).checked_mul(c.sessions.iter().map(|(_, n)| *n as u64).sum())?)?;
+        Some(per)
+    }
 }
 
 /// Values (not bytes) of the buffers of one stimulus.
 struct PerStimulus {
     stimulus: u64,
-    /// Activations and outputs of every layer, the preprocessed stimulus, the readout's buffers.
+    /// Layer outputs a backward pass reads and block outputs, the stimulus, the readout's buffers.
     tape: u64,
     /// Layer outputs and responses handed back by a forward pass.
     outputs: u64,
-    /// Gradients of every layer's activation (the backward pass holds about one per layer at once).
-    gradients: u64,
-    /// The largest layer's temporaries during the forward and the backward pass.
-    forward_temporaries: u64,
-    backward_temporaries: u64,
-}
-
-fn per_stimulus_values(c: &ModelConfig, time_steps: usize) -> Option<PerStimulus> {
-    let mul = |a: u64, b: u64| a.checked_mul(b);
-    let stimulus = [c.input_channels, time_steps, c.height, c.width].iter().try_fold(1u64, |n, &d| mul(n, d as u64))?;
-    let mut per = PerStimulus { stimulus, tape: stimulus, outputs: 0, gradients: 0, forward_temporaries: 0, backward_temporaries: 0 };
-    // The shape walk of `ModelConfig::layer_output_shapes`, keeping the conv output before pooling.
-    let mut shape = [c.input_channels, time_steps, c.height, c.width].map(|d| d as u64);
-    if c.color_squashing_weights.is_some() {
-        shape[0] = 1;
-    }
-    if let Some(k) = c.downsample_input_kernel_size {
-        for d in 0..3 {
-            shape[d + 1] /= k[d].max(1) as u64;
-        }
-    }
-    for layer in &c.layers {
-        let kernel = [layer.temporal_kernel, layer.spatial_kernel, layer.spatial_kernel].map(|k| k as u64);
-        let mut padded = [0u64; 3];
-        let mut conv = [0u64; 3];
-        for d in 0..3 {
-            padded[d] = shape[d + 1].checked_add(layer.padding[d].0 as u64)?.checked_add(layer.padding[d].1 as u64)?;
-            conv[d] = padded[d].checked_sub(kernel[d])? + 1;
-        }
-        let (ci, co) = (layer.in_channels as u64, layer.out_channels as u64);
-        let pixels = mul(conv[1], conv[2])?;
-        let kk = mul(kernel[1], kernel[2])?;
-        let input = mul(ci, mul(shape[1], mul(shape[2], shape[3])?)?)?;
-        let activation = mul(co, mul(conv[0], pixels)?)?;
-        let (pooled_h, pooled_w) = if layer.max_pool { (conv[1] / 2, conv[2] / 2) } else { (conv[1], conv[2]) };
-        let output = mul(co, mul(conv[0], mul(pooled_h, pooled_w)?)?)?;
-        let rows = mul(padded[0], pixels)?;
-        let padded_frames = mul(padded[0], mul(padded[1], padded[2])?)?;
-        // Forward: padded input, im2col columns, spatial step of every (in, out) pair, the result in
-        // two layouts.
-        let forward = padded_frames.checked_add(mul(rows, kk)?)?.checked_add(mul(ci, mul(rows, co)?)?)?.checked_add(2 * activation)?;
-        // Backward: the gradient in two layouts, the transposed temporal step, its columns, the input
-        // gradient.
-        let backward = (2 * activation).checked_add(mul(rows, co)?)?.checked_add(mul(rows, kk)?)?.checked_add(input)?;
-        per.tape = per.tape.checked_add(activation)?.checked_add(output)?;
-        per.outputs = per.outputs.checked_add(output)?;
-        per.gradients = per.gradients.checked_add(activation)?.checked_add(input)?;
-        per.forward_temporaries = per.forward_temporaries.max(forward);
-        per.backward_temporaries = per.backward_temporaries.max(backward);
-        shape = [co, conv[0], pooled_h, pooled_w];
-    }
-    // The readout: per session (one at a time) channels x frames x neurons, and the responses.
-    let neurons = c.sessions.iter().map(|(_, n)| *n as u64).max().unwrap_or(0);
-    let readout = mul(shape[0].checked_add(2)?, mul(shape[1], neurons)?)?;
-    per.tape = per.tape.checked_add(readout)?;
-    per.outputs = per.outputs.checked_add(mul(shape[1], c.sessions.iter().map(|(_, n)| *n as u64).sum())?)?;
-    Some(per)
+    /// The largest layer's input, output and temporaries during the forward and the backward pass.
+    forward: u64,
+    backward: u64,
 }

@@ -1,7 +1,7 @@
 //! `avg_pool3d` with kernel = stride: openretina's input downsampling before the core.
 
 use crate::error::Result;
-use crate::model::layer::{BackwardValues, Layer, LayerState, Reach, Shape};
+use crate::model::layer::{WorkValues, BackwardValues, Layer, LayerState, Reach, Shape};
 use crate::model::Float;
 
 #[derive(Debug, Clone, Copy)]
@@ -10,6 +10,10 @@ pub struct AvgPoolDownsample {
 }
 
 impl<F: Float> Layer<F> for AvgPoolDownsample {
+    fn work_values(&self, _: Shape) -> Option<WorkValues> {
+        Some(WorkValues::NONE)
+    }
+
     fn describe(&self) -> String {
         let [a, b, c] = self.kernel;
         format!("input downsampling avg_pool3d({a}, {b}, {c})")

@@ -2,7 +2,7 @@
 //! one per-channel affine map `y = scale * x + shift`.
 
 use crate::error::Result;
-use crate::model::layer::{BackwardValues, Layer, LayerState, Reach, Shape};
+use crate::model::layer::{WorkValues, BackwardValues, Layer, LayerState, Reach, Shape};
 use crate::model::load::StateDict;
 use crate::model::Float;
 
@@ -56,6 +56,10 @@ impl<F: Float> BatchNormBias<F> {
 }
 
 impl<F: Float> Layer<F> for BatchNormBias<F> {
+    fn work_values(&self, _: Shape) -> Option<WorkValues> {
+        Some(WorkValues::NONE)
+    }
+
     fn describe(&self) -> String {
         self.what.clone()
     }

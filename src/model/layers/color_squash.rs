@@ -2,7 +2,7 @@
 //! before the core (single-channel input passes unchanged, as in openretina).
 
 use crate::error::Result;
-use crate::model::layer::{BackwardValues, Layer, LayerState, Reach, Shape};
+use crate::model::layer::{count, WorkValues, BackwardValues, Layer, LayerState, Reach, Shape};
 use crate::model::Float;
 
 #[derive(Debug, Clone)]
@@ -11,6 +11,11 @@ pub struct ColorSquash<F> {
 }
 
 impl<F: Float> Layer<F> for ColorSquash<F> {
+    /// The grey frame sum before it is spread over the output channels.
+    fn work_values(&self, [_, t, h, w]: Shape) -> Option<WorkValues> {
+        Some(WorkValues { forward: count(&[t, h, w])?, ..WorkValues::NONE })
+    }
+
     fn describe(&self) -> String {
         format!("colour squashing ({} channels -> 1)", self.weights.len())
     }

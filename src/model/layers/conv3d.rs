@@ -397,6 +397,19 @@ impl<F: Float> Layer<F> for Conv3d<F> {
         self.flop_count(shape)
     }
 
+    /// The kernels above: forward, the spatial step of every padded frame and (dt, out) pair, one
+    /// padded channel, one frame's columns and the output in (t, p, out) order; backward, the same
+    /// spatial-step shape, one padded channel and one frame's columns.
+    fn work_values(&self, shape: Shape) -> Option<crate::model::layer::WorkValues> {
+        use crate::model::layer::{count, total, WorkValues};
+        self.output_shape(shape).ok()?;
+        let g = self.geometry(shape);
+        let (hp, wp) = g.padded_hw();
+        let (steps, padded, columns) = (count(&[g.tp, g.p, g.kt, self.out_channels])?, count(&[g.tp, hp, wp])?, count(&[g.p, g.kk])?);
+        let reordered = count(&[g.to, g.p, self.out_channels])?;
+        Some(WorkValues { state: 0, forward: total(&[steps, padded, columns, reordered])?, backward: total(&[steps, padded, columns])? })
+    }
+
     fn kernel_channels(&self) -> Option<(usize, usize)> {
         Some((self.in_channels, self.out_channels))
     }

@@ -285,6 +285,27 @@ impl<F: Float> Layer<F> for ConvGruCell<F> {
         Reach::Everything
     }
 
+    /// Forward: the input gates of every frame, then per frame the state convolutions and a few
+    /// state-sized buffers; the gates of every frame are kept. Backward: the gate gradients of every
+    /// frame, then per frame the state convolutions' transposes and a few state-sized buffers.
+    fn work_values(&self, input: Shape) -> Option<crate::model::layer::WorkValues> {
+        use crate::model::layer::{count, WorkValues};
+        let out = self.output_shape(input).ok()?;
+        let frame = self.state_shape([0, 1, out[2], out[3]]);
+        let (state, all_gates) = (count(&[self.size.rec_channels, out[2], out[3]])?, count(&out)?.checked_mul(3)?);
+        let (gates_in, gates_state, hidden) = (
+            Layer::<F>::work_values(&self.input_gates, input)?,
+            Layer::<F>::work_values(&self.state_gates, frame)?,
+            Layer::<F>::work_values(&self.out_hidden, frame)?,
+        );
+        let per_frame = |a: u64, b: u64| state.checked_mul(8)?.checked_add(a.max(b));
+        Some(WorkValues {
+            state: all_gates,
+            forward: all_gates.checked_add(gates_in.forward.max(per_frame(gates_state.forward, hidden.forward)?))?,
+            backward: all_gates.checked_add(gates_in.backward.max(per_frame(gates_state.backward, hidden.backward)?))?,
+        })
+    }
+
     fn flops(&self, shape: Shape) -> f64 {
         let Ok(out) = self.output_shape(shape) else { return 0.0 };
         let [_, t, h, w] = out;

@@ -1,7 +1,7 @@
 //! The ELU non-linearity (alpha 1) of openretina's cores.
 
 use crate::error::Result;
-use crate::model::layer::{BackwardValues, Layer, LayerState, Needs, Reach, Shape};
+use crate::model::layer::{WorkValues, BackwardValues, Layer, LayerState, Needs, Reach, Shape};
 use crate::model::Float;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -25,6 +25,10 @@ pub fn elu_derivative_from_output<F: Float>(z: F) -> F {
 }
 
 impl<F: Float> Layer<F> for Elu {
+    fn work_values(&self, _: Shape) -> Option<WorkValues> {
+        Some(WorkValues::NONE)
+    }
+
     fn describe(&self) -> String {
         "ELU".into()
     }

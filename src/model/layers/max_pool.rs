@@ -2,13 +2,17 @@
 //! window (PyTorch's choice).
 
 use crate::error::Result;
-use crate::model::layer::{BackwardValues, Layer, LayerState, Needs, Reach, Shape};
+use crate::model::layer::{WorkValues, BackwardValues, Layer, LayerState, Needs, Reach, Shape};
 use crate::model::Float;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MaxPoolSpace2;
 
 impl<F: Float> Layer<F> for MaxPoolSpace2 {
+    fn work_values(&self, _: Shape) -> Option<WorkValues> {
+        Some(WorkValues::NONE)
+    }
+
     fn describe(&self) -> String {
         "MaxPool3d((1, 2, 2))".into()
     }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::model::config::{LayerConfig, Padding};
-use crate::model::layer::{BackwardValues, KernelView, Layer, LayerState, Reach, Shape};
+use crate::model::layer::{count, total, WorkValues, BackwardValues, KernelView, Layer, LayerState, Reach, Shape};
 use crate::model::linalg::{gemm, Layout};
 use crate::model::load::StateDict;
 use crate::model::simd::SpatialShape;
@@ -320,6 +320,23 @@ impl<F: Float> Layer<F> for SeparableConv3d<F> {
 
     fn reach(&self) -> Reach {
         Reach::Window { kernel: [self.temporal_kernel, self.spatial_kernel, self.spatial_kernel], padding: self.padding }
+    }
+
+    /// Forward: one padded channel, its columns (when the fast spatial step does not apply), the
+    /// spatial step of every input channel, the output in (t, p, out) order. Backward: the output
+    /// gradient reordered, one channel's transposed temporal step and its columns, a padded channel.
+    fn work_values(&self, [_, t, h, w]: Shape) -> Option<WorkValues> {
+        self.output_size([t, h, w])?;
+        let g = self.geometry([t, h, w]);
+        let (hp, wp) = g.padded_hw();
+        let (padded, columns) = (count(&[g.tp, hp, wp])?, count(&[g.tp, g.p, g.kk])?);
+        let step = count(&[g.tp, g.p, self.out_channels])?;
+        let reordered = count(&[g.to, g.p, self.out_channels])?;
+        Some(WorkValues {
+            state: 0,
+            forward: total(&[padded, columns, step.checked_mul(self.in_channels as u64)?, reordered])?,
+            backward: total(&[reordered, step, columns, padded])?,
+        })
     }
 
     /// Separable: the spatial step on every padded input frame, then the temporal correlation.

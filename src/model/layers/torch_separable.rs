@@ -5,7 +5,7 @@
 
 use crate::error::Result;
 use crate::model::config::{LayerConfig, Padding};
-use crate::model::layer::{BackwardValues, KernelView, Layer, LayerState, Reach, Shape};
+use crate::model::layer::{count, WorkValues, BackwardValues, KernelView, Layer, LayerState, Reach, Shape};
 use crate::model::load::StateDict;
 use crate::model::Float;
 
@@ -59,6 +59,19 @@ impl<F: Float> Layer<F> for TorchSeparableConv3d<F> {
             kernel: [0, 1, 2].map(|d| a[d] + b[d] - 1),
             padding: [0, 1, 2].map(|d| (p[d].0 + q[d].0, p[d].1 + q[d].1)),
         }
+    }
+
+    /// The two convolutions one after the other, with the result between them (and then its
+    /// gradient) alive throughout.
+    fn work_values(&self, shape: Shape) -> Option<WorkValues> {
+        let mid_shape = self.space.output_shape(shape).ok()?;
+        let mid = count(&mid_shape)?;
+        let (space, time) = (Layer::<F>::work_values(&self.space, shape)?, Layer::<F>::work_values(&self.time, mid_shape)?);
+        Some(WorkValues {
+            state: 0,
+            forward: mid.checked_add(space.forward.max(time.forward))?,
+            backward: mid.checked_add(space.backward.max(time.backward))?,
+        })
     }
 
     fn flops(&self, shape: Shape) -> f64 {
