@@ -115,6 +115,10 @@ pub struct SourceArgs {
     /// Never download: use only files already in the cache.
     #[arg(long)]
     pub offline: bool,
+    /// Download the model (given by URL or pretrained name) again over its cached copy, e.g. when
+    /// retina reports the cached copy damaged.
+    #[arg(long, conflicts_with = "offline")]
+    pub refetch: bool,
     /// Member of an ensemble folder (negative counts from the end); `all` (visualize only): every member.
     #[arg(long, default_value = "-1", allow_negative_numbers = true, value_name = "ID", value_parser = parse_model_id)]
     pub model_id: i64,
@@ -144,7 +148,7 @@ fn one_member(model_id: i64) -> Result<i64> {
 
 impl SourceArgs {
     pub fn download_options(&self, quiet: bool) -> DownloadOptions {
-        DownloadOptions { cache_dir: self.cache_dir.clone(), offline: self.offline, quiet, ..Default::default() }
+        DownloadOptions { cache_dir: self.cache_dir.clone(), offline: self.offline, quiet, refetch: self.refetch, ..Default::default() }
     }
 }
 

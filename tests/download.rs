@@ -194,7 +194,7 @@ fn respond_hostile(mut stream: TcpStream, body: &[u8], reply: Reply, start: usiz
 }
 
 fn options(cache: &Path) -> DownloadOptions {
-    DownloadOptions { cache_dir: Some(cache.to_path_buf()), offline: false, quiet: true, limits: Default::default() }
+    DownloadOptions { cache_dir: Some(cache.to_path_buf()), quiet: true, ..Default::default() }
 }
 
 /// Limits small enough that every fault below is detected within a few seconds.
@@ -609,4 +609,64 @@ fn a_damaged_cached_file_says_how_to_fix_it() {
     let message = digest_line(&url, &opts).unwrap_err().message().to_string();
     assert!(message.contains("SHA-256") && message.contains(&fix), "{message}");
     assert_eq!(server.ranges().len(), 1, "a damaged cache is reported, not silently fetched again");
+}
+
+#[test]
+fn refetch_downloads_a_damaged_cached_file_again() {
+    let body = fixture_bytes();
+    let server = TestServer::start(body.clone(), vec![Reply::Serve]);
+    let cache = tempfile::tempdir().unwrap();
+    let opts = fast_options(cache.path());
+    let url = server.url("/refetch/model.safetensors");
+    let path = fetch(&url, &opts).unwrap();
+    std::fs::write(&path, &body[..body.len() - 10]).unwrap();
+    // A partial download left beside it must not be resumed onto.
+    std::fs::write(path.with_file_name("model.safetensors.part"), b"garbage").unwrap();
+    let message = fetch(&url, &opts).unwrap_err().message().to_string();
+    assert!(message.contains("--refetch") && message.contains("damaged"), "{message}");
+
+    let refetch = DownloadOptions { refetch: true, ..opts.clone() };
+    assert_eq!(fetch(&url, &refetch).unwrap(), path);
+    assert_eq!(std::fs::read(&path).unwrap(), body, "the cached copy is the server's file again");
+    assert_eq!(server.ranges(), vec![None, None], "downloaded again from scratch, without a Range");
+    // Once per process: a command resolving its model twice downloads it once; the cache is sound.
+    fetch(&url, &refetch).unwrap();
+    fetch(&url, &opts).unwrap();
+    assert_eq!(server.ranges().len(), 2);
+    assert!(!path.with_file_name("model.safetensors.part").exists());
+}
+
+#[test]
+fn the_refetch_flag_through_the_command_line() {
+    let body = fixture_bytes();
+    let server = TestServer::start(body.clone(), vec![Reply::Serve]);
+    let cache = tempfile::tempdir().unwrap();
+    let url = server.url("/cli/model.safetensors");
+    let retina = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_retina"))
+            .args(["info", "--model-path", &url, "--cache-dir", cache.path().to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).trim().to_string())
+    };
+    assert_eq!(retina(&[]).0, Some(0));
+    let path = cached_path(&url, &options(cache.path())).unwrap();
+    std::fs::write(&path, &body[..100]).unwrap();
+    let (code, stderr) = retina(&[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.lines().count() == 1 && stderr.contains("--refetch"), "{stderr}");
+    let (code, stderr) = retina(&["--refetch"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(std::fs::read(&path).unwrap(), body);
+    assert_eq!(server.ranges().len(), 2, "info with --refetch downloads once");
+    // Refused in one line: with --offline, and for a local file.
+    let (code, stderr) = retina(&["--refetch", "--offline"]);
+    assert!(code == Some(2) && stderr.lines().count() == 1 && stderr.contains("--offline"), "{stderr}");
+    let local = std::process::Command::new(env!("CARGO_BIN_EXE_retina"))
+        .args(["info", "--model-path", FIXTURE, "--refetch"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&local.stderr);
+    assert!(local.status.code() == Some(2) && stderr.trim().lines().count() == 1 && stderr.contains("local file"), "{stderr}");
 }

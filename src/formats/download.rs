@@ -56,6 +56,8 @@ pub struct DownloadOptions {
     pub offline: bool,
     /// No progress bar and no "downloading" line.
     pub quiet: bool,
+    /// Download again over the cached copy (once per process and file), e.g. when it is damaged.
+    pub refetch: bool,
     pub limits: DownloadLimits,
 }
 
@@ -127,6 +129,10 @@ pub fn cached_path(url: &str, opts: &DownloadOptions) -> Result<PathBuf> {
 /// A cached file is checked cheaply on every use (length and kind, see `integrity::check_cached`).
 pub fn fetch(url: &str, opts: &DownloadOptions) -> Result<PathBuf> {
     let target = cached_path(url, opts)?;
+    if opts.refetch && first_refetch(&target) {
+        refetch(url, &target, opts)?;
+        return Ok(target);
+    }
     if target.exists() {
         integrity::check_cached(&target)?;
         return Ok(target);
@@ -141,11 +147,31 @@ pub fn fetch(url: &str, opts: &DownloadOptions) -> Result<PathBuf> {
     Ok(target)
 }
 
+/// Whether `target` is asked for the first time in this process with `--refetch`: a command that
+/// resolves its model more than once downloads it once.
+fn first_refetch(target: &Path) -> bool {
+    static REFETCHED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut done = REFETCHED.lock().unwrap_or_else(|e| e.into_inner());
+    if done.iter().any(|p| p == target) {
+        return false;
+    }
+    done.push(target.to_path_buf());
+    true
+}
+
+/// `--refetch`: download `url` again from scratch (a leftover partial download may be what is
+/// broken); the cached copy is replaced only once the new one has passed every check.
+fn refetch(url: &str, target: &Path, opts: &DownloadOptions) -> Result<()> {
+    remove_part(&part_path(target))?;
+    download(url, target, opts)
+}
+
 /// `sha256:` line for `retina info`: the SHA-256 of the model file a spec names, compared with the
 /// digest recorded when it was downloaded (a mismatch is an error saying which file to delete).
 /// `None` for folders.
 pub fn digest_line(spec: &str, opts: &DownloadOptions) -> Result<Option<String>> {
-    let offline = DownloadOptions { offline: true, quiet: true, ..opts.clone() };
+    // The model was resolved (and refetched, if asked) before; here only the cache is read.
+    let offline = DownloadOptions { offline: true, quiet: true, refetch: false, ..opts.clone() };
     match resolve_model(spec, &offline)? {
         ModelLocation::BuiltIn(_) => {
             Ok(Some(format!("sha256:         {} (built in)", integrity::sha256_bytes(super::DEMO_MODEL))))
@@ -162,8 +188,10 @@ pub fn digest_line(spec: &str, opts: &DownloadOptions) -> Result<Option<String>>
 /// The folder holding the 15 Hoefling et al. 2024 ensemble files with their original names
 /// (`config_00000.yaml`, `data_info_00000.pkl`, `state_dict_00000.pth.tar`, ...), downloaded if needed.
 pub fn fetch_hoefling_ensemble(opts: &DownloadOptions) -> Result<PathBuf> {
-    // An openretina installation keeps the whole ensemble in one folder: use it if it is complete.
-    if let Some(dir) = openretina_cache_dir() {
+    let refetching = opts.refetch && first_refetch(Path::new(registry::HOEFLING_ENSEMBLE.url));
+    // An openretina installation keeps the whole ensemble in one folder: use it if it is complete
+    // (with --refetch, the files are downloaded again into retina's cache instead).
+    if let Some(dir) = openretina_cache_dir().filter(|_| !refetching) {
         let folders: Vec<Option<PathBuf>> = registry::HOEFLING_ENSEMBLE_URLS
             .iter()
             .map(|url| openretina_cache_path(url, &dir).filter(|path| path.is_file()))
@@ -183,6 +211,12 @@ pub fn fetch_hoefling_ensemble(opts: &DownloadOptions) -> Result<PathBuf> {
         Some(folder) => folder.to_path_buf(),
         None => return Err(Error::new("the ensemble has no files")),
     };
+    if refetching {
+        for (url, target) in &targets {
+            refetch(url, target, opts)?;
+        }
+        return Ok(folder);
+    }
     for (_, target) in &targets {
         if target.exists() {
             integrity::check_cached(target)?;
@@ -216,6 +250,9 @@ pub fn fetch_hoefling_ensemble(opts: &DownloadOptions) -> Result<PathBuf> {
 ///    extension), else "unknown model name" listing the known names.
 pub fn resolve_model(spec: &str, opts: &DownloadOptions) -> Result<ModelLocation> {
     if let Some(name) = registry::BUILT_IN_MODELS.iter().find(|name| **name == spec) {
+        if opts.refetch {
+            bail!("{spec} is built in, not a download: --refetch re-downloads models given by URL or pretrained name; drop it");
+        }
         return Ok(ModelLocation::BuiltIn(name));
     }
     if spec.contains("://") {
@@ -235,6 +272,9 @@ pub fn resolve_model(spec: &str, opts: &DownloadOptions) -> Result<ModelLocation
     }
     let path = expand_home(Path::new(spec));
     if path.exists() {
+        if opts.refetch {
+            return Err(Error::file(&path, "is a local file, not a download: --refetch re-downloads models given by URL or pretrained name; drop it"));
+        }
         return Ok(ModelLocation::Local { path, entry: None });
     }
     let looks_like_path = spec.contains('/') || spec.contains('\\') || path.extension().is_some();

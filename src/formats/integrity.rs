@@ -127,7 +127,7 @@ pub fn recorded_digest(file: &Path) -> Option<RecordedDigest> {
 
 /// The one-line advice for a cached file that turned out broken.
 pub fn broken_cache_advice(file: &Path) -> String {
-    format!("delete it to download it again: rm {}", file.display())
+    format!("download it again with --refetch, or delete it: rm {}", file.display())
 }
 
 /// Cheap check of a cached file on every use: its length matches the recorded one and its bytes
