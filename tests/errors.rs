@@ -562,3 +562,22 @@ fn converted_checkpoint_predicts_as_the_safetensors_model() {
         assert_eq!(&got[name], w, "{name} differs");
     }
 }
+
+#[test]
+fn missing_and_unexpected_tensors_are_counted_in_one_line() {
+    // As PyTorch's strict load_state_dict: every name the architecture takes that the file lacks, and
+    // every name it does not take, counted, the first few named.
+    let removed = ["core.features.layer0.conv.sin_weights", "core.features.layer1.conv.cos_weights", READOUT_MEAN, SPATIAL_WEIGHT];
+    let bytes = edited_model(|tensors, _| {
+        for name in removed {
+            tensors.remove(name).unwrap_or_else(|| panic!("the fixture has no {name}"));
+        }
+        tensors.insert("core.features.layer9.conv.weight".into(), RawTensor::f32(vec![1], vec![0.5]));
+        tensors.insert("readout.no_such_session.mask_mean".into(), RawTensor::f32(vec![1], vec![0.5]));
+    });
+    assert_model_refused(
+        "mismatched_names.safetensors",
+        Some(&bytes),
+        &["4 missing tensors", "2 unexpected tensors", "`core.features.layer9.conv.weight`", "`readout.no_such_session.mask_mean`", "…"],
+    );
+}

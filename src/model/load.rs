@@ -1,7 +1,9 @@
 //! From stored tensors (PyTorch state-dict names) and the typed configuration to a [`Model`].
 //!
 //! Every tensor is checked against the configuration: missing, extra (other than buffers openretina
-//! keeps for training only), mis-shaped and non-finite tensors are reported by name.
+//! keeps for training only), mis-shaped and non-finite tensors are reported by name. As PyTorch's
+//! strict `load_state_dict`, the names are compared with what the built architecture takes as a
+//! whole: all missing and unexpected names are counted in one line, not the first one found.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +19,9 @@ use crate::formats::{RawModel, RawTensor};
 /// Tensors still to be taken, by name: what layer and readout kinds load their weights from.
 pub struct StateDict<'a> {
     tensors: BTreeMap<&'a str, &'a RawTensor>,
+    /// Names the architecture took that the file does not hold (loading goes on with zeros, so that
+    /// every missing name is found).
+    missing: Vec<String>,
 }
 
 impl<'a> StateDict<'a> {
@@ -26,7 +31,10 @@ impl<'a> StateDict<'a> {
 
     /// A float tensor of exactly `shape`, with finite values.
     pub fn take<F: Float>(&mut self, name: &str, shape: &[usize]) -> Result<Vec<F>> {
-        let raw = self.take_raw(name)?;
+        let Some(raw) = self.tensors.remove(name) else {
+            self.missing.push(name.to_string());
+            return Ok(vec![F::zero(); shape.iter().product()]);
+        };
         if raw.shape != shape {
             bail!("tensor `{name}` has shape {:?}, the configuration needs {shape:?}", raw.shape);
         }
@@ -45,18 +53,35 @@ impl<'a> StateDict<'a> {
         self.tensors.contains_key(name)
     }
 
-    /// Fail on any tensor left that openretina does not keep as a training-only buffer.
+    /// Fail on any name the architecture took that the file lacks, and any tensor left that openretina
+    /// does not keep as a training-only buffer: one line with the counts and the first few names.
     fn finish(self) -> Result<()> {
         let unexpected: Vec<&str> = self.tensors.keys().copied().filter(|n| !is_training_buffer(n)).collect();
-        match unexpected.as_slice() {
-            [] => Ok(()),
-            [one] => bail!("unexpected tensor `{one}`: the model file does not match its configuration"),
-            [first, ..] => bail!(
-                "{} unexpected tensors, e.g. `{first}`: the model file does not match its configuration",
-                unexpected.len()
-            ),
+        let missing: Vec<&str> = self.missing.iter().map(String::as_str).collect();
+        let mut parts = Vec::new();
+        for (what, names) in [("missing", &missing), ("unexpected", &unexpected)] {
+            if !names.is_empty() {
+                parts.push(format!("{} {what} tensor{} ({})", names.len(), if names.len() == 1 { "" } else { "s" }, first_names(names)));
+            }
         }
+        if parts.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "the model file does not match the architecture its configuration builds: {}; check that the file and its hyper parameters belong together",
+            parts.join(", ")
+        )
     }
+}
+
+/// The first few names, quoted, and `…` when there are more.
+fn first_names(names: &[&str]) -> String {
+    const SHOWN: usize = 3;
+    let mut text = names.iter().take(SHOWN).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    if names.len() > SHOWN {
+        text += ", …";
+    }
+    text
 }
 
 /// Buffers that only matter for training (BatchNorm counters, regulariser filters, the legacy core's
@@ -69,7 +94,7 @@ fn is_training_buffer(name: &str) -> bool {
 
 pub fn model_from_raw<F: Float>(raw: &RawModel) -> Result<Model<F>> {
     let config = ModelConfig::from_hyper_parameters(&raw.model_class, &raw.hyper_parameters)?;
-    let mut sd = StateDict { tensors: raw.tensors.iter().map(|(k, v)| (k.as_str(), v)).collect() };
+    let mut sd = StateDict { tensors: raw.tensors.iter().map(|(k, v)| (k.as_str(), v)).collect(), missing: Vec::new() };
     let core = (registry::core_kind::<F>(&config.core_class)?.load)(&config, &mut sd)?;
     let t = config.train_time_steps.unwrap_or(50);
     let core_out = core.output_shape(config.stimulus_shape(t, 1)[1..].try_into().expect("4 dimensions"))?;
