@@ -386,10 +386,13 @@ fn the_work_estimate_follows_the_measured_peak_of_every_convolution_kind() {
         report.push(format!("{kind}: {small}->{large} frames, estimated {:.0} MiB, measured {:.0} MiB, ratio {ratio:.2}", estimated / 1048576.0, measured / 1048576.0));
         // Tolerance: the estimate may not undercount by more than 10% (it is a budget check: a run it
         // lets through must fit; 10% covers the allocator's and the kernel's accounting), and may
-        // overcount up to 2.5x (it counts every buffer a kernel may allocate, e.g. the column matrix
-        // of the slow path that the AVX2 path skips). Measured on the 2-core dev machine: 1.35
-        // custom_separable, 1.25 full, 1.13 separable, 1.85 time_independent, 1.22 ConvGRUCell.
-        assert!((0.9..=2.5).contains(&ratio), "{}", report.join("; "));
+        // overcount up to 4.5x: it sizes the backward pass over the whole stimulus, while an output
+        // MEI's gradient flows back only through the frames its objective reads (`Reach`), and it
+        // counts every buffer a kernel may allocate. Measured on the 2-core dev machine with the AVX2
+        // direct correlation of conv3d.rs (it needs little beyond the padded input, so the uncropped
+        // backward dominates): 1.35 custom_separable, 3.98 full, 2.68 separable, 3.00
+        // time_independent, 1.76 ConvGRUCell.
+        assert!((0.9..=4.5).contains(&ratio), "{}", report.join("; "));
     }
     eprintln!("{}", report.join("\n"));
 }

@@ -397,14 +397,23 @@ impl<F: Float> Layer<F> for Conv3d<F> {
         self.flop_count(shape)
     }
 
-    /// The kernels above: forward, the spatial step of every padded frame and (dt, out) pair, one
-    /// padded channel, one frame's columns and the output in (t, p, out) order; backward, the same
-    /// spatial-step shape, one padded channel and one frame's columns.
+    /// In float32 with AVX2 and FMA, the direct correlation: forward, every input channel padded and
+    /// the output in channels-last order; backward, the output gradient padded by `kernel - 1`, the
+    /// input gradient of the padded input in both orders. Otherwise the kernels above: forward, the
+    /// spatial step of every padded frame and (dt, out) pair, one padded channel, one frame's columns
+    /// and the output in (t, p, out) order; backward, the same spatial-step shape, one padded channel
+    /// and one frame's columns.
     fn work_values(&self, shape: Shape) -> Option<crate::model::layer::WorkValues> {
         use crate::model::layer::{count, total, WorkValues};
-        self.output_shape(shape).ok()?;
+        let out = self.output_shape(shape).ok()?;
         let g = self.geometry(shape);
         let (hp, wp) = g.padded_hw();
+        if std::mem::size_of::<F>() == 4 && crate::model::simd::avx2_fma() {
+            let padded_input = count(&[self.in_channels, g.tp, hp, wp])?;
+            let [kt, k, _] = self.kernel;
+            let padded_grad = count(&[self.out_channels, out[1] + 2 * (kt - 1), out[2] + 2 * (k - 1), out[3] + 2 * (k - 1)])?;
+            return Some(WorkValues { state: 0, forward: total(&[padded_input, count(&out)?])?, backward: total(&[padded_grad, padded_input, padded_input])? });
+        }
         let (steps, padded, columns) = (count(&[g.tp, g.p, g.kt, self.out_channels])?, count(&[g.tp, hp, wp])?, count(&[g.p, g.kk])?);
         let reordered = count(&[g.to, g.p, self.out_channels])?;
         Some(WorkValues { state: 0, forward: total(&[steps, padded, columns, reordered])?, backward: total(&[steps, padded, columns])? })
