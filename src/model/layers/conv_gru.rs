@@ -291,18 +291,15 @@ impl<F: Float> Layer<F> for ConvGruCell<F> {
     fn work_values(&self, input: Shape) -> Option<crate::model::layer::WorkValues> {
         use crate::model::layer::{count, WorkValues};
         let out = self.output_shape(input).ok()?;
-        let frame = self.state_shape([0, 1, out[2], out[3]]);
         let (state, all_gates) = (count(&[self.size.rec_channels, out[2], out[3]])?, count(&out)?.checked_mul(3)?);
-        let (gates_in, gates_state, hidden) = (
-            Layer::<F>::work_values(&self.input_gates, input)?,
-            Layer::<F>::work_values(&self.state_gates, frame)?,
-            Layer::<F>::work_values(&self.out_hidden, frame)?,
-        );
-        let per_frame = |a: u64, b: u64| state.checked_mul(8)?.checked_add(a.max(b));
+        let gates_in = Layer::<F>::work_values(&self.input_gates, input)?;
+        // A frame convolution's column matrix and its output (or input gradient).
+        let frame_conv = |c: &FrameConv<F>| count(&[out[2], out[3], c.inputs * c.k * c.k])?.checked_add(count(&[out[2], out[3], c.outputs.max(c.inputs)])?);
+        let per_frame = state.checked_mul(8)?.checked_add(frame_conv(&self.state_gates)?.max(frame_conv(&self.out_hidden)?))?;
         Some(WorkValues {
             state: all_gates,
-            forward: all_gates.checked_add(gates_in.forward.max(per_frame(gates_state.forward, hidden.forward)?))?,
-            backward: all_gates.checked_add(gates_in.backward.max(per_frame(gates_state.backward, hidden.backward)?))?,
+            forward: all_gates.checked_add(gates_in.forward.max(per_frame))?,
+            backward: all_gates.checked_add(gates_in.backward.max(per_frame))?,
         })
     }
 
