@@ -6,59 +6,31 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::{zip_with, PickleWriter};
-
-/// Address-space ceiling for the binary, in KiB (`ulimit -v` units): 1 GiB.
-const MEMORY_LIMIT_KIB: u64 = 1 << 20;
-/// Wall-clock ceiling per run. A refusal takes milliseconds; the margin is for a loaded CI machine.
-const TIME_LIMIT: Duration = Duration::from_secs(30);
 
 struct Refusal {
     line: String,
     elapsed: Duration,
 }
 
-/// Run `retina info --model-path <model>` under the memory and time ceilings; assert exit code 2,
-/// no panic, one stderr line holding every one of `words`.
+/// Run `retina info --model-path <model>` under the memory and time ceilings of
+/// `common::run_limited`; assert exit code 2, no panic, one stderr line holding every one of `words`.
 fn assert_refused(model: &Path, words: &[&str]) -> Refusal {
-    let started = Instant::now();
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!("ulimit -v {MEMORY_LIMIT_KIB} && exec \"$0\" info --model-path \"$1\""))
-        .arg(env!("CARGO_BIN_EXE_retina"))
-        .arg(model)
-        .env("OPENRETINA_CACHE_DIRECTORY", std::env::temp_dir().join("retina-hostile-test-empty-cache"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start sh");
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if started.elapsed() > TIME_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{}: still running after {TIME_LIMIT:?}", model.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let elapsed = started.elapsed();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let dir = model.parent().expect("a model in a folder");
+    let run = common::run_limited(dir, &["info", "--model-path", model.to_str().expect("a UTF-8 path")], &[]);
     let what = model.display();
-    assert_eq!(out.status.code(), Some(2), "{what}: exit status {:?}; stderr: {stderr}", out.status);
+    let stderr = &run.stderr;
+    assert_eq!(run.code, Some(2), "{what}: exit code {:?}; stderr: {stderr}", run.code);
     assert!(!stderr.contains("panicked") && !stderr.contains("memory allocation"), "{what}: {stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{what}: stderr should be one line, got {lines:#?}");
     for word in words {
         assert!(lines[0].contains(word), "{what}: `{}` does not mention `{word}`", lines[0]);
     }
-    Refusal { line: lines[0].to_string(), elapsed }
+    Refusal { line: lines[0].to_string(), elapsed: run.elapsed }
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {

@@ -10,59 +10,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use retina::formats::{safetensors, RawTensor, TensorData};
 use retina::mei::{self, MeiSettings};
 use retina::model::memory::{self, Work};
 use retina::model::Model;
 
-/// Address-space ceiling for the binary, in KiB (`ulimit -v` units): 1 GiB.
-const MEMORY_LIMIT_KIB: u64 = 1 << 20;
-/// Wall-clock ceiling per run. A refusal takes milliseconds; the margin is for a loaded CI machine.
-const TIME_LIMIT: Duration = Duration::from_secs(30);
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Run `retina <args>` in `dir` under the memory and time ceilings, with extra environment `env`.
-fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let started = Instant::now();
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(format!("ulimit -v {MEMORY_LIMIT_KIB} && exec \"$0\" \"$@\""))
-        .arg(env!("CARGO_BIN_EXE_retina"))
-        .args(args)
-        .current_dir(dir)
-        // Never download anything.
-        .env("OPENRETINA_CACHE_DIRECTORY", std::env::temp_dir().join("retina-limits-test-empty-cache"))
-        .env_remove(memory::BUDGET_VARIABLE)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().expect("cannot start sh");
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > TIME_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("retina {args:?}: still running after {TIME_LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use common::run_limited;
 
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> =
@@ -75,7 +29,7 @@ fn files_in(dir: &Path) -> Vec<String> {
 /// stderr holding every one of `words`, and no file created or removed in `dir`. Returns the line.
 fn assert_refused_in(dir: &Path, args: &[&str], env: &[(&str, &str)], words: &[&str]) -> String {
     let before = files_in(dir);
-    let run = run_in(dir, args, env);
+    let run = run_limited(dir, args, env);
     let what = format!("retina {}", args.join(" "));
     assert_eq!(run.code, Some(2), "{what}: exit code; stderr: {}", run.stderr);
     assert!(!run.stderr.contains("panicked") && !run.stderr.contains("memory allocation"), "{what}: {}", run.stderr);
@@ -192,9 +146,9 @@ fn work_beyond_the_memory_budget_is_refused_up_front() {
 fn runs_within_the_budget_work_under_the_same_ceiling() {
     // The ceiling itself must not be what refuses: ordinary runs pass under it.
     let dir = tempfile::tempdir().unwrap();
-    let run = run_in(dir.path(), &["mei", "--model-path", "demo", "--session", SESSION, "--neuron", "0", "--output", "m.safetensors"], &[]);
+    let run = run_limited(dir.path(), &["mei", "--model-path", "demo", "--session", SESSION, "--neuron", "0", "--output", "m.safetensors"], &[]);
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
-    let run = run_in(dir.path(), &["predict", "--model-path", "demo", "--time-steps", "500", "--output", "p.safetensors"], &[]);
+    let run = run_limited(dir.path(), &["predict", "--model-path", "demo", "--time-steps", "500", "--output", "p.safetensors"], &[]);
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
     assert!(run.stdout.contains("[1, 470, 9]"), "{}", run.stdout);
     assert_eq!(files_in(dir.path()), ["m.safetensors", "p.safetensors"]);
@@ -310,7 +264,7 @@ fn finite_weights_that_overflow_are_reported() {
         &[&format!("MEI output.{SESSION}.3 stopped"), "step 0"],
     );
     let other = "session_1_ventral1_20200226";
-    let run = run_in(dir.path(), &["mei", "--model-path", "readout.safetensors", "--session", other, "--neuron", "0", "--output", "m.safetensors"], &[]);
+    let run = run_limited(dir.path(), &["mei", "--model-path", "readout.safetensors", "--session", other, "--neuron", "0", "--output", "m.safetensors"], &[]);
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
 }
 

@@ -236,3 +236,59 @@ impl PickleWriter {
     }
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Running the binary under memory and time ceilings (tests/hostile.rs, tests/limits.rs)
+
+/// Address-space ceiling for the binary, in KiB (`ulimit -v` units): 1 GiB. The hostile inputs are
+/// sized so that handling them naively needs more than this, so the ceiling is what is tested.
+pub const MEMORY_LIMIT_KIB: u64 = 1 << 20;
+/// Wall-clock ceiling per run. A refusal takes milliseconds; the margin is for a loaded CI machine.
+pub const TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How a run under the ceilings ended.
+pub struct LimitedRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: std::time::Duration,
+}
+
+/// Run `retina <args>` in `dir` with extra environment `env`, under `ulimit -v MEMORY_LIMIT_KIB` and
+/// killed (failing the test) after `TIME_LIMIT`. Nothing is ever downloaded (an empty cache), and the
+/// memory budget is the default one.
+pub fn run_limited(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> LimitedRun {
+    use std::process::{Command, Stdio};
+    let started = std::time::Instant::now();
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("ulimit -v {MEMORY_LIMIT_KIB} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_retina"))
+        .args(args)
+        .current_dir(dir)
+        .env("OPENRETINA_CACHE_DIRECTORY", std::env::temp_dir().join("retina-limited-test-empty-cache"))
+        .env_remove(retina::model::memory::BUDGET_VARIABLE)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("cannot start sh");
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > TIME_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("retina {args:?}: still running after {TIME_LIMIT:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let elapsed = started.elapsed();
+    let out = child.wait_with_output().unwrap();
+    LimitedRun {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed,
+    }
+}
