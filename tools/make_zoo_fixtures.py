@@ -14,6 +14,7 @@ usage: make_zoo_fixtures.py --configs DIR --configs-release DIR --out DIR NAME [
 """
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -99,6 +100,27 @@ FIXTURES = {
         forward_time_steps=35,
         mei_time_steps=31,
         seed=5,
+    ),
+    "zoo_gru_separable": dict(
+        about="GRU_core_readout.yaml (ConvGRUCore) with convolution_type separable (TorchSTSeparableConv3D), "
+        "use_gru true and use_projections true, small: 2x18x16 (Hoefling low res), hidden [3,4,4], temporal [5,3,3], "
+        "spatial [11,5,5], hidden padding as openretina builds it (layer 1 none, layer 2 by 2 in both stages of the "
+        "separable conv, so it grows to 8x6), GRU 4 channels with 3x3 kernels",
+        experiment="hoefling_2024_core_readout_low_res",
+        overrides=["model=GRU_core_readout", "model.core.convolution_type=separable", "model.hidden_channels=[3,4,4]",
+                   "model.core.temporal_kernel_sizes=[5,3,3]", "model.core.spatial_kernel_sizes=[11,5,5]",
+                   "model.core.use_gru=true", "model.core.gru_kwargs.rec_channels=4", "model.core.gru_kwargs.input_kern=3",
+                   "model.core.gru_kwargs.rec_kern=3"],
+        sessions={"session_1_ventral1_20200226": 3, "session_2_ventral2_20201016": 2},
+        meis=[("output", "session_1_ventral1_20200226", 0)],
+        why_meis="one output MEI runs through every block (three separable layers, the projection, the GRU) and the "
+        "readout; 30 frames give the 22 output frames whose frames 10-19 the objective averages",
+        forward_time_steps=30,
+        mei_time_steps=30,
+        forward_f32=True,
+        full_layers=True,
+        extra_hooks=["core_features_projection", "core_features_gru"],
+        seed=7,
     ),
     "zoo_goldin_meis": dict(
         about="more MEIs of ../shared/fixtures/zoo/zoo_goldin (goldin_2022_core_readout.yaml: 1x1x108x108 images, "
@@ -195,32 +217,64 @@ def dog_kernel(k, rng):
     return g / np.linalg.norm(g)
 
 
-@torch.no_grad()
-def structure_weights(model, rng, probe):
-    """Structured random weights (as ../shared/fixtures/README.md says): DoG spatial kernels, random sin/cos
-    temporal weights, BatchNorm statistics near the real ones of a probe stimulus, readout positions spread
-    over the field."""
-    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
-    for layer in model.core.features:
-        conv = layer.conv
-        o, i = conv.weight_spatial.shape[:2]
-        k = conv.weight_spatial.shape[-1]
-        spatial = np.stack([np.stack([dog_kernel(k, rng) for _ in range(i)]) for _ in range(o)])
-        conv.weight_spatial.copy_(t(spatial[:, :, None] / np.sqrt(i)))
+def structure_conv(conv, rng, t):
+    """DoG spatial kernels over the input channels, random temporal weights, for each conv class."""
+    kind = type(conv).__name__
+    if kind == "STSeparableBatchConv3d":
+        o, i, _, k, _ = conv.weight_spatial.shape
+        conv.weight_spatial.copy_(t(np.stack([np.stack([dog_kernel(k, rng) for _ in range(i)]) for _ in range(o)])[:, :, None] / np.sqrt(i)))
         conv.sin_weights.copy_(t(rng.standard_normal(conv.sin_weights.shape) * 0.5))
         conv.cos_weights.copy_(t(rng.standard_normal(conv.cos_weights.shape) * 0.5))
-        layer.bias.bias.copy_(t(rng.normal(0.0, 0.1, layer.bias.bias.shape)))
+        return
+    if kind == "TorchSTSeparableConv3D":
+        space, time_conv = conv.space_conv, conv.time_conv
+    else:  # TorchFullConv3D, TimeIndependentConv3D: one Conv3d, spatial DoG times a random temporal profile
+        space, time_conv = conv.conv, None
+    o, i, kt, k, _ = space.weight.shape
+    spatial = np.stack([np.stack([dog_kernel(k, rng) for _ in range(i)]) for _ in range(o)])[:, :, None] / np.sqrt(i)
+    profile = rng.standard_normal((o, i, kt, 1, 1)) / np.sqrt(kt)
+    space.weight.copy_(t(spatial * profile))
+    if time_conv is not None:
+        o2, _, kt2, _, _ = time_conv.weight.shape
+        time_conv.weight.copy_(t(rng.standard_normal(time_conv.weight.shape) / np.sqrt(o2 * kt2)
+                                 + np.eye(o2)[:, :, None, None, None] * rng.uniform(0.5, 1.0, (o2, 1, 1, 1, 1))))
+
+
+@torch.no_grad()
+def structure_weights(model, rng, probe):
+    """Structured random weights (as ../shared/fixtures/README.md says): DoG spatial kernels, random temporal
+    weights, BatchNorm statistics near the real ones of a probe stimulus, readout positions spread over the field;
+    ConvGRUCore's projection near the identity and its GRU gates random at a moderate gain."""
+    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    children = list(model.core.features.named_children())
+    for name, layer in children:
+        if name == "projection":
+            w = layer[0].conv.weight
+            c = w.shape[0]
+            w.copy_(t(np.eye(c)[:, :, None, None, None] * rng.uniform(0.6, 1.0, (c, 1, 1, 1, 1))
+                      + rng.normal(0, 0.2 / np.sqrt(c), w.shape)))
+            continue
+        if name == "gru":
+            for conv in layer.gru.children():
+                fan_in = conv.weight[0].numel()
+                conv.weight.copy_(t(rng.standard_normal(conv.weight.shape) * 1.5 / np.sqrt(fan_in)))
+                conv.bias.copy_(t(rng.normal(0.0, 0.2, conv.bias.shape)))
+            continue
+        structure_conv(layer.conv, rng, t)
+        if hasattr(layer, "bias"):
+            layer.bias.bias.copy_(t(rng.normal(0.0, 0.1, layer.bias.bias.shape)))
         layer.norm.weight.copy_(t(rng.uniform(0.7, 1.3, layer.norm.weight.shape)))
         layer.norm.bias.copy_(t(rng.normal(0.0, 0.1, layer.norm.bias.shape)))
     # BatchNorm running statistics: the real ones of the probe, each jittered
     x = probe
-    for layer in model.core.features:
-        y = layer.conv(x)
-        mean = y.mean(dim=(0, 2, 3, 4)).numpy()
-        var = y.var(dim=(0, 2, 3, 4)).numpy()
-        layer.norm.running_mean.copy_(t(mean + rng.normal(0, 0.1, mean.shape) * np.sqrt(var)))
-        layer.norm.running_var.copy_(t(var * rng.uniform(0.7, 1.4, var.shape)))
-        x = layer(x)
+    for name, layer in children:
+        if hasattr(layer, "norm"):
+            y = layer.conv(x)
+            mean = y.mean(dim=(0, 2, 3, 4)).numpy()
+            var = y.var(dim=(0, 2, 3, 4)).numpy()
+            layer.norm.running_mean.copy_(t(mean + rng.normal(0, 0.1, mean.shape) * np.sqrt(var)))
+            layer.norm.running_var.copy_(t(var * rng.uniform(0.7, 1.4, var.shape)))
+        x = layer((x, None)) if name == "gru" else layer(x)
     for name in model.readout.readout_keys():
         r = model.readout[name]
         n = r.outdims
@@ -389,6 +443,20 @@ def hooked_layer_names(model):
     return [n for n in names if "layer" in n and n[-1].isdigit()]
 
 
+@contextlib.contextmanager
+def float64_default(model):
+    """ConvGRUCell makes its zero start state with torch.zeros in the default dtype, which a model cast to float64
+    cannot take ("Input type (float) and bias type (double)"): float64 runs of a model with a GRU make float64 the
+    default dtype meanwhile."""
+    old = torch.get_default_dtype()
+    if any(type(m).__name__ == "ConvGRUCell" for m in model.modules()):
+        torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
 def compute_mei(name, mspec, model32, model64, stimulus_shape, ref, diffs):
     """One MEI as visualize computes it, float32 and float64 from the same start, into `ref` and `diffs`.
     The start is visualize's (0.1 x standard normal, then its post-processing) with the noise rounded to float16
@@ -402,7 +470,8 @@ def compute_mei(name, mspec, model32, model64, stimulus_shape, ref, diffs):
     init = post.process((torch.randn(stimulus_shape) * 0.1).half().float())
     t0 = time.perf_counter()
     f32, loss32, secs = run_mei(model32, mspec, init, post, penalty, opt_fn, shapes)
-    f64, _, _ = run_mei(model64, mspec, init.double(), post64, penalty64, opt_fn, shapes)
+    with float64_default(model64):
+        f64, _, _ = run_mei(model64, mspec, init.double(), post64, penalty64, opt_fn, shapes)
     seconds = time.perf_counter() - t0
     exact_half = torch.equal(init.half().float(), init)
     ref[f"mei.{mid}.init"] = init.half() if exact_half else init
@@ -454,14 +523,24 @@ def write_references(name, spec, model, out, manifest):
             t0 = time.perf_counter()
             y32 = model32(x, data_key=key)
             fwd_samples.append(time.perf_counter() - t0)
-            y64 = model64(x.double(), data_key=key)
+            with float64_default(model64):
+                y64 = model64(x.double(), data_key=key)
         ref[f"forward.{key}.f64"] = y64
+        if spec.get("forward_f32"):
+            ref[f"forward.{key}.f32"] = y32
+            about[f"forward.{key}.f32"] = f"model(x, data_key='{key}') in float32, shape (1, T_out, neurons)"
         about[f"forward.{key}.f64"] = f"model(x, data_key='{key}') on the model cast to float64, shape (1, T_out, neurons)"
         diffs[f"forward.{key}"] = rel(y32, y64)
-    names = hooked_layer_names(model)
-    h32, h64 = hooked_outputs(model32, x, keys[0], names), hooked_outputs(model64, x.double(), keys[0], names)
+    names = hooked_layer_names(model) + spec.get("extra_hooks", [])
+    h32 = hooked_outputs(model32, x, keys[0], names)
+    with float64_default(model64):
+        h64 = hooked_outputs(model64, x.double(), keys[0], names)
     layer_diffs = {n: rel(h32[n], h64[n]) for n in names}
     for n in names:
+        if spec.get("full_layers"):  # a small model: every value
+            ref[f"layer.{n}.f64"] = h64[n].contiguous()
+            about[f"layer.{n}.f64"] = f"float64 output of hooked module {n} for forward.input, data_key '{keys[0]}'"
+            continue
         ref[f"layer.{n}.f64"] = h64[n][:, :1, :LAYER_FRAMES].contiguous()
         about[f"layer.{n}.f64"] = (f"float64 output of hooked module {n} for forward.input, data_key '{keys[0]}': channel 0, "
                                    f"frames 0..{LAYER_FRAMES - 1} of {list(h64[n].shape)}")
@@ -571,7 +650,7 @@ def make(name, spec, args):
     manifest = {
         "architecture": {
             "about": spec["about"],
-            "conv_classes": sorted({type(layer.conv).__name__ for layer in model.core.features}),
+            "conv_classes": sorted({type(layer.conv).__name__ for layer in model.core.features if hasattr(layer, "conv")}),
             "convolution_type": model.hparams["core"]["convolution_type"],
             "core_class": type(model.core).__name__,
             "core_target": model.hparams["core"]["_target_"],
