@@ -72,28 +72,46 @@ fn full_layout_ensemble_member() {
     assert_eq!(report.written, drawn(&expected));
 }
 
-/// `ConvGRUCore` with its GRU (`zoo_gru_enabled`): `info` names the class and every hooked block;
-/// `visualize` optimises the channels of `layer0` / `layer1` only (`projection` and `gru` are hooked
-/// but not optimised, as openretina's manifest says) and output neurons through the GRU, and draws
-/// both layers' conv weight figures.
+/// `ConvGRUCore` with its GRU: `info` names the class and every hooked block; `visualize` optimises
+/// the channels of the `layer<i>` blocks only (`projection` and `gru` are hooked but not optimised:
+/// the layers openretina's manifest lists) and output neurons through the GRU, and draws every
+/// layer's conv weight figures. Everything `visualize` writes is checked on the small
+/// `zoo_gru_separable` (3 layers, 16 MEIs, 34 weight figures, videos); on `zoo_gru_enabled` (the
+/// config's sizes: 2112 weight figures, ~11 s of drawing alone) a subset whose cost is MEIs only, one
+/// step each: layer 1's channels (the block after the projection) and two neurons of one session.
 #[test]
 fn zoo_gru_core_info_and_visualize() {
-    let spec = ModelSpec { path: common::fixture("zoo/zoo_gru_enabled/model.ckpt"), model_id: None };
-    let info = retina(&strings(&["info", "--model-path", &spec.path.display().to_string()]));
-    let text = String::from_utf8_lossy(&info.stdout);
-    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
-    for needle in ["ConvGRUCore", "core_features_projection: TorchFullConv3D", "core_features_gru: ConvGRUCell"] {
-        assert!(text.contains(needle), "info lacks {needle}:\n{text}");
+    let small = ModelSpec { path: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/zoo/zoo_gru_separable/model.ckpt")), model_id: None };
+    let large = ModelSpec { path: common::fixture("zoo/zoo_gru_enabled/model.ckpt"), model_id: None };
+    for spec in [&small, &large] {
+        let info = retina(&strings(&["info", "--model-path", &spec.path.display().to_string()]));
+        let text = String::from_utf8_lossy(&info.stdout);
+        assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+        for needle in ["ConvGRUCore", "core_features_projection: TorchFullConv3D", "core_features_gru: ConvGRUCell"] {
+            assert!(text.contains(needle), "{}: info lacks {needle}:\n{text}", spec.path.display());
+        }
+        // The blocks visualize optimises are those openretina's visualize optimised.
+        let manifest = common::manifest(&spec.path.parent().unwrap().display().to_string());
+        let openretina: Vec<&String> = manifest["visualize"]["layer_output_shapes"].as_object().unwrap().keys().collect();
+        assert_eq!(load(spec).layer_names().iter().collect::<Vec<_>>(), openretina, "{}", spec.path.display());
     }
-    let model = load(&spec);
-    assert_eq!(model.layer_names(), ["core_features_layer0", "core_features_layer1"]);
-    assert_eq!(shape(&model).layers, vec![(2, 32), (32, 64)]);
     let dir = TempDir::new().unwrap();
-    let out = dir.path().join("gru");
-    let report = visualize(&spec, &out, &["--layers", "1", "--sessions", SESSION_1, "--neurons", "0,3", "--no-video"]);
-    let sel = Selection { layers: Some(vec![1]), sessions: Some(vec![SESSION_1.into()]), neurons: Some(vec![0, 3]), videos: false, ..Selection::all("jpg") };
+    let model = load(&small);
+    assert_eq!(shape(&model).layers, vec![(2, 3), (3, 4), (4, 4)]);
+    let out = dir.path().join("gru_small");
+    let report = visualize(&small, &out, &[]);
+    let expected = check_run(&out, &model, &Selection::all("jpg"));
+    assert_eq!(count(&expected, Kind::ConvWeights), 2 * 3 + 3 * 4 + 4 * 4);
+    assert_eq!(count(&expected, Kind::MeiFigure), 3 + 4 + 4 + 3 + 2);
+    assert_eq!(report, RunReport { meis: 16, optimised: 16, reused: 0, written: drawn(&expected), kept: 0 });
+
+    let model = load(&large);
+    assert_eq!(shape(&model).layers, vec![(2, 32), (32, 64)]);
+    let out = dir.path().join("gru_large");
+    let flags = ["--layers", "1", "--sessions", SESSION_1, "--neurons", "0,3", "--no-video", "--no-weights", "--iterations", "1"];
+    let report = visualize(&large, &out, &flags);
+    let sel = Selection { layers: Some(vec![1]), sessions: Some(vec![SESSION_1.into()]), neurons: Some(vec![0, 3]), videos: false, weights: false, ..Selection::all("jpg") };
     let expected = check_run(&out, &model, &sel);
-    assert_eq!(count(&expected, Kind::ConvWeights), 2 * 32 + 32 * 64);
     assert_eq!(count(&expected, Kind::MeiFigure), 64 + 2);
     assert_eq!(report.meis, 64 + 2);
 }

@@ -21,6 +21,8 @@ pub const TIME_STEPS: u32 = 50;
 /// Figure sizes in inches, as openretina's matplotlib figures.
 pub const MEI_INCHES: (u32, u32) = (21, 12);
 pub const CONV_INCHES: (u32, u32) = (18, 6);
+/// A conv weight figure without sine/cosine weights (`full`, `separable`, `time_independent`): two panels.
+pub const CONV_TWO_PANEL_INCHES: (u32, u32) = (12, 6);
 pub const READOUT_INCHES: (u32, u32) = (12, 6);
 /// The folder's state (the plan of the run that owns it) and its locks.
 pub const STATE_FILE: &str = ".retina-visualize/state.json";
@@ -143,6 +145,8 @@ impl Selection {
 /// The model's shape in the terms of the layout: (in, out) channels per core layer, neurons per session.
 pub struct Shape {
     pub layers: Vec<(usize, usize)>,
+    /// Per core layer: its weight figures have the sine/cosine panel (`custom_separable`).
+    pub sin_cos: Vec<bool>,
     pub sessions: BTreeMap<String, usize>,
     pub ensemble: bool,
 }
@@ -150,6 +154,7 @@ pub struct Shape {
 pub fn shape(model: &Model<f32>) -> Shape {
     Shape {
         layers: (0..model.core.n_layers()).map(|l| model.core.layer_kernel(l).unwrap().kernel_channels().unwrap()).collect(),
+        sin_cos: (0..model.core.n_layers()).map(|l| !model.core.layer_kernel(l).unwrap().kernel(0, 0).unwrap().sin.is_empty()).collect(),
         sessions: model.readouts.iter().map(|(s, r)| (s.clone(), r.neurons())).collect(),
         ensemble: matches!(model.config.architecture, Architecture::HoeflingEnsembleMember { .. }),
     }
@@ -305,8 +310,7 @@ pub fn check_svg(path: &Path, size: (u32, u32)) {
     assert!(shapes >= 10, "{}: almost empty SVG ({shapes} elements)", path.display());
 }
 
-pub fn check_figure(path: &Path, kind: Kind, ext: &str, dpi: u32) {
-    let size = figure_size(kind, dpi);
+pub fn check_figure(path: &Path, size: (u32, u32), ext: &str) {
     match ext {
         "svg" => check_svg(path, size),
         "jpg" | "png" => {
@@ -401,19 +405,29 @@ pub fn check_run(folder: &Path, model: &Model<f32>, sel: &Selection) -> BTreeMap
     let expected = expected_files(&shape(model), sel);
     assert_exact_layout(folder, &expected);
     let stimulus_hw = (model.config.height, model.config.width);
+    let sin_cos = shape(model).sin_cos;
+    // A weight figure's size follows its layer's kernel kind (`weights_layer_<l>/`).
+    let size = |path: &str, kind: Kind| -> (u32, u32) {
+        let layer = path.split("weights_layer_").nth(1).and_then(|r| r.split('/').next()).and_then(|l| l.parse::<usize>().ok());
+        match (kind, layer) {
+            (Kind::ConvWeights, Some(l)) if !sin_cos[l] => inches_px(CONV_TWO_PANEL_INCHES, DPI),
+            _ => figure_size(kind, DPI),
+        }
+    };
     // Decoding ~400 figures is the slow part of the check: spread it over a few threads.
     let items: Vec<(&String, &Kind)> = expected.iter().collect();
     let workers = 4;
     std::thread::scope(|s| {
         for part in 0..workers {
             let items = &items;
+            let size = &size;
             s.spawn(move || {
                 for (path, kind) in items.iter().skip(part).step_by(workers) {
                     let p = folder.join(path);
                     match kind {
                         Kind::Video => check_video(&p, stimulus_hw),
                         Kind::Other => {}
-                        _ => check_figure(&p, **kind, sel.ext, DPI),
+                        _ => check_figure(&p, size(path, **kind), sel.ext),
                     }
                 }
             });
