@@ -4,7 +4,10 @@
 mod common;
 
 use retina::mei::{self, Objective};
+use retina::model::layer::{BackwardValues, Layer};
+use retina::model::layers::conv_gru::{ConvGruCell, GruSize};
 use retina::model::{simd, Model};
+use retina::rng::Rng;
 use serde_json::json;
 
 #[test]
@@ -44,5 +47,35 @@ fn vectorised_kernels_match_portable_code() {
             let d = common::rel_max_diff(&common::to_f64(&fast_gradient), &common::to_f64(&gradient));
             assert!(d <= 1e-5, "{}: gradients differ by {d:e}", target.id());
         }
+    }
+    // The GRU's frame correlations (`simd_frame.rs`): input gates over all frames (8-frame groups and a
+    // shorter last one), state convolutions on frames of 8 and of 15 pixels (two pixel groups), 8 and
+    // 16 state channels; forward values and the input gradient through time.
+    for (seed, rec, shape) in [(31, 8, [5, 12, 4, 2]), (32, 16, [3, 9, 5, 3])] {
+        let size = GruSize { in_channels: shape[0], rec_channels: rec, input_kern: 5, rec_kern: 5, pad_input: true };
+        let mut rng = Rng::new(seed);
+        let mut conv = |inputs: usize| -> (Vec<f32>, Vec<f32>) {
+            ((0..rec * inputs * 25).map(|_| (rng.normal() * 0.3) as f32).collect(), (0..rec).map(|_| (rng.normal() * 0.2) as f32).collect())
+        };
+        let input = (0..3).map(|_| conv(shape[0])).collect();
+        let hidden = (0..3).map(|_| conv(rec)).collect();
+        let gru = ConvGruCell::<f32>::new(size, input, hidden);
+        let out_shape = gru.output_shape(shape).unwrap();
+        let x: Vec<f32> = common::random_stimulus(shape, seed).iter().map(|&v| v as f32).collect();
+        let g: Vec<f32> = common::random_stimulus(out_shape, seed + 1).iter().map(|&v| v as f32).collect();
+        let run = || {
+            let (out, state) = gru.forward(&x, shape, None);
+            let values = BackwardValues { input: Some(&x), input_shape: shape, output: Some(&out), output_shape: out_shape, state: state.as_deref() };
+            let grad = gru.backward(values, g.clone(), None);
+            (out, grad)
+        };
+        let (fast_out, fast_grad) = run();
+        simd::set_fast_kernels(false);
+        let (out, grad) = run();
+        simd::set_fast_kernels(true);
+        let d = common::rel_max_diff(&common::to_f64(&fast_out), &common::to_f64(&out));
+        assert!(d <= 1e-5, "GRU {rec} channels: outputs differ by {d:e}");
+        let d = common::rel_max_diff(&common::to_f64(&fast_grad), &common::to_f64(&grad));
+        assert!(d <= 1e-5, "GRU {rec} channels: input gradients differ by {d:e}");
     }
 }

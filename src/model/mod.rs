@@ -12,6 +12,7 @@ pub mod readout;
 pub mod registry;
 pub mod simd;
 pub mod simd_conv;
+pub mod simd_frame;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -214,6 +215,7 @@ pub trait Float:
     + linalg::Gemm
     + simd::FastKernels
     + simd_conv::DirectConv
+    + simd_frame::FrameCorrelation
     + 'static
 {
     /// The largest finite value, as f64.

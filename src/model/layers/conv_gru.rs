@@ -8,12 +8,13 @@
 //! ```
 //!
 //! The three input convolutions read the same input, so they run once over all frames as one
-//! convolution with `3 x rec_channels` outputs (kernel `1 x k x k`, the shared `Conv3d`); the state
-//! convolutions (those of `u` and `r` stacked) run per frame, each as one matrix product over all
-//! input channels (the state is a few pixels, where `Conv3d`'s per-channel products are tiny: all
-//! 119 MEIs of `zoo_gru_enabled` took 8.8-9.0 s instead of 10.7 s, `retina bench` under load). The
-//! input gradient is backpropagation through time: the state's gradient flows from the last frame to
-//! the first, so nothing of the input can be cropped away.
+//! convolution with `3 x rec_channels` outputs; the state convolutions (those of `u` and `r` stacked)
+//! run per frame. The state is a few pixels (4x2 in openretina's config), where most taps of a 5x5
+//! kernel fall outside it: in float32 with AVX2/FMA all of these run as the direct correlation of
+//! `simd_frame.rs`, which visits only the taps inside the frame (all 119 MEIs of `zoo_gru_enabled`,
+//! one thread: 5.6 -> 4.4 CPU seconds); otherwise as matrix products over column matrices (`Conv3d`
+//! for the input gates). The input gradient is backpropagation through time: the state's gradient
+//! flows from the last frame to the first, so nothing of the input can be cropped away.
 
 use crate::error::Result;
 use crate::model::layer::{BackwardValues, Layer, LayerState, Needs, Reach, Shape};
@@ -39,6 +40,9 @@ pub struct ConvGruCell<F> {
     pub size: GruSize,
     /// `update_gate_input`, `reset_gate_input`, `out_gate_input` stacked along the output channels.
     input_gates: Conv3d<F>,
+    /// The same as frame convolutions, when padded (same size): in float32 the direct correlation
+    /// over all frames at once (pixels of 8 frames together) of `simd_frame.rs`.
+    input_frames: Option<FrameConv<F>>,
     /// `update_gate_hidden` and `reset_gate_hidden` stacked along the output channels.
     state_gates: FrameConv<F>,
     /// `out_gate_hidden`, applied to `h * r`.
@@ -46,7 +50,9 @@ pub struct ConvGruCell<F> {
 }
 
 /// A 2-D convolution of one frame `(inputs, h, w)` that keeps its size (odd kernel, padding k / 2),
-/// with bias: every input channel's patches in one column matrix, then one matrix product.
+/// with bias. In float32 with AVX2/FMA the direct correlation of `simd_frame.rs` (forward, and the
+/// input gradient as the correlation with the flipped, transposed kernels); otherwise every input
+/// channel's patches in one column matrix, then one matrix product.
 #[derive(Debug, Clone)]
 struct FrameConv<F> {
     inputs: usize,
@@ -55,9 +61,29 @@ struct FrameConv<F> {
     /// `(outputs, inputs * k * k)`, as PyTorch stores it.
     weight: Vec<F>,
     bias: Vec<F>,
+    /// For the direct correlation: `(k * k, inputs, outputs)`, and flipped in space with inputs and
+    /// outputs swapped, `(k * k, outputs, inputs)`.
+    taps_first: Vec<F>,
+    flipped_taps_first: Vec<F>,
 }
 
 impl<F: Float> FrameConv<F> {
+    fn new(inputs: usize, outputs: usize, k: usize, weight: Vec<F>, bias: Vec<F>) -> Self {
+        let kk = k * k;
+        let mut taps_first = vec![F::zero(); weight.len()];
+        let mut flipped_taps_first = vec![F::zero(); weight.len()];
+        for o in 0..outputs {
+            for c in 0..inputs {
+                for tap in 0..kk {
+                    let v = weight[(o * inputs + c) * kk + tap];
+                    taps_first[(tap * inputs + c) * outputs + o] = v;
+                    flipped_taps_first[((kk - 1 - tap) * outputs + o) * inputs + c] = v;
+                }
+            }
+        }
+        FrameConv { inputs, outputs, k, weight, bias, taps_first, flipped_taps_first }
+    }
+
     /// For each pixel `(y, x)` and column `(c, dy, dx)`, the index of the input value it reads, if
     /// inside the frame; `visit(row, column, input index)`.
     fn patches(&self, h: usize, w: usize, mut visit: impl FnMut(usize, usize, usize)) {
@@ -81,9 +107,12 @@ impl<F: Float> FrameConv<F> {
 
     fn forward(&self, x: &[F], h: usize, w: usize) -> Vec<F> {
         let (p, cols) = (h * w, self.inputs * self.k * self.k);
+        let mut out: Vec<F> = self.bias.iter().flat_map(|&b| std::iter::repeat_n(b, p)).collect();
+        if F::frame_correlate_fast(&self.taps_first, [self.inputs, self.outputs], self.k, x, [1, h, w], &mut out) {
+            return out;
+        }
         let mut col = vec![F::zero(); p * cols];
         self.patches(h, w, |row, j, i| col[row + j] = x[i]);
-        let mut out: Vec<F> = self.bias.iter().flat_map(|&b| std::iter::repeat_n(b, p)).collect();
         gemm(&self.weight, Layout::row_major(self.outputs, cols), &col, Layout::row_major(p, cols).t(), F::one(), &mut out, Layout::row_major(self.outputs, p));
         out
     }
@@ -91,11 +120,28 @@ impl<F: Float> FrameConv<F> {
     /// Gradient with respect to the input, given the output's `grad` `(outputs, h, w)`.
     fn backward(&self, grad: &[F], h: usize, w: usize) -> Vec<F> {
         let (p, cols) = (h * w, self.inputs * self.k * self.k);
+        let mut g_x = vec![F::zero(); self.inputs * p];
+        if F::frame_correlate_fast(&self.flipped_taps_first, [self.outputs, self.inputs], self.k, grad, [1, h, w], &mut g_x) {
+            return g_x;
+        }
         let mut g_col = vec![F::zero(); p * cols];
         gemm(grad, Layout::row_major(self.outputs, p).t(), &self.weight, Layout::row_major(self.outputs, cols), F::zero(), &mut g_col, Layout::row_major(p, cols));
-        let mut g_x = vec![F::zero(); self.inputs * p];
         self.patches(h, w, |row, j, i| g_x[i] += g_col[row + j]);
         g_x
+    }
+
+    /// The convolution of every frame of `x` `(inputs, frames, h, w)`, if the direct correlation runs
+    /// (float32 with AVX2/FMA).
+    fn forward_frames_fast(&self, x: &[F], shape: [usize; 3]) -> Option<Vec<F>> {
+        let values: usize = shape.iter().product();
+        let mut out: Vec<F> = self.bias.iter().flat_map(|&b| std::iter::repeat_n(b, values)).collect();
+        F::frame_correlate_fast(&self.taps_first, [self.inputs, self.outputs], self.k, x, shape, &mut out).then_some(out)
+    }
+
+    /// Its input gradient for every frame, given the output's `grad` `(outputs, frames, h, w)`.
+    fn backward_frames_fast(&self, grad: &[F], shape: [usize; 3]) -> Option<Vec<F>> {
+        let mut g_x = vec![F::zero(); self.inputs * shape.iter().product::<usize>()];
+        F::frame_correlate_fast(&self.flipped_taps_first, [self.outputs, self.inputs], self.k, grad, shape, &mut g_x).then_some(g_x)
     }
 
     fn flop_count(&self, h: usize, w: usize) -> f64 {
@@ -143,11 +189,13 @@ impl<F: Float> ConvGruCell<F> {
         let (wi, bi) = stack(&input);
         let (wh, bh) = stack(&hidden[..2]);
         let [_, _, (w_out, b_out)]: [(Vec<F>, Vec<F>); 3] = hidden.try_into().expect("three gates");
+        let input_frames = (pad_input && ki % 2 == 1).then(|| FrameConv::new(c, 3 * r, ki, wi.clone(), bi.clone()));
         ConvGruCell {
             size,
             input_gates: Conv3d::new(c, 3 * r, [1, ki, ki], [(0, 0), (pi, pi), (pi, pi)], wi, Some(bi), "ConvGRUCell gate"),
-            state_gates: FrameConv { inputs: r, outputs: 2 * r, k: kr, weight: wh, bias: bh },
-            out_hidden: FrameConv { inputs: r, outputs: r, k: kr, weight: w_out, bias: b_out },
+            input_frames,
+            state_gates: FrameConv::new(r, 2 * r, kr, wh, bh),
+            out_hidden: FrameConv::new(r, r, kr, w_out, b_out),
         }
     }
 
@@ -185,7 +233,8 @@ impl<F: Float> Layer<F> for ConvGruCell<F> {
         let p = h * w;
         let frame_shape = [h, w];
         // (3r, t, p): the input's contribution to every gate at every frame.
-        let gx = self.input_gates.forward_values(x, shape);
+        let frames_fast = self.input_frames.as_ref().and_then(|f| f.forward_frames_fast(x, [shape[1], shape[2], shape[3]]));
+        let gx = frames_fast.unwrap_or_else(|| self.input_gates.forward_values(x, shape));
         let at = |g: usize, c: usize, t: usize| ((g * r + c) * t_n + t) * p;
         let mut out = vec![F::zero(); r * t_n * p];
         let mut gates = Gates { update: vec![F::zero(); t_n * r * p], reset: vec![F::zero(); t_n * r * p], candidate: vec![F::zero(); t_n * r * p] };
@@ -277,7 +326,9 @@ impl<F: Float> Layer<F> for ConvGruCell<F> {
             g_h.iter_mut().zip(&g_state).for_each(|(a, &b)| *a += b);
             carry = g_h;
         }
-        self.input_gates.backward_values(&g_gx, v.input_shape)
+        let [_, t_in, h_in, w_in] = v.input_shape;
+        let frames_fast = self.input_frames.as_ref().and_then(|f| f.backward_frames_fast(&g_gx, [t_in, h_in, w_in]));
+        frames_fast.unwrap_or_else(|| self.input_gates.backward_values(&g_gx, v.input_shape))
     }
 
     fn reach(&self) -> Reach {
