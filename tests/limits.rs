@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use retina::formats::{safetensors, RawTensor, TensorData};
+use retina::mei::objective::WINDOW_LENGTH;
 use retina::mei::{self, MeiSettings};
 use retina::model::memory::{self, Work};
 use retina::model::Model;
@@ -177,7 +178,7 @@ fn every_real_model_fits_the_default_budget_at_normal_sizes() {
     for (path, model) in &models {
         let frames = model.config.train_time_steps.expect("the fixtures record their training length");
         let forward = model.work_bytes(frames, 8, 2, Work::Forward).unwrap();
-        let gradient = model.work_bytes(frames, 1, 1, Work::Gradient).unwrap();
+        let gradient = model.work_bytes(frames, 1, 1, Work::Gradient { window: WINDOW_LENGTH }).unwrap();
         let mut settings = MeiSettings::openretina(model.config.input_channels);
         settings.time_steps = frames;
         let visualize = mei::memory_bytes(model, mei::all_targets(model).len(), &settings).unwrap();
@@ -320,7 +321,7 @@ fn the_work_estimate_follows_the_measured_peak_of_every_convolution_kind() {
         let model: Model<f32> = Model::from_raw(&raw).unwrap();
         let kinds: Vec<String> = model.core.blocks.iter().flat_map(|b| b.layers.iter().map(|l| l.describe())).collect();
         assert!(kinds.iter().any(|k| k.contains(kind)), "{fixture} has no {kind}: {kinds:?}");
-        let estimate = |frames: usize| model.work_bytes(frames, 1, 1, Work::Gradient).unwrap();
+        let estimate = |frames: usize| model.work_bytes(frames, 1, 1, Work::Gradient { window: WINDOW_LENGTH }).unwrap();
         // Frames for ~200 MiB of estimated work (well above the allocator's and the kernel's noise
         // of a few MiB), and an eighth of them.
         let mut large = 64;
@@ -340,13 +341,14 @@ fn the_work_estimate_follows_the_measured_peak_of_every_convolution_kind() {
         report.push(format!("{kind}: {small}->{large} frames, estimated {:.0} MiB, measured {:.0} MiB, ratio {ratio:.2}", estimated / 1048576.0, measured / 1048576.0));
         // Tolerance: the estimate may not undercount by more than 10% (it is a budget check: a run it
         // lets through must fit; 10% covers the allocator's and the kernel's accounting), and may
-        // overcount up to 4.5x: it sizes the backward pass over the whole stimulus, while an output
-        // MEI's gradient flows back only through the frames its objective reads (`Reach`), and it
-        // counts every buffer a kernel may allocate. Measured on the 2-core dev machine with the AVX2
-        // direct correlation of conv3d.rs (it needs little beyond the padded input, so the uncropped
-        // backward dominates): 1.35 custom_separable, 3.98 full, 2.68 separable, 3.00
-        // time_independent, 1.76 ConvGRUCell.
-        assert!((0.9..=4.5).contains(&ratio), "{}", report.join("; "));
+        // overcount up to 3x: it counts every buffer a kernel may allocate and four stimulus-sized
+        // copies, where a run touches fewer. The gradient steps are sized on the frames the
+        // objective's window depends on (as `mei::objective` crops them), so the backward pass over
+        // the whole stimulus is counted only where the layers do not bound it (the GRU). Measured on
+        // the 2-core dev machine under load ~8, with the AVX2 direct correlation of conv3d.rs: 1.35
+        // custom_separable, 1.84 full, 1.70 separable, 2.14 time_independent, 1.79 ConvGRUCell
+        // (before the crop was counted: 1.35, 3.98, 2.68, 3.00, 1.76, under a bar of 4.5).
+        assert!((0.9..=3.0).contains(&ratio), "{}", report.join("; "));
     }
     eprintln!("{}", report.join("\n"));
 }

@@ -229,7 +229,7 @@ fn non_finite(target: &MeiTarget, what: &str) -> Error {
 /// copy).
 pub fn memory_bytes<F: Float>(model: &Model<F>, meis: usize, settings: &MeiSettings) -> Option<u64> {
     let threads = rayon::current_num_threads();
-    let in_flight = model.work_bytes(settings.time_steps, 1, 1, Work::Gradient)?.checked_mul(meis.min(threads) as u64)?;
+    let in_flight = model.work_bytes(settings.time_steps, 1, 1, Work::Gradient { window: objective::WINDOW_LENGTH })?.checked_mul(meis.min(threads) as u64)?;
     let stimulus = model.config.stimulus_shape(settings.time_steps, 1).iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64))?;
     let result = stimulus.checked_add(settings.time_steps as u64)?.checked_mul(4)?.checked_add((settings.iterations as u64).checked_mul(8)?)?;
     in_flight.checked_add(result.checked_mul(2)?.checked_mul(meis as u64)?)

@@ -417,17 +417,9 @@ fn dependency_region<F: Float>(model: &Model<F>, target: &MeiTarget, full: [usiz
             shape = next;
         }
     }
-    let time_ok = layers.iter().all(|(reach, _)| match reach {
-        Reach::Window { padding, .. } => padding[0] == (0, 0),
-        Reach::SameFrame => true,
-        Reach::Everything => false,
-    });
-    if !time_ok {
-        return everything;
-    }
+    let Some(reach_t) = model.core.temporal_reach(blocks_used(model, target)) else { return everything };
     // The last frame needed: the window's last series frame, shifted by the cut frames (output
     // targets), plus every layer's temporal reach.
-    let reach_t: usize = layers.iter().map(|(reach, _)| if let Reach::Window { kernel, .. } = reach { kernel[0] - 1 } else { 0 }).sum();
     let cut = if matches!(target, MeiTarget::InnerChannel { .. }) { 0 } else { model.core.cut_first_n_frames };
     let t_end = (window_start + window_len + cut + reach_t).min(full[1]);
     let mut region = Region { t0: window_start, shape: [full[0], t_end - window_start, full[2], full[3]], ..everything };

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::layer::{BackwardValues, Layer, LayerState, Needs, Shape};
+use super::layer::{BackwardValues, Layer, LayerState, Needs, Reach, Shape};
 use super::Float;
 use crate::error::{Error, Result};
 
@@ -71,6 +71,17 @@ impl<F: Float> Core<F> {
     /// The layer of `layer<i>` whose weights the figures draw (its convolution), if it has one.
     pub fn layer_kernel(&self, layer: usize) -> Option<&dyn Layer<F>> {
         self.blocks[self.layer_blocks[layer]].layers.iter().find(|l| l.kernel_channels().is_some()).map(|l| l.as_ref())
+    }
+
+    /// How many frames before an output frame of the first `n_blocks` blocks it depends on: the
+    /// layers' temporal kernels minus one, summed; None when their windows do not bound it (temporal
+    /// padding, or a layer such as the GRU that reads every earlier frame).
+    pub fn temporal_reach(&self, n_blocks: usize) -> Option<usize> {
+        self.blocks[..n_blocks].iter().flat_map(|b| &b.layers).try_fold(0, |frames, layer| match layer.reach() {
+            Reach::Window { kernel, padding } if padding[0] == (0, 0) => Some(frames + kernel[0] - 1),
+            Reach::SameFrame => Some(frames),
+            _ => None,
+        })
     }
 
     /// Floating-point operations of the forward pass through the first `n_blocks` blocks for one

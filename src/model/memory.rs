@@ -5,7 +5,10 @@
 //! The estimate walks the core as `core.rs` runs it: per stimulus the tape (the outputs a backward
 //! pass reads, every block's output, the layers' kept states) is kept, and the largest layer's input,
 //! output and temporaries come on top while it runs. Each layer kind states its own temporaries
-//! (`Layer::work_values`, a required method), so a new kind cannot be left out.
+//! (`Layer::work_values`, a required method), so a new kind cannot be left out. An MEI's gradient
+//! steps run on the frames its objective's window depends on where the layers' windows bound them
+//! (`Core::temporal_reach`, the crop of `mei::objective`), so only its final forward pass spans the
+//! whole stimulus.
 
 use super::layer::{count, total, Needs};
 use super::{Float, Model};
@@ -23,8 +26,9 @@ pub const BUDGET_VARIABLE: &str = "RETINA_MEMORY_GB";
 pub enum Work {
     /// A forward pass whose layer outputs and responses are returned (and written by the caller).
     Forward,
-    /// A forward pass and the gradient with respect to the stimulus (one MEI step).
-    Gradient,
+    /// MEI steps (a forward pass and the gradient with respect to the stimulus) of an objective that
+    /// averages `window` frames of its series, then a forward pass over the whole stimulus.
+    Gradient { window: usize },
 }
 
 /// The memory budget in bytes: `RETINA_MEMORY_GB` if set, else [`DEFAULT_BUDGET_BYTES`].
@@ -81,12 +85,33 @@ impl<F: Float> Model<F> {
             // Tapes of the whole batch are collected, then copied into the returned tensors, which
             // the caller serialises once more.
             Work::Forward => (total(&[per.stimulus, per.tape, 2 * per.outputs])?, per.forward),
-            // MEIs are one stimulus each: the tape, the stimulus and its gradient copies, and the
-            // larger of the two passes' peaks.
-            Work::Gradient => (0, total(&[per.tape, 4 * per.stimulus, per.forward.max(per.backward)])?),
+            // MEIs are one stimulus each: the stimulus and its gradient copies, and the larger of a
+            // step's peak and the final forward pass's (its tape and its largest layer).
+            Work::Gradient { window } => {
+                let frames = self.gradient_frames(time_steps, window);
+                let step = if frames < time_steps {
+                    // On the cropped frames: their copy, its gradient, and both passes over them.
+                    let cropped = self.per_stimulus_values(frames)?;
+                    total(&[cropped.tape, 2 * cropped.stimulus, cropped.forward.max(cropped.backward)])?
+                } else {
+                    total(&[per.tape, per.forward.max(per.backward)])?
+                };
+                (0, total(&[4 * per.stimulus, step.max(total(&[per.tape, per.forward])?)])?)
+            }
         };
         let values = (batch as u64).checked_mul(kept)?.checked_add(in_flight.checked_mul(transient)?)?;
         values.checked_mul(size)
+    }
+
+    /// The frames an MEI's gradient is computed on: those its `window` (of the output series, after
+    /// the cut frames) depends on, which bound every objective's (an inner channel's window reaches
+    /// back through fewer layers and no cut; `mei::objective` crops to exactly that), or all frames
+    /// when the layers' windows do not bound them.
+    fn gradient_frames(&self, time_steps: usize, window: usize) -> usize {
+        match self.core.temporal_reach(self.core.blocks.len()) {
+            Some(reach) => window.saturating_add(self.core.cut_first_n_frames).saturating_add(reach).min(time_steps),
+            None => time_steps,
+        }
     }
 
     /// Refuse `work` that would not fit in the memory budget, before anything is allocated (and
@@ -96,7 +121,7 @@ impl<F: Float> Model<F> {
         let bytes = self.work_bytes(time_steps, batch, rayon::current_num_threads(), work);
         let what = match work {
             Work::Forward => "a forward pass",
-            Work::Gradient => "an MEI",
+            Work::Gradient { .. } => "an MEI",
         };
         let stimuli = if batch == 1 { "stimulus" } else { "stimuli" };
         check_bytes(bytes, &format!("{what} over {batch} {stimuli} of {time_steps} frames"))
