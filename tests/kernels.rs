@@ -31,9 +31,12 @@ fn vectorised_kernels_match_portable_code() {
     let full = dense(2, "full", [8, 6], json!({}), 23);
     let full_padded = dense(1, "full", [16, 24], json!({"core_hidden_padding": [1, 1, 1], "spatial_kernel_sizes": [11, 3]}), 24);
     let separable = dense(2, "separable", [8, 16], json!({"core_hidden_padding": [0, 1, 1]}), 25);
+    // One stimulus channel (the time-vectorised stimulus gradient of `simd_spatial.rs` for a single
+    // input channel) and a spatial padding of 2 (the temporal stage's ring of zeros).
+    let separable_mono = dense(1, "separable", [8, 8], json!({"core_hidden_padding": [0, 2, 2]}), 27);
     let time_independent =
         dense(1, "time_independent", [8, 4], json!({"temporal_kernel_sizes": [1, 1], "cut_first_n_frames_in_core": 0}), 26);
-    for (model, time_steps) in [(&model, 30), (&demo, 50), (&full, 30), (&full_padded, 30), (&separable, 30), (&time_independent, 30)] {
+    for (model, time_steps) in [(&model, 30), (&demo, 50), (&full, 30), (&full_padded, 30), (&separable, 30), (&separable_mono, 30), (&time_independent, 30)] {
         let shape = model.config.stimulus_shape(time_steps, 1);
         let x: Vec<f32> = common::random_stimulus([shape[1], shape[2], shape[3], shape[4]], 22).iter().map(|&v| v as f32).collect();
         for target in mei::all_targets(model) {

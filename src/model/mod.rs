@@ -13,6 +13,8 @@ pub mod registry;
 pub mod simd;
 pub mod simd_conv;
 pub mod simd_frame;
+pub mod simd_spatial;
+pub mod simd_temporal;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -216,6 +218,8 @@ pub trait Float:
     + simd::FastKernels
     + simd_conv::DirectConv
     + simd_frame::FrameCorrelation
+    + simd_spatial::SpatialGradient
+    + simd_temporal::TemporalCorrelation
     + 'static
 {
     /// The largest finite value, as f64.
