@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod core;
+pub mod fft_conv;
 pub mod gru_core;
 pub mod layer;
 pub mod layers;
@@ -220,6 +221,7 @@ pub trait Float:
     + simd_frame::FrameCorrelation
     + simd_spatial::SpatialGradient
     + simd_temporal::TemporalCorrelation
+    + fft_conv::FftKernels
     + 'static
 {
     /// The largest finite value, as f64.

@@ -6,12 +6,15 @@
 //! frame (`[rows = t * pixels] x [k * k] x [kt * out]`), then the `kt` shifted frames are summed; the
 //! input gradient runs the same two steps transposed. In float32 on CPUs with AVX2 and FMA, a direct
 //! correlation (`simd_conv.rs`) replaces both: forward, and the input gradient as the correlation of
-//! the output gradient with the flipped kernels.
+//! the output gradient with the flipped kernels. Where the kernels are large enough that it pays
+//! (`fft_conv::fft_pays`, decided per call from the input's size), both run by FFT instead, in
+//! float32 and float64.
 
 use crate::error::Result;
 use crate::model::config::Padding;
 use crate::model::layer::{BackwardValues, KernelView, Layer, LayerState, Reach, Shape};
 use crate::model::linalg::{gemm, Layout};
+use crate::model::fft_conv::{fft_pays, FftCorrelation};
 use crate::model::load::StateDict;
 use crate::model::simd_conv::Correlation;
 use crate::model::Float;
@@ -36,8 +39,21 @@ pub struct Conv3d<F> {
     /// same channels last `(out, kt, k, k, in)`.
     flipped: Vec<F>,
     flipped_channels_last: Vec<F>,
+    /// The same kernels by FFT, with their spectra cached per grid size.
+    fft: FftCorrelation<F>,
+    /// How the correlation runs (tests force one route to compare them).
+    pub route: ConvRoute,
     /// What it stands for in openretina, for `retina info`.
     pub class: String,
+}
+
+/// Which way `Conv3d` computes its correlation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvRoute {
+    /// FFT where `fft_pays` expects it to be faster, else direct.
+    Auto,
+    Direct,
+    Fft,
 }
 
 impl<F: Float> Conv3d<F> {
@@ -95,6 +111,7 @@ impl<F: Float> Conv3d<F> {
                 }
             }
         }
+        let fft = FftCorrelation::new(in_channels, out_channels, kernel, weight.clone());
         Conv3d {
             in_channels,
             out_channels,
@@ -106,7 +123,26 @@ impl<F: Float> Conv3d<F> {
             weight_channels_last,
             flipped,
             flipped_channels_last,
+            fft,
+            route: ConvRoute::Auto,
             class: class.into(),
+        }
+    }
+
+    /// This convolution with its correlation forced onto one route.
+    pub fn with_route(mut self, route: ConvRoute) -> Self {
+        self.route = route;
+        self
+    }
+
+    /// Whether an input of `shape` runs by FFT.
+    fn by_fft(&self, [_, t, h, w]: Shape) -> bool {
+        let padded = [t, h, w];
+        let padded = [0, 1, 2].map(|d| padded[d] + self.padding[d].0 + self.padding[d].1);
+        match self.route {
+            ConvRoute::Auto => fft_pays(self.in_channels, self.out_channels, self.kernel, padded),
+            ConvRoute::Direct => false,
+            ConvRoute::Fft => true,
         }
     }
 
@@ -118,10 +154,15 @@ impl<F: Float> Conv3d<F> {
     pub fn scaled(self, factor: F) -> Self {
         let weight = self.weight.iter().map(|&w| w * factor).collect();
         let bias = self.bias.map(|b| b.iter().map(|&v| v * factor).collect());
-        Conv3d::new(self.in_channels, self.out_channels, self.kernel, self.padding, weight, bias, &self.class)
+        Conv3d::new(self.in_channels, self.out_channels, self.kernel, self.padding, weight, bias, &self.class).with_route(self.route)
     }
 
     pub fn forward_values(&self, x: &[F], shape: Shape) -> Vec<F> {
+        if self.by_fft(shape) {
+            let mut out = F::fft_forward(&self.fft, x, [shape[1], shape[2], shape[3]], self.padding);
+            self.add_bias(&mut out);
+            return out;
+        }
         let correlation = Correlation {
             in_channels: self.in_channels,
             out_channels: self.out_channels,
@@ -130,12 +171,7 @@ impl<F: Float> Conv3d<F> {
             weights_channels_last: &self.weight_channels_last,
         };
         if let Some(mut out) = F::correlate_fast(&correlation, x, [shape[1], shape[2], shape[3]], self.padding) {
-            if let Some(bias) = &self.bias {
-                let len = out.len() / self.out_channels;
-                for (chunk, &b) in out.chunks_exact_mut(len).zip(bias) {
-                    chunk.iter_mut().for_each(|v| *v += b);
-                }
-            }
+            self.add_bias(&mut out);
             return out;
         }
         #[cfg(target_arch = "x86_64")]
@@ -146,7 +182,20 @@ impl<F: Float> Conv3d<F> {
         self.forward_kernel(x, shape)
     }
 
+    /// Add the bias to an output `(out, ...)`.
+    fn add_bias(&self, out: &mut [F]) {
+        if let Some(bias) = &self.bias {
+            let len = out.len() / self.out_channels;
+            for (chunk, &b) in out.chunks_exact_mut(len).zip(bias) {
+                chunk.iter_mut().for_each(|v| *v += b);
+            }
+        }
+    }
+
     pub fn backward_values(&self, grad: &[F], shape: Shape) -> Vec<F> {
+        if self.by_fft(shape) {
+            return F::fft_backward(&self.fft, grad, [shape[1], shape[2], shape[3]], self.padding);
+        }
         // The input gradient is the correlation of the output gradient, padded by `kernel - 1 -
         // padding` on each side, with the flipped kernels (input and output channels swapped). Where
         // the padding is wider than the kernel (the separable time stage's spatial padding), that is
@@ -243,11 +292,7 @@ impl<F: Float> Conv3d<F> {
                 }
             }
         }
-        if let Some(bias) = &self.bias {
-            for (chunk, &b) in out.chunks_exact_mut(g.to * g.p).zip(bias) {
-                chunk.iter_mut().for_each(|v| *v += b);
-            }
-        }
+        self.add_bias(&mut out);
         out
     }
 

@@ -1,0 +1,91 @@
+//! The FFT route of the dense convolution (`fft_conv.rs`) against the direct one (AVX2 correlation in
+//! float32 where the CPU has it, else the portable code; the portable code in float64): forward and
+//! input gradient, float32 and float64, odd and even sizes, one to sixteen channels, padding narrower
+//! and wider than the kernel.
+
+mod common;
+
+use retina::model::fft_conv::{fft_pays, grid_size};
+use retina::model::layers::conv3d::{Conv3d, ConvRoute};
+use retina::model::Float;
+
+/// `(in, out, kernel, input (t, h, w), padding)`.
+type Case = (usize, usize, [usize; 3], [usize; 3], [(usize, usize); 3]);
+
+const CASES: [Case; 7] = [
+    // `zoo_conv_full`'s two layers on a 50-frame stimulus.
+    (2, 16, [21, 11, 11], [50, 18, 16], [(0, 0); 3]),
+    (16, 16, [11, 5, 5], [30, 8, 6], [(0, 0), (2, 2), (2, 2)]),
+    // Odd sizes, asymmetric padding, grids rounded up to 2-3-5 sizes (13 -> 15, 11 -> 12).
+    (3, 5, [4, 3, 3], [11, 11, 9], [(1, 2), (2, 0), (0, 2)]),
+    // One frame, a kernel as wide as the padded input (one output column).
+    (1, 8, [1, 7, 7], [1, 13, 5], [(0, 0), (3, 3), (1, 1)]),
+    (6, 1, [5, 5, 5], [7, 9, 8], [(0, 0); 3]),
+    // Padding wider than the kernel (the separable time stage's spatial padding).
+    (2, 3, [3, 1, 1], [6, 5, 4], [(0, 0), (2, 2), (2, 2)]),
+    // A large prime size (rounded up to 35 along t, 14 along x).
+    (4, 7, [9, 3, 3], [31, 6, 13], [(0, 0), (1, 1), (0, 0)]),
+];
+
+fn values<F: Float>(n: usize, seed: u64) -> Vec<F> {
+    common::random_stimulus([n, 1, 1, 1], seed).into_iter().map(F::from_f64).collect()
+}
+
+fn to_f64<F: Float>(v: &[F]) -> Vec<f64> {
+    v.iter().map(|x| x.to_f64()).collect()
+}
+
+/// The largest relative difference (to the largest direct value) of forward and input gradient.
+fn fft_vs_direct<F: Float>((m, c, kernel, input, padding): Case, seed: u64) -> (f64, f64) {
+    let weights = values::<F>(c * m * kernel.iter().product::<usize>(), seed);
+    let bias = Some(values::<F>(c, seed + 1));
+    let conv = |route| Conv3d::new(m, c, [kernel[0], kernel[1], kernel[2]], padding, weights.clone(), bias.clone(), "test").with_route(route);
+    let (fft, direct) = (conv(ConvRoute::Fft), conv(ConvRoute::Direct));
+    let shape = [m, input[0], input[1], input[2]];
+    let x = values::<F>(m * input.iter().product::<usize>(), seed + 2);
+    let (y_fft, y_direct) = (fft.forward_values(&x, shape), direct.forward_values(&x, shape));
+    assert_eq!(y_fft.len(), y_direct.len());
+    let g = values::<F>(y_direct.len(), seed + 3);
+    let (gx_fft, gx_direct) = (fft.backward_values(&g, shape), direct.backward_values(&g, shape));
+    assert_eq!(gx_fft.len(), x.len());
+    assert_eq!(gx_direct.len(), x.len());
+    // Twice: the second call takes the kernel spectra from the cache.
+    assert_eq!(fft.forward_values(&x, shape), y_fft);
+    assert_eq!(fft.backward_values(&g, shape), gx_fft);
+    (common::rel_max_diff(&to_f64(&y_fft), &to_f64(&y_direct)), common::rel_max_diff(&to_f64(&gx_fft), &to_f64(&gx_direct)))
+}
+
+#[test]
+fn fft_route_matches_direct_route() {
+    for (i, case) in CASES.into_iter().enumerate() {
+        // Float32: FFT rounding grows like 1e-7 x log2(grid points) relative to the largest values
+        // (the sums here have up to 32000 terms); 1e-5 is two orders above that and orders below any
+        // indexing mistake (a wrong or shifted tap changes outputs by ~10%).
+        let (forward, backward) = fft_vs_direct::<f32>(case, 10 * i as u64);
+        assert!(forward <= 1e-5 && backward <= 1e-5, "case {i} float32: forward {forward:e}, gradient {backward:e}");
+        // Float64 runs float64 transforms: ~1e-16 x log2(points).
+        let (forward, backward) = fft_vs_direct::<f64>(case, 10 * i as u64 + 5);
+        assert!(forward <= 1e-12 && backward <= 1e-12, "case {i} float64: forward {forward:e}, gradient {backward:e}");
+    }
+}
+
+#[test]
+fn grids_are_smooth_and_large_enough() {
+    assert_eq!(grid_size([50, 18, 16]), [50, 18, 16]);
+    assert_eq!(grid_size([31, 13, 13]), [32, 15, 16]);
+    assert_eq!(grid_size([1, 7, 1]), [1, 8, 2]);
+}
+
+#[test]
+fn large_dense_kernels_take_the_fft_route_and_small_ones_do_not() {
+    // `zoo_conv_full`'s layers on its whole stimulus and on an output neuron's 40 frames.
+    assert!(fft_pays(2, 16, [21, 11, 11], [50, 18, 16]));
+    assert!(fft_pays(16, 16, [11, 5, 5], [30, 12, 10]));
+    assert!(fft_pays(2, 16, [21, 11, 11], [40, 18, 16]));
+    // The finite-difference check of tests/synthetic.rs on a large-kernel `full` model: first layer
+    // 2 -> 8 channels, 15x9x9 kernels on 30x16x14 (the gradient there runs through this route).
+    assert!(fft_pays(2, 8, [15, 9, 9], [30, 16, 14]));
+    // A 1x1x1 projection and a 3x3 kernel stay direct.
+    assert!(!fft_pays(32, 32, [1, 1, 1], [20, 4, 2]));
+    assert!(!fft_pays(8, 8, [1, 3, 3], [20, 10, 10]));
+}
