@@ -78,14 +78,23 @@ fn grids_are_smooth_and_large_enough() {
 
 #[test]
 fn large_dense_kernels_take_the_fft_route_and_small_ones_do_not() {
+    let none = [(0, 0); 3];
+    let both = |m, c, kernel, input, padding| fft_pays(m, c, kernel, input, padding, false) && fft_pays(m, c, kernel, input, padding, true);
     // `zoo_conv_full`'s layers on its whole stimulus and on an output neuron's 40 frames.
-    assert!(fft_pays(2, 16, [21, 11, 11], [50, 18, 16]));
-    assert!(fft_pays(16, 16, [11, 5, 5], [30, 12, 10]));
-    assert!(fft_pays(2, 16, [21, 11, 11], [40, 18, 16]));
-    // The finite-difference check of tests/synthetic.rs on a large-kernel `full` model: first layer
-    // 2 -> 8 channels, 15x9x9 kernels on 30x16x14 (the gradient there runs through this route).
-    assert!(fft_pays(2, 8, [15, 9, 9], [30, 16, 14]));
-    // A 1x1x1 projection and a 3x3 kernel stay direct.
-    assert!(!fft_pays(32, 32, [1, 1, 1], [20, 4, 2]));
-    assert!(!fft_pays(8, 8, [1, 3, 3], [20, 10, 10]));
+    assert!(both(2, 16, [21, 11, 11], [50, 18, 16], none));
+    assert!(both(16, 16, [11, 5, 5], [30, 8, 6], [(0, 0), (2, 2), (2, 2)]));
+    assert!(both(2, 16, [21, 11, 11], [40, 18, 16], none));
+    // An inner channel's receptive field (one output pixel): the forward pass stays direct, the
+    // stimulus gradient (2 channels, mostly zero taps for the direct code) goes by FFT.
+    assert!(!fft_pays(2, 16, [21, 11, 11], [30, 11, 11], none, false));
+    assert!(fft_pays(2, 16, [21, 11, 11], [30, 11, 11], none, true));
+    // The finite-difference check of tests/synthetic.rs on a large-kernel `full` model: its first
+    // layer (2 -> 8 channels, 15x9x9 kernels) on the whole stimulus (temporal padding: no cropping)
+    // and the stimulus gradient of an inner channel's 24x9x9 receptive field.
+    assert!(both(2, 8, [15, 9, 9], [30, 16, 14], none));
+    assert!(fft_pays(2, 8, [15, 9, 9], [24, 9, 9], none, true));
+    // A 1x1x1 projection and small kernels stay direct.
+    assert!(!both(32, 32, [1, 1, 1], [20, 4, 2], none));
+    assert!(!both(16, 16, [1, 5, 5], [20, 8, 6], [(0, 0), (2, 2), (2, 2)]));
+    assert!(!both(16, 16, [11, 1, 1], [20, 8, 6], none));
 }

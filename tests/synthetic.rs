@@ -52,6 +52,9 @@ fn gradients_match_finite_differences_for_every_convolution_type() {
     // TorchFullConv3D, with temporal padding (no cropping) and without (cropped gradients).
     check_gradients(&synthetic_model(2, 12, 10, json!({"convolution_type": "full"}), 21), 30);
     check_gradients(&synthetic_model(1, 12, 10, json!({"convolution_type": "full", "core_hidden_padding": [1, 1, 1]}), 22), 30);
+    // Kernels large enough for the FFT route (tests/fft_conv.rs checks that it is the one taken).
+    let large = json!({"convolution_type": "full", "hidden_channels": [8, 4], "temporal_kernel_sizes": [15, 5], "spatial_kernel_sizes": [9, 3]});
+    check_gradients(&synthetic_model(2, 16, 14, large, 27), 30);
     // TorchSTSeparableConv3D: numeric padding applied by both stages, "same", and max-pooling.
     check_gradients(&synthetic_model(2, 12, 10, json!({"convolution_type": "separable", "core_hidden_padding": [0, 1, 1]}), 23), 30);
     check_gradients(&synthetic_model(2, 12, 10, json!({"convolution_type": "separable", "core_input_padding": true}), 24), 30);

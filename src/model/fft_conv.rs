@@ -28,19 +28,41 @@ use crate::model::config::Padding;
 /// the whole stimulus, the frames an output neuron depends on, an inner channel's receptive field).
 const CACHED_GRIDS: usize = 6;
 
-/// Whether the FFT route is expected to be faster than the direct correlation for `m` input and `c`
-/// output channels, `kernel` taps, and a padded input `padded`. The constants are measured on this
-/// machine kind (`retina bench` on `zoo_conv_full`): a direct multiply-add costs about 0.06 ns in
-/// AVX2 float32, a real FFT about 0.5 ns per point and log2 point, a complex product of spectra 1 ns.
-pub fn fft_pays(m: usize, c: usize, kernel: [usize; 3], padded: [usize; 3]) -> bool {
-    let out: f64 = (0..3).map(|d| (padded[d] + 1 - kernel[d].min(padded[d])) as f64).product();
-    let taps: f64 = kernel.iter().map(|&k| k as f64).product();
-    let direct = 0.06 * (m * c) as f64 * taps * out;
+/// Whether the FFT route is expected to be faster than the direct correlation (`simd_conv.rs`) for
+/// `m` input and `c` output channels, `kernel`, an input `padded` by `padding`, in the forward pass or
+/// (`backward`) the input gradient. Both costs are estimates in nanoseconds on this machine kind
+/// (AVX2 float32, fitted to timings of both routes on `zoo_conv_full`-like layers); float64 and
+/// CPUs without AVX2 use the same choice (their direct code is slower still).
+pub fn fft_pays(m: usize, c: usize, kernel: [usize; 3], input: [usize; 3], padding: Padding, backward: bool) -> bool {
+    let padded = [0, 1, 2].map(|d| input[d] + padding[d].0 + padding[d].1);
+    let out = [0, 1, 2].map(|d| (padded[d] + 1).saturating_sub(kernel[d]).max(1));
+    // The direct correlation: backward correlates the output gradient (padded by nearly a kernel)
+    // with `m` output channels, and visits only taps that reach its real values.
+    let direct = if backward { direct_cost(c, m, kernel, input, out) } else { direct_cost(m, c, kernel, out, padded) };
     let n = grid_size(padded);
     let points: f64 = n.iter().map(|&v| v as f64).product();
     let bins = points / n[2] as f64 * (n[2] / 2 + 1) as f64;
-    let fft = 0.5 * (m + c) as f64 * points * points.log2() + 1.0 * (m * c) as f64 * bins;
+    let fft = FFT_NS_PER_POINT_LOG * (m + c) as f64 * points * points.log2() + PRODUCT_NS * (m * c) as f64 * bins;
     fft < direct
+}
+
+/// Nanoseconds per point and log2(points) of one real 3D transform, and per complex product.
+const FFT_NS_PER_POINT_LOG: f64 = 0.3;
+const PRODUCT_NS: f64 = 1.0;
+/// Nanoseconds per vector multiply-add of the direct correlation.
+const DIRECT_NS_PER_FMA: f64 = 0.46;
+
+/// The direct correlation's time: its register blocks (6 pixels x 8 channels, or 6 rows x 8 pixels
+/// of one channel when the output channels are not a multiple of 8) times the taps a block visits.
+fn direct_cost(m: usize, c: usize, kernel: [usize; 3], out: [usize; 3], data: [usize; 3]) -> f64 {
+    let [to, ho, wo] = out;
+    let (vectors, block) = if c.is_multiple_of(8) {
+        (to * (ho * wo).div_ceil(6) * 6 * c / 8, [1, 1, wo.min(6)])
+    } else {
+        (to * ho.div_ceil(6) * 6 * wo.div_ceil(8) * c, [1, ho.min(6), wo.min(8)])
+    };
+    let taps: usize = (0..3).map(|d| kernel[d].min(data[d] + block[d] - 1)).product();
+    DIRECT_NS_PER_FMA * (vectors * m * taps) as f64
 }
 
 /// The FFT grid for a padded input: per axis the smallest size at least as large whose prime
@@ -70,6 +92,9 @@ struct Grid<F: FftNum> {
     ft: Arc<dyn Fft<F>>,
     it: Arc<dyn Fft<F>>,
 }
+
+/// Bins per block of the spectrum products (one AVX vector of float32 complex values).
+const LANES: usize = 4;
 
 /// Temporaries of one transform call.
 struct Work<F> {
@@ -101,6 +126,16 @@ impl<F: FftNum> Grid<F> {
         self.wc * self.n[1] * self.n[0]
     }
 
+    /// Blocks of `LANES` bins per channel (the last one padded with zeros).
+    fn blocks(&self) -> usize {
+        self.bins().div_ceil(LANES)
+    }
+
+    /// Distance between the spectra of consecutive channels.
+    fn stride(&self) -> usize {
+        self.blocks() * LANES
+    }
+
     fn work(&self) -> Work<F> {
         let scratch = [
             self.r2c.get_scratch_len(),
@@ -127,7 +162,8 @@ impl<F: FftNum> Grid<F> {
         let zero = Complex::new(F::zero(), F::zero());
         let len = shape.iter().product::<usize>();
         let bins = self.bins();
-        for (x, spectrum) in input.chunks_exact(len).zip(spectra.chunks_exact_mut(bins)) {
+        for (x, spectrum) in input.chunks_exact(len).zip(spectra.chunks_exact_mut(self.stride())) {
+            let spectrum = &mut spectrum[..bins];
             // Along x, the rows holding values; the planes (t, kx, ky) are zero elsewhere.
             let planes = &mut work.planes[..shape[0] * wc * nh];
             planes.fill(zero);
@@ -152,8 +188,8 @@ impl<F: FftNum> Grid<F> {
                     spectrum[q * nt + t + offset[0]] = v;
                 }
             }
+            self.ft.process_with_scratch(spectrum, &mut work.scratch);
         }
-        self.ft.process_with_scratch(spectra, &mut work.scratch);
     }
 
     /// The inverse transforms (unscaled) of `channels` spectra (destroyed), the values of the box
@@ -162,8 +198,10 @@ impl<F: FftNum> Grid<F> {
         let [nt, nh, _] = self.n;
         let wc = self.wc;
         let len = shape.iter().product::<usize>();
-        self.it.process_with_scratch(spectra, &mut work.scratch);
-        for (spectrum, o) in spectra.chunks_exact(self.bins()).zip(out.chunks_exact_mut(len)) {
+        let bins = self.bins();
+        for (spectrum, o) in spectra.chunks_exact_mut(self.stride()).zip(out.chunks_exact_mut(len)) {
+            let spectrum = &mut spectrum[..bins];
+            self.it.process_with_scratch(spectrum, &mut work.scratch);
             let planes = &mut work.planes[..shape[0] * wc * nh];
             for t in 0..shape[0] {
                 for (q, v) in planes[t * wc * nh..(t + 1) * wc * nh].iter_mut().enumerate() {
@@ -192,7 +230,7 @@ impl<F: FftNum> Grid<F> {
 }
 
 /// The conjugated kernel spectra of one grid, scaled by `1 / points` (the inverse transform's
-/// factor): `(c, m, bins)`.
+/// factor), in blocks of `LANES` bins: `(block, c, m, LANES)`.
 struct KernelSpectra<F: FftNum> {
     grid: Grid<F>,
     spectra: Vec<Complex<F>>,
@@ -231,7 +269,7 @@ impl<F> FftCorrelation<F> {
     }
 }
 
-impl<F: FftNum> FftCorrelation<F> {
+impl<F: FftNum + FftKernels> FftCorrelation<F> {
     fn spectra(&self, n: [usize; 3]) -> Arc<KernelSpectra<F>> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let typed = |entry: &Arc<dyn Any + Send + Sync>| entry.clone().downcast::<KernelSpectra<F>>().ok();
@@ -241,13 +279,21 @@ impl<F: FftNum> FftCorrelation<F> {
             return typed(&found).expect("checked above");
         }
         let grid = Grid::new(n);
-        let bins = grid.bins();
-        let (m, c) = (self.in_channels, self.out_channels);
-        let mut spectra = vec![Complex::new(F::zero(), F::zero()); c * m * bins];
+        let (m, c, stride) = (self.in_channels, self.out_channels, grid.stride());
+        let zero = Complex::new(F::zero(), F::zero());
+        let mut plain = vec![zero; c * m * stride];
         let mut work = grid.work();
-        grid.forward(&self.weights, self.kernel, [0; 3], &mut spectra, &mut work);
+        grid.forward(&self.weights, self.kernel, [0; 3], &mut plain, &mut work);
         let scale = F::one() / F::from_usize(n.iter().product()).expect("grid size fits the float type");
-        spectra.iter_mut().for_each(|v| *v = v.conj() * scale);
+        // Blocks of LANES bins, all channel pairs of a block together: `(block, c, m, LANES)`.
+        let mut spectra = vec![zero; c * m * stride];
+        for (pair, spectrum) in plain.chunks_exact(stride).enumerate() {
+            for (block, values) in spectrum.chunks_exact(LANES).enumerate() {
+                for (l, v) in values.iter().enumerate() {
+                    spectra[(block * c * m + pair) * LANES + l] = v.conj() * scale;
+                }
+            }
+        }
         let entry = Arc::new(KernelSpectra { grid, spectra });
         if cache.len() == CACHED_GRIDS {
             cache.remove(0);
@@ -262,17 +308,13 @@ impl<F: FftNum> FftCorrelation<F> {
         let out = [0, 1, 2].map(|d| padded[d] + 1 - self.kernel[d]);
         let ks = self.spectra(grid_size(padded));
         let (grid, (m, c)) = (&ks.grid, (self.in_channels, self.out_channels));
-        let bins = grid.bins();
+        let stride = grid.stride();
         let mut work = grid.work();
         let zero = Complex::new(F::zero(), F::zero());
-        let mut xs = vec![zero; m * bins];
+        let mut xs = vec![zero; m * stride];
         grid.forward(input, shape, padding.map(|p| p.0), &mut xs, &mut work);
-        let mut ys = vec![zero; c * bins];
-        for (y, k_o) in ys.chunks_exact_mut(bins).zip(ks.spectra.chunks_exact(m * bins)) {
-            for (x, k) in xs.chunks_exact(bins).zip(k_o.chunks_exact(bins)) {
-                multiply_add(y, x, k, false);
-            }
-        }
+        let mut ys = vec![zero; c * stride];
+        F::spectrum_products(&ks.spectra, &xs, &mut ys, [c, m], stride, false);
         let mut result = vec![F::zero(); c * out.iter().product::<usize>()];
         grid.inverse(&mut ys, [0; 3], out, &mut result, &mut work);
         result
@@ -284,17 +326,13 @@ impl<F: FftNum> FftCorrelation<F> {
         let out = [0, 1, 2].map(|d| padded[d] + 1 - self.kernel[d]);
         let ks = self.spectra(grid_size(padded));
         let (grid, (m, c)) = (&ks.grid, (self.in_channels, self.out_channels));
-        let bins = grid.bins();
+        let stride = grid.stride();
         let mut work = grid.work();
         let zero = Complex::new(F::zero(), F::zero());
-        let mut gs = vec![zero; c * bins];
+        let mut gs = vec![zero; c * stride];
         grid.forward(grad, out, [0; 3], &mut gs, &mut work);
-        let mut gx = vec![zero; m * bins];
-        for (g, k_o) in gs.chunks_exact(bins).zip(ks.spectra.chunks_exact(m * bins)) {
-            for (x, k) in gx.chunks_exact_mut(bins).zip(k_o.chunks_exact(bins)) {
-                multiply_add(x, g, k, true);
-            }
-        }
+        let mut gx = vec![zero; m * stride];
+        F::spectrum_products(&ks.spectra, &gs, &mut gx, [c, m], stride, true);
         let mut result = vec![F::zero(); m * shape.iter().product::<usize>()];
         grid.inverse(&mut gx, padding.map(|p| p.0), shape, &mut result, &mut work);
         result
@@ -306,33 +344,112 @@ impl<F: FftNum> FftCorrelation<F> {
 pub trait FftKernels: Sized {
     fn fft_forward(c: &FftCorrelation<Self>, input: &[Self], shape: [usize; 3], padding: Padding) -> Vec<Self>;
     fn fft_backward(c: &FftCorrelation<Self>, grad: &[Self], shape: [usize; 3], padding: Padding) -> Vec<Self>;
+
+    /// The products of the spectra with the kernel spectra `k` `(block, c, m, LANES)` of `[c, m]`
+    /// channel pairs, summed: forward `out[o] = sum_i a[i] k[o, i]` (`a` has `m` channels, `out`
+    /// `c`), else `out[i] = sum_o a[o] conj(k[o, i])` (`a` has `c`, `out` `m`); channels `stride`
+    /// apart.
+    fn spectrum_products(k: &[Complex<Self>], a: &[Complex<Self>], out: &mut [Complex<Self>], channels: [usize; 2], stride: usize, backward: bool);
 }
 
-macro_rules! impl_fft_kernels {
-    ($t:ty) => {
-        impl FftKernels for $t {
-            fn fft_forward(c: &FftCorrelation<$t>, input: &[$t], shape: [usize; 3], padding: Padding) -> Vec<$t> {
-                c.forward(input, shape, padding)
-            }
-            fn fft_backward(c: &FftCorrelation<$t>, grad: &[$t], shape: [usize; 3], padding: Padding) -> Vec<$t> {
-                c.backward(grad, shape, padding)
-            }
-        }
-    };
+impl FftKernels for f64 {
+    fn fft_forward(c: &FftCorrelation<f64>, input: &[f64], shape: [usize; 3], padding: Padding) -> Vec<f64> {
+        c.forward(input, shape, padding)
+    }
+    fn fft_backward(c: &FftCorrelation<f64>, grad: &[f64], shape: [usize; 3], padding: Padding) -> Vec<f64> {
+        c.backward(grad, shape, padding)
+    }
+    fn spectrum_products(k: &[Complex<f64>], a: &[Complex<f64>], out: &mut [Complex<f64>], channels: [usize; 2], stride: usize, backward: bool) {
+        products_portable(k, a, out, channels, stride, backward);
+    }
 }
-impl_fft_kernels!(f32);
-impl_fft_kernels!(f64);
 
-/// `acc += a * b` (or `a * conj(b)`) elementwise.
-#[inline]
-fn multiply_add<F: FftNum>(acc: &mut [Complex<F>], a: &[Complex<F>], b: &[Complex<F>], conj: bool) {
-    if conj {
-        for ((y, &x), &k) in acc.iter_mut().zip(a).zip(b) {
-            *y = *y + x * k.conj();
+impl FftKernels for f32 {
+    fn fft_forward(c: &FftCorrelation<f32>, input: &[f32], shape: [usize; 3], padding: Padding) -> Vec<f32> {
+        c.forward(input, shape, padding)
+    }
+    fn fft_backward(c: &FftCorrelation<f32>, grad: &[f32], shape: [usize; 3], padding: Padding) -> Vec<f32> {
+        c.backward(grad, shape, padding)
+    }
+    fn spectrum_products(k: &[Complex<f32>], a: &[Complex<f32>], out: &mut [Complex<f32>], channels: [usize; 2], stride: usize, backward: bool) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::model::simd::avx2_fma() {
+            // SAFETY: AVX2 and FMA are present; the slices hold whole blocks (checked inside).
+            unsafe { x86::spectrum_products(k, a, out, channels, stride, backward) };
+            return;
         }
-    } else {
-        for ((y, &x), &k) in acc.iter_mut().zip(a).zip(b) {
-            *y = *y + x * k;
+        products_portable(k, a, out, channels, stride, backward);
+    }
+}
+
+fn products_portable<F: FftNum>(k: &[Complex<F>], a: &[Complex<F>], out: &mut [Complex<F>], [c, m]: [usize; 2], stride: usize, backward: bool) {
+    let zero = Complex::new(F::zero(), F::zero());
+    for block in 0..stride / LANES {
+        let kb = &k[block * c * m * LANES..(block + 1) * c * m * LANES];
+        let at = |ch: usize| block * LANES + ch * stride;
+        if backward {
+            for i in 0..m {
+                let mut acc = [zero; LANES];
+                for o in 0..c {
+                    for l in 0..LANES {
+                        acc[l] = acc[l] + a[at(o) + l] * kb[(o * m + i) * LANES + l].conj();
+                    }
+                }
+                out[at(i)..at(i) + LANES].copy_from_slice(&acc);
+            }
+        } else {
+            for o in 0..c {
+                let mut acc = [zero; LANES];
+                for i in 0..m {
+                    for l in 0..LANES {
+                        acc[l] = acc[l] + a[at(i) + l] * kb[(o * m + i) * LANES + l];
+                    }
+                }
+                out[at(o)..at(o) + LANES].copy_from_slice(&acc);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use rustfft::num_complex::Complex;
+
+    use super::LANES;
+
+    /// `products_portable` with one AVX vector per block (4 complex float32, interleaved): per
+    /// product two FMAs on the real and imaginary parts of `k` duplicated, combined at the end of
+    /// the sum by one add-subtract.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn spectrum_products(k: &[Complex<f32>], a: &[Complex<f32>], out: &mut [Complex<f32>], [c, m]: [usize; 2], stride: usize, backward: bool) {
+        let blocks = stride / LANES;
+        let (n_a, n_out) = if backward { (c, m) } else { (m, c) };
+        assert!(k.len() >= blocks * c * m * LANES && a.len() >= n_a * stride && out.len() >= n_out * stride);
+        let (kp, ap, op) = (k.as_ptr() as *const f32, a.as_ptr() as *const f32, out.as_mut_ptr() as *mut f32);
+        let mut values = vec![_mm256_setzero_ps(); n_a];
+        let mut swapped = vec![_mm256_setzero_ps(); n_a];
+        let sign = _mm256_set1_ps(-0.0);
+        for block in 0..blocks {
+            for ch in 0..n_a {
+                let v = _mm256_loadu_ps(ap.add(2 * (ch * stride + block * LANES)));
+                values[ch] = v;
+                swapped[ch] = _mm256_permute_ps(v, 0b1011_0001);
+            }
+            let kb = kp.add(2 * block * c * m * LANES);
+            for q in 0..n_out {
+                let (mut re, mut im) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                for p in 0..n_a {
+                    // Forward: out o = q, a channel i = p; backward: out i = q, a channel o = p.
+                    let pair = if backward { p * m + q } else { q * m + p };
+                    let kv = _mm256_loadu_ps(kb.add(2 * pair * LANES));
+                    re = _mm256_fmadd_ps(values[p], _mm256_moveldup_ps(kv), re);
+                    im = _mm256_fmadd_ps(swapped[p], _mm256_movehdup_ps(kv), im);
+                }
+                let im = if backward { _mm256_xor_ps(im, sign) } else { im };
+                _mm256_storeu_ps(op.add(2 * (q * stride + block * LANES)), _mm256_addsub_ps(re, im));
+            }
         }
     }
 }

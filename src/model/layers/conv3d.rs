@@ -135,12 +135,10 @@ impl<F: Float> Conv3d<F> {
         self
     }
 
-    /// Whether an input of `shape` runs by FFT.
-    fn by_fft(&self, [_, t, h, w]: Shape) -> bool {
-        let padded = [t, h, w];
-        let padded = [0, 1, 2].map(|d| padded[d] + self.padding[d].0 + self.padding[d].1);
+    /// Whether an input of `shape` runs by FFT, forward or (`backward`) its input gradient.
+    fn by_fft(&self, [_, t, h, w]: Shape, backward: bool) -> bool {
         match self.route {
-            ConvRoute::Auto => fft_pays(self.in_channels, self.out_channels, self.kernel, padded),
+            ConvRoute::Auto => fft_pays(self.in_channels, self.out_channels, self.kernel, [t, h, w], self.padding, backward),
             ConvRoute::Direct => false,
             ConvRoute::Fft => true,
         }
@@ -158,7 +156,7 @@ impl<F: Float> Conv3d<F> {
     }
 
     pub fn forward_values(&self, x: &[F], shape: Shape) -> Vec<F> {
-        if self.by_fft(shape) {
+        if self.by_fft(shape, false) {
             let mut out = F::fft_forward(&self.fft, x, [shape[1], shape[2], shape[3]], self.padding);
             self.add_bias(&mut out);
             return out;
@@ -193,7 +191,7 @@ impl<F: Float> Conv3d<F> {
     }
 
     pub fn backward_values(&self, grad: &[F], shape: Shape) -> Vec<F> {
-        if self.by_fft(shape) {
+        if self.by_fft(shape, true) {
             return F::fft_backward(&self.fft, grad, [shape[1], shape[2], shape[3]], self.padding);
         }
         // The input gradient is the correlation of the output gradient, padded by `kernel - 1 -
