@@ -93,6 +93,8 @@ fn large_dense_kernels_take_the_fft_route_and_small_ones_do_not() {
     // and the stimulus gradient of an inner channel's 24x9x9 receptive field.
     assert!(both(2, 8, [15, 9, 9], [30, 16, 14], none));
     assert!(fft_pays(2, 8, [15, 9, 9], [24, 9, 9], none, true));
+    // A long stimulus (kernel spectra beyond 16 MiB per grid) stays direct.
+    assert!(!fft_pays(2, 16, [21, 11, 11], [1024, 18, 16], none, false));
     // A 1x1x1 projection and small kernels stay direct.
     assert!(!both(32, 32, [1, 1, 1], [20, 4, 2], none));
     assert!(!both(16, 16, [1, 5, 5], [20, 8, 6], [(0, 0), (2, 2), (2, 2)]));

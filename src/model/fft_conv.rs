@@ -26,7 +26,7 @@ use crate::model::config::Padding;
 
 /// Kernel spectra for this many grid sizes are kept per layer (MEIs of one model use a few sizes:
 /// the whole stimulus, the frames an output neuron depends on, an inner channel's receptive field).
-const CACHED_GRIDS: usize = 6;
+const CACHED_GRIDS: usize = 4;
 
 /// Whether the FFT route is expected to be faster than the direct correlation (`simd_conv.rs`) for
 /// `m` input and `c` output channels, `kernel`, an input `padded` by `padding`, in the forward pass or
@@ -40,10 +40,32 @@ pub fn fft_pays(m: usize, c: usize, kernel: [usize; 3], input: [usize; 3], paddi
     // with `m` output channels, and visits only taps that reach its real values.
     let direct = if backward { direct_cost(c, m, kernel, input, out) } else { direct_cost(m, c, kernel, out, padded) };
     let n = grid_size(padded);
+    if (m * c) as f64 * bins(n) as f64 > MAX_KERNEL_SPECTRA as f64 {
+        return false;
+    }
     let points: f64 = n.iter().map(|&v| v as f64).product();
-    let bins = points / n[2] as f64 * (n[2] / 2 + 1) as f64;
+    let bins = bins(n) as f64;
     let fft = FFT_NS_PER_POINT_LOG * (m + c) as f64 * points * points.log2() + PRODUCT_NS * (m * c) as f64 * bins;
     fft < direct
+}
+
+/// At most this many complex values of kernel spectra per grid (16 MiB in float32): a long stimulus
+/// (hundreds of frames) takes the direct route rather than caching spectra of its length.
+const MAX_KERNEL_SPECTRA: usize = 1 << 21;
+
+/// Complex bins of one channel's spectrum on grid `n`.
+fn bins(n: [usize; 3]) -> usize {
+    n[0] * n[1] * (n[2] / 2 + 1)
+}
+
+/// Values (real numbers) the FFT route allocates for `m` input and `c` output channels on an input
+/// padded to `padded`: both sides' spectra, one channel's planes, and the kernel spectra it caches
+/// (up to `CACHED_GRIDS` grids of at most `MAX_KERNEL_SPECTRA`, counted once at this size).
+pub fn work_values(m: usize, c: usize, padded: [usize; 3]) -> Option<u64> {
+    let bins = bins(grid_size(padded)).div_ceil(LANES) as u64 * LANES as u64;
+    let spectra = (m as u64 + c as u64 + 1).checked_mul(bins)?;
+    let kernels = (m as u64).checked_mul(c as u64)?.checked_mul(bins)?;
+    spectra.checked_add(kernels)?.checked_mul(2)
 }
 
 /// Nanoseconds per point and log2(points) of one real 3D transform, and per complex product.

@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::model::config::Padding;
 use crate::model::layer::{BackwardValues, KernelView, Layer, LayerState, Reach, Shape};
 use crate::model::linalg::{gemm, Layout};
-use crate::model::fft_conv::{fft_pays, FftCorrelation};
+use crate::model::fft_conv::{self, fft_pays, FftCorrelation};
 use crate::model::load::StateDict;
 use crate::model::simd_conv::Correlation;
 use crate::model::Float;
@@ -445,21 +445,26 @@ impl<F: Float> Layer<F> for Conv3d<F> {
     /// input gradient of the padded input in both orders. Otherwise the kernels above: forward, the
     /// spatial step of every padded frame and (dt, out) pair, one padded channel, one frame's columns
     /// and the output in (t, p, out) order; backward, the same spatial-step shape, one padded channel
-    /// and one frame's columns.
+    /// and one frame's columns. A direction that runs by FFT counts its spectra where larger.
     fn work_values(&self, shape: Shape) -> Option<crate::model::layer::WorkValues> {
         use crate::model::layer::{count, total, WorkValues};
         let out = self.output_shape(shape).ok()?;
         let g = self.geometry(shape);
         let (hp, wp) = g.padded_hw();
+        // Either direction may take the FFT route (its spectra) or the direct one.
+        let fft = fft_conv::work_values(self.in_channels, self.out_channels, [g.tp, hp, wp])?;
+        let (fft_forward, fft_backward) = (if self.by_fft(shape, false) { fft } else { 0 }, if self.by_fft(shape, true) { fft } else { 0 });
         if std::mem::size_of::<F>() == 4 && crate::model::simd::avx2_fma() {
             let padded_input = count(&[self.in_channels, g.tp, hp, wp])?;
             let [kt, k, _] = self.kernel;
             let padded_grad = count(&[self.out_channels, out[1] + 2 * (kt - 1), out[2] + 2 * (k - 1), out[3] + 2 * (k - 1)])?;
-            return Some(WorkValues { state: 0, forward: total(&[padded_input, count(&out)?])?, backward: total(&[padded_grad, padded_input, padded_input])? });
+            let (forward, backward) = (total(&[padded_input, count(&out)?])?, total(&[padded_grad, padded_input, padded_input])?);
+            return Some(WorkValues { state: 0, forward: forward.max(fft_forward), backward: backward.max(fft_backward) });
         }
         let (steps, padded, columns) = (count(&[g.tp, g.p, g.kt, self.out_channels])?, count(&[g.tp, hp, wp])?, count(&[g.p, g.kk])?);
         let reordered = count(&[g.to, g.p, self.out_channels])?;
-        Some(WorkValues { state: 0, forward: total(&[steps, padded, columns, reordered])?, backward: total(&[steps, padded, columns])? })
+        let (forward, backward) = (total(&[steps, padded, columns, reordered])?, total(&[steps, padded, columns])?);
+        Some(WorkValues { state: 0, forward: forward.max(fft_forward), backward: backward.max(fft_backward) })
     }
 
     fn kernel_channels(&self) -> Option<(usize, usize)> {
