@@ -1,17 +1,24 @@
-//! The hand-vectorised float32 kernels against the portable float32 code. One test in its own binary:
-//! it switches the kernels off for the whole process while it runs.
+//! The hand-vectorised float32 kernels against the portable float32 code. Tests in their own binary:
+//! they switch the kernels off for the whole process while they run (one at a time, under `SWITCH`).
 
 mod common;
+
+use std::sync::Mutex;
 
 use retina::mei::{self, Objective};
 use retina::model::layer::{BackwardValues, Layer};
 use retina::model::layers::conv_gru::{ConvGruCell, GruSize};
+use retina::model::layers::st_separable::SeparableConv3d;
 use retina::model::{simd, Model};
 use retina::rng::Rng;
 use serde_json::json;
 
+/// Held by each test while it switches kernels: the switches are process-wide.
+static SWITCH: Mutex<()> = Mutex::new(());
+
 #[test]
 fn vectorised_kernels_match_portable_code() {
+    let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     // 8, 16 and 24 output channels: the single-block, pair and pair-plus-single paths. Same float32
     // sums in another order (and with FMA): 1e-5 relative to the largest value is ~100 float32 ulps,
     // far below any indexing mistake.
@@ -80,5 +87,65 @@ fn vectorised_kernels_match_portable_code() {
         assert!(d <= 1e-5, "GRU {rec} channels: outputs differ by {d:e}");
         let d = common::rel_max_diff(&common::to_f64(&fast_grad), &common::to_f64(&grad));
         assert!(d <= 1e-5, "GRU {rec} channels: input gradients differ by {d:e}");
+    }
+}
+
+/// The separable convolution's temporal-first kernels (`simd_separable.rs`), AVX-512 and AVX2 variants,
+/// against the portable spatial-first code, forward and input gradient: output channels 16, 24 and 40
+/// (groups of 16 padded with zero weights), 1 and 3 input channels, output rows 1 to 30 pixels wide
+/// (every block width of the correlation, 12 / 6 and their rests), with and without spatial and
+/// temporal padding. Each case first checks that the layer would pick this path. Same bar as above:
+/// 1e-5 of the largest value, ~100 float32 ulps, far below any indexing mistake.
+#[test]
+fn temporal_first_separable_kernels_match_portable_code() {
+    let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    // (in, out, kt, k, padding (t, h, w), input (t, h, w))
+    type Case = (usize, usize, usize, usize, [(usize, usize); 3], [usize; 3]);
+    let cases: [Case; 7] = [
+        (1, 16, 15, 3, [(0, 0), (1, 1), (1, 1)], [20, 9, 30]),
+        (3, 24, 15, 5, [(0, 0), (2, 2), (2, 2)], [21, 7, 17]),
+        (2, 40, 12, 3, [(2, 1), (0, 0), (1, 0)], [14, 6, 8]),
+        (1, 16, 15, 3, [(0, 0), (1, 1), (1, 1)], [19, 4, 3]),
+        (2, 16, 12, 3, [(0, 0), (1, 1), (1, 1)], [15, 3, 1]),
+        (1, 32, 15, 5, [(0, 0), (2, 2), (2, 2)], [18, 5, 25]),
+        (3, 24, 15, 3, [(1, 1), (1, 1), (1, 1)], [17, 8, 16]),
+    ];
+    let mut rng = Rng::new(31);
+    for (case, &(i_n, o_n, kt, k, padding, input)) in cases.iter().enumerate() {
+        let mut normal = |n: usize, scale: f64| -> Vec<f32> { (0..n).map(|_| (rng.normal() * scale) as f32).collect() };
+        let nk = kt / 3;
+        let conv = SeparableConv3d::new(
+            i_n,
+            o_n,
+            kt,
+            k,
+            padding,
+            normal(o_n * i_n * nk, 0.5),
+            normal(o_n * i_n * nk, 0.5),
+            normal(o_n * i_n * k * k, 0.3),
+            0.1,
+        );
+        assert!(conv.temporal_first_cheaper(input), "case {case}: the layer would not run the temporal-first kernels");
+        let kernels = conv.kernels(0.1);
+        let out_size = conv.output_size(input).unwrap();
+        let x = normal(i_n * input.iter().product::<usize>(), 1.0);
+        let grad = normal(o_n * out_size.iter().product::<usize>(), 1.0);
+        let run = |fast: bool, avx512: bool| {
+            simd::set_fast_kernels(fast);
+            simd::set_avx512_kernels(avx512);
+            let r = (conv.convolve(&kernels, &x, input), conv.convolve_backward(&kernels, &grad, input));
+            simd::set_fast_kernels(true);
+            simd::set_avx512_kernels(true);
+            r
+        };
+        let (out, grad_x) = run(false, false);
+        assert_eq!(out.len(), o_n * out_size.iter().product::<usize>());
+        for (variant, avx512) in [("AVX-512", true), ("AVX2", false)] {
+            let (fast_out, fast_grad_x) = run(true, avx512);
+            let d = common::rel_max_diff(&common::to_f64(&fast_out), &common::to_f64(&out));
+            assert!(d <= 1e-5, "case {case} {variant}: outputs differ by {d:e}");
+            let d = common::rel_max_diff(&common::to_f64(&fast_grad_x), &common::to_f64(&grad_x));
+            assert!(d <= 1e-5, "case {case} {variant}: input gradients differ by {d:e}");
+        }
     }
 }

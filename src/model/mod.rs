@@ -16,6 +16,7 @@ pub mod simd_conv;
 pub mod simd_frame;
 pub mod simd_spatial;
 pub mod simd_temporal;
+pub mod simd_separable;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -222,6 +223,7 @@ pub trait Float:
     + simd_spatial::SpatialGradient
     + simd_temporal::TemporalCorrelation
     + fft_conv::FftKernels
+    + simd_separable::SeparableKernels
     + 'static
 {
     /// The largest finite value, as f64.

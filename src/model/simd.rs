@@ -15,6 +15,26 @@ pub fn set_fast_kernels(enabled: bool) {
     FAST_KERNELS.store(enabled, Ordering::Relaxed);
 }
 
+static AVX512_KERNELS: AtomicBool = AtomicBool::new(true);
+
+/// Allow or forbid the AVX-512 variants of the kernels that have one (they then run their AVX2
+/// variant): for tests of both on a CPU with AVX-512.
+pub fn set_avx512_kernels(enabled: bool) {
+    AVX512_KERNELS.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether the AVX-512 kernels may run: fast kernels and AVX-512 switched on, and the CPU has it.
+pub(crate) fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        AVX512_KERNELS.load(Ordering::Relaxed) && avx2_fma() && std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the AVX2/FMA kernels may run: switched on, and the CPU has both.
 pub(crate) fn avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]

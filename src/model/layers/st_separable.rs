@@ -15,6 +15,7 @@ use crate::model::layer::{count, total, WorkValues, BackwardValues, KernelView, 
 use crate::model::linalg::{gemm, Layout};
 use crate::model::load::StateDict;
 use crate::model::simd::SpatialShape;
+use crate::model::simd_separable::{TemporalFirst, GROUP};
 use crate::model::Float;
 
 /// openretina's `subsampling_factor`: the temporal kernel of length `t` has `t / 3` sines and cosines.
@@ -48,6 +49,11 @@ pub struct ConvKernels<F> {
     spatial: Vec<F>,
     /// `[in][dt][out]`.
     temporal: Vec<F>,
+    /// For the temporal-first kernels (`simd_separable.rs`), output channels padded to groups of 16:
+    /// `[in][dt][out]`, `[in][group][dy * k + dx][16]` and the same with the taps flipped.
+    grouped_temporal: Vec<F>,
+    grouped_spatial: Vec<F>,
+    grouped_spatial_flipped: Vec<F>,
 }
 
 impl<F: Float> SeparableConv3d<F> {
@@ -61,23 +67,64 @@ impl<F: Float> SeparableConv3d<F> {
         for session in sessions {
             log_speeds.insert(session.clone(), sd.take_scalar(&format!("{prefix}.log_speed_{session}"))?);
         }
+        let conv = SeparableConv3d::new(
+            c,
+            o,
+            lc.temporal_kernel,
+            k,
+            lc.padding,
+            sd.take(&format!("{prefix}.sin_weights"), &[o, c, nk])?,
+            sd.take(&format!("{prefix}.cos_weights"), &[o, c, nk])?,
+            sd.take(&format!("{prefix}.weight_spatial"), &[o, c, 1, k, k])?,
+            sd.take_scalar(&format!("{prefix}._log_speed_default"))?,
+        );
+        Ok(conv.with_session_speeds(log_speeds))
+    }
+
+    /// A convolution from its weights: `sin_weights`, `cos_weights` `(out, in, temporal_kernel / 3)`,
+    /// `spatial_weights` `(out, in, k, k)`, as openretina stores them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        temporal_kernel: usize,
+        spatial_kernel: usize,
+        padding: Padding,
+        sin_weights: Vec<F>,
+        cos_weights: Vec<F>,
+        spatial_weights: Vec<F>,
+        log_speed_default: F,
+    ) -> Self {
+        let empty = ConvKernels {
+            spatial: Vec::new(),
+            temporal: Vec::new(),
+            grouped_temporal: Vec::new(),
+            grouped_spatial: Vec::new(),
+            grouped_spatial_flipped: Vec::new(),
+        };
         let mut conv = SeparableConv3d {
-            in_channels: c,
-            out_channels: o,
-            temporal_kernel: lc.temporal_kernel,
-            spatial_kernel: k,
-            padding: lc.padding,
-            sin_weights: sd.take(&format!("{prefix}.sin_weights"), &[o, c, nk])?,
-            cos_weights: sd.take(&format!("{prefix}.cos_weights"), &[o, c, nk])?,
-            spatial_weights: sd.take(&format!("{prefix}.weight_spatial"), &[o, c, 1, k, k])?,
-            log_speed_default: sd.take_scalar(&format!("{prefix}._log_speed_default"))?,
-            log_speeds,
-            default_kernels: ConvKernels { spatial: Vec::new(), temporal: Vec::new() },
+            in_channels,
+            out_channels,
+            temporal_kernel,
+            spatial_kernel,
+            padding,
+            sin_weights,
+            cos_weights,
+            spatial_weights,
+            log_speed_default,
+            log_speeds: BTreeMap::new(),
+            default_kernels: empty,
             session_kernels: BTreeMap::new(),
         };
-        conv.default_kernels = conv.kernels(conv.log_speed_default);
-        conv.session_kernels = conv.log_speeds.iter().map(|(s, &v)| (s.clone(), conv.kernels(v))).collect();
-        Ok(conv)
+        conv.default_kernels = conv.kernels(log_speed_default);
+        conv
+    }
+
+    /// With per-session log speeds (legacy ensemble members).
+    fn with_session_speeds(mut self, log_speeds: BTreeMap<String, F>) -> Self {
+        self.session_kernels = log_speeds.iter().map(|(s, &v)| (s.clone(), self.kernels(v))).collect();
+        self.log_speeds = log_speeds;
+        self
     }
 
     fn kernels_for(&self, session: Option<&str>) -> &ConvKernels<F> {
@@ -114,19 +161,30 @@ impl<F: Float> SeparableConv3d<F> {
         let (o_n, i_n, kt) = (self.out_channels, self.in_channels, self.temporal_kernel);
         let kk = self.spatial_kernel * self.spatial_kernel;
         let temporal_oit = self.temporal_kernels(log_speed);
+        let groups = o_n.div_ceil(GROUP);
+        let o16 = groups * GROUP;
         let mut spatial = vec![F::zero(); i_n * kk * o_n];
         let mut temporal = vec![F::zero(); i_n * kt * o_n];
+        let mut grouped_temporal = vec![F::zero(); i_n * kt * o16];
+        let mut grouped_spatial = vec![F::zero(); i_n * kk * o16];
+        let mut grouped_spatial_flipped = vec![F::zero(); i_n * kk * o16];
         for o in 0..o_n {
+            let (g, c) = (o / GROUP, o % GROUP);
             for i in 0..i_n {
                 for j in 0..kk {
-                    spatial[(i * kk + j) * o_n + o] = self.spatial_weights[(o * i_n + i) * kk + j];
+                    let v = self.spatial_weights[(o * i_n + i) * kk + j];
+                    spatial[(i * kk + j) * o_n + o] = v;
+                    grouped_spatial[((i * groups + g) * kk + j) * GROUP + c] = v;
+                    grouped_spatial_flipped[((i * groups + g) * kk + kk - 1 - j) * GROUP + c] = v;
                 }
                 for t in 0..kt {
-                    temporal[(i * kt + t) * o_n + o] = temporal_oit[(o * i_n + i) * kt + t];
+                    let v = temporal_oit[(o * i_n + i) * kt + t];
+                    temporal[(i * kt + t) * o_n + o] = v;
+                    grouped_temporal[(i * kt + t) * o16 + o] = v;
                 }
             }
         }
-        ConvKernels { spatial, temporal }
+        ConvKernels { spatial, temporal, grouped_temporal, grouped_spatial, grouped_spatial_flipped }
     }
 
     /// Output `(time, height, width)` for an input of `(time, height, width)`, if the kernel fits.
@@ -140,8 +198,40 @@ impl<F: Float> SeparableConv3d<F> {
         Some(out)
     }
 
+    /// The temporal-first kernels' view of this convolution (`simd_separable.rs`).
+    fn temporal_first<'a>(&self, kernels: &'a ConvKernels<F>) -> TemporalFirst<'a, F> {
+        TemporalFirst {
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            kt: self.temporal_kernel,
+            k: self.spatial_kernel,
+            padding: self.padding,
+            temporal: &kernels.grouped_temporal,
+            spatial: &kernels.grouped_spatial,
+            spatial_flipped: &kernels.grouped_spatial_flipped,
+        }
+    }
+
+    /// Whether the temporal step first takes fewer products for an input `(t, h, w)`: the spatial
+    /// step then runs on the output frames only, but the temporal one on every input pixel, and the
+    /// output channels are padded to groups of 16.
+    pub fn temporal_first_cheaper(&self, input: [usize; 3]) -> bool {
+        let g = self.geometry(input);
+        // In f64: no overflow on any shape.
+        let f = |v: usize| v as f64;
+        let pin = f(input[1]) * f(input[2]);
+        let (tp, to, p, kk, kt) = (f(g.tp), f(g.to), f(g.p), f(g.kk), f(g.kt));
+        let o16 = f(self.out_channels.div_ceil(GROUP) * GROUP);
+        o16 * (to * p * kk + to * pin * kt) < f(self.out_channels) * (tp * p * kk + to * p * kt)
+    }
+
     /// Convolve one stimulus `x` of shape `(in, t, h, w)`; returns `(out, t', h', w')`.
     pub fn convolve(&self, kernels: &ConvKernels<F>, x: &[F], input: [usize; 3]) -> Vec<F> {
+        if self.temporal_first_cheaper(input) {
+            if let Some(out) = F::temporal_first_forward(&self.temporal_first(kernels), x, input) {
+                return out;
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
@@ -152,6 +242,11 @@ impl<F: Float> SeparableConv3d<F> {
 
     /// Gradient with respect to the input, given the gradient `grad_out` of the output `(out, t', h', w')`.
     pub fn convolve_backward(&self, kernels: &ConvKernels<F>, grad_out: &[F], input: [usize; 3]) -> Vec<F> {
+        if self.temporal_first_cheaper(input) {
+            if let Some(grad) = F::temporal_first_backward(&self.temporal_first(kernels), grad_out, input) {
+                return grad;
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
@@ -332,10 +427,13 @@ impl<F: Float> Layer<F> for SeparableConv3d<F> {
         let (padded, columns) = (count(&[g.tp, hp, wp])?, count(&[g.tp, g.p, g.kk])?);
         let step = count(&[g.tp, g.p, self.out_channels])?;
         let reordered = count(&[g.to, g.p, self.out_channels])?;
+        // The temporal-first kernels' buffers (`simd_separable.rs`), when they run.
+        let (tf_forward, tf_backward) =
+            if self.temporal_first_cheaper([t, h, w]) { self.temporal_first(&self.default_kernels).work_values([t, h, w])? } else { (0, 0) };
         Some(WorkValues {
             state: 0,
-            forward: total(&[padded, columns, step.checked_mul(self.in_channels as u64)?, reordered])?,
-            backward: total(&[reordered, step, columns, padded])?,
+            forward: total(&[padded, columns, step.checked_mul(self.in_channels as u64)?, reordered])?.max(tf_forward),
+            backward: total(&[reordered, step, columns, padded])?.max(tf_backward),
         })
     }
 

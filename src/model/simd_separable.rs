@@ -1,0 +1,455 @@
+//! The separable convolution of `st_separable.rs` with its temporal kernel applied first, hand-vectorised
+//! for float32 (AVX-512, or AVX2/FMA).
+//!
+//! Each (out, in) pair's kernel is `temporal x spatial`, so the two stages can run in either order.
+//! Spatial first (the portable code) applies every spatial kernel to all `tp` padded input frames;
+//! temporal first applies them to the `to` output frames only (`to = tp - kt + 1`, e.g. 10 of 20 for
+//! Karamanlis' last layer), at the price of a temporal step on input pixels and a spatial step that no
+//! longer shares an input pixel across output channels: a per-(in, out) "depthwise" correlation, one
+//! vector of 16 output channels per pixel. The layer picks the order with fewer products.
+//!
+//! Work is done one output frame and one group of 16 output channels at a time, so the values a
+//! step reads (one input channel's temporal result, one output frame) stay in cache; nothing of the
+//! size `(in, frames, pixels, out)` is kept. The input gradient runs the transposed steps in the
+//! opposite order: the spatial adjoint (a correlation of the zero-padded output gradient with the
+//! flipped kernels, the same kernel as the forward step), then the temporal adjoint, summing over
+//! output channels. Output channels are padded to a multiple of 16 with zero weights.
+
+use crate::model::config::Padding;
+
+/// Output channels per vector group.
+pub const GROUP: usize = 16;
+
+/// One separable convolution's weights laid out for these kernels, and its sizes.
+pub struct TemporalFirst<'a, F> {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kt: usize,
+    pub k: usize,
+    pub padding: Padding,
+    /// `[in][dt][out rounded up to 16]`.
+    pub temporal: &'a [F],
+    /// `[in][group][dy * k + dx][16]`.
+    pub spatial: &'a [F],
+    /// The same with the taps flipped: `[in][group][(k - 1 - dy) * k + (k - 1 - dx)][16]`.
+    pub spatial_flipped: &'a [F],
+}
+
+impl<F> TemporalFirst<'_, F> {
+    pub fn groups(&self) -> usize {
+        self.out_channels.div_ceil(GROUP)
+    }
+
+    /// Output `(to, ho, wo)` for an input `(t, h, w)` (the kernel must fit).
+    fn output(&self, [t, h, w]: [usize; 3]) -> [usize; 3] {
+        let [(t0, t1), (h0, h1), (w0, w1)] = self.padding;
+        [t + t0 + t1 + 1 - self.kt, h + h0 + h1 + 1 - self.k, w + w0 + w1 + 1 - self.k]
+    }
+
+    fn weights_fit(&self) -> bool {
+        let g = self.groups() * GROUP;
+        self.temporal.len() == self.in_channels * self.kt * g
+            && self.spatial.len() == self.in_channels * g * self.k * self.k
+            && self.spatial_flipped.len() == self.spatial.len()
+    }
+
+    /// Values these kernels allocate beyond input and output, `(forward, backward)`; None if that
+    /// overflows.
+    pub fn work_values(&self, input: [usize; 3]) -> Option<(u64, u64)> {
+        let [to, ho, wo] = self.output(input);
+        let [_, h, w] = input;
+        let g = self.groups() * GROUP;
+        let (hp, wp) = (h + self.padding[1].0 + self.padding[1].1, w + self.padding[2].0 + self.padding[2].1);
+        let count = |dims: &[usize]| dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        // Forward: one output frame of every group, one padded temporal-step frame.
+        let forward = count(&[g, ho, wo])?.checked_add(count(&[hp, wp, GROUP])?)?;
+        // Backward: the padded output gradient, one input channel's spatial adjoint.
+        let padded = count(&[g, to, ho + 2 * (self.k - 1), wo + 2 * (self.k - 1)])?;
+        let backward = padded.checked_add(count(&[g, to, h, w])?)?;
+        Some((forward, backward))
+    }
+}
+
+pub trait SeparableKernels: Sized {
+    /// The convolution `(out, to, ho, wo)` of `x` `(in, t, h, w)`, if a fast kernel exists for this
+    /// type and CPU (else `None`, and the caller runs the portable code).
+    fn temporal_first_forward(_conv: &TemporalFirst<'_, Self>, _x: &[Self], _input: [usize; 3]) -> Option<Vec<Self>> {
+        None
+    }
+
+    /// The gradient `(in, t, h, w)` with respect to the input, given the output's `grad` `(out, to,
+    /// ho, wo)`, if a fast kernel exists.
+    fn temporal_first_backward(_conv: &TemporalFirst<'_, Self>, _grad: &[Self], _input: [usize; 3]) -> Option<Vec<Self>> {
+        None
+    }
+}
+
+impl SeparableKernels for f64 {}
+
+impl SeparableKernels for f32 {
+    fn temporal_first_forward(conv: &TemporalFirst<'_, f32>, x: &[f32], input: [usize; 3]) -> Option<Vec<f32>> {
+        #[cfg(target_arch = "x86_64")]
+        if conv.weights_fit() && x.len() == conv.in_channels * input.iter().product::<usize>() {
+            if super::simd::avx512() {
+                // SAFETY: AVX-512F is present (checked above); the sizes are checked above and every
+                // buffer is allocated inside from them.
+                return Some(unsafe { x86::forward_avx512(conv, x, input) });
+            }
+            if super::simd::avx2_fma() {
+                // SAFETY: as above, with AVX2 and FMA.
+                return Some(unsafe { x86::forward_avx2(conv, x, input) });
+            }
+        }
+        let _ = (conv, x, input);
+        None
+    }
+
+    fn temporal_first_backward(conv: &TemporalFirst<'_, f32>, grad: &[f32], input: [usize; 3]) -> Option<Vec<f32>> {
+        #[cfg(target_arch = "x86_64")]
+        if conv.weights_fit() && grad.len() == conv.out_channels * conv.output(input).iter().product::<usize>() {
+            if super::simd::avx512() {
+                // SAFETY: AVX-512F is present (checked above); sizes as in the forward pass.
+                return Some(unsafe { x86::backward_avx512(conv, grad, input) });
+            }
+            if super::simd::avx2_fma() {
+                // SAFETY: as above, with AVX2 and FMA.
+                return Some(unsafe { x86::backward_avx2(conv, grad, input) });
+            }
+        }
+        let _ = (conv, grad, input);
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{TemporalFirst, GROUP};
+
+    /// 16 float32 lanes: one AVX-512 register or two AVX2 ones. The kernels below are written once
+    /// over this and compiled for each (everything is `inline(always)` into the entry points, which
+    /// enable the instruction set).
+    trait Lanes: Copy {
+        unsafe fn zero() -> Self;
+        unsafe fn load(p: *const f32) -> Self;
+        unsafe fn store(self, p: *mut f32);
+        unsafe fn splat(p: *const f32) -> Self;
+        /// `a * b + c`.
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+        unsafe fn sum(self) -> f32;
+    }
+
+    #[derive(Clone, Copy)]
+    struct Avx512(__m512);
+
+    impl Lanes for Avx512 {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Avx512(_mm512_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx512(_mm512_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm512_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> Self {
+            Avx512(_mm512_set1_ps(*p))
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            Avx512(_mm512_fmadd_ps(a.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            _mm512_reduce_add_ps(self.0)
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    struct Avx2(__m256, __m256);
+
+    impl Lanes for Avx2 {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Avx2(_mm256_setzero_ps(), _mm256_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx2(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self.0);
+            _mm256_storeu_ps(p.add(8), self.1);
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> Self {
+            let v = _mm256_broadcast_ss(&*p);
+            Avx2(v, v)
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            Avx2(_mm256_fmadd_ps(a.0, b.0, c.0), _mm256_fmadd_ps(a.1, b.1, c.1))
+        }
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            let v = _mm256_add_ps(self.0, self.1);
+            let sum4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let sum2 = _mm_add_ps(sum4, _mm_movehl_ps(sum4, sum4));
+            _mm_cvtss_f32(_mm_add_ss(sum2, _mm_shuffle_ps(sum2, sum2, 1)))
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn forward_avx512(conv: &TemporalFirst<'_, f32>, x: &[f32], input: [usize; 3]) -> Vec<f32> {
+        forward::<Avx512, 12>(conv, x, input)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn forward_avx2(conv: &TemporalFirst<'_, f32>, x: &[f32], input: [usize; 3]) -> Vec<f32> {
+        forward::<Avx2, 6>(conv, x, input)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn backward_avx512(conv: &TemporalFirst<'_, f32>, grad: &[f32], input: [usize; 3]) -> Vec<f32> {
+        backward::<Avx512, 12>(conv, grad, input)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn backward_avx2(conv: &TemporalFirst<'_, f32>, grad: &[f32], input: [usize; 3]) -> Vec<f32> {
+        backward::<Avx2, 6>(conv, grad, input)
+    }
+
+    /// Per output frame and group of 16 output channels: for each input channel, its temporal step
+    /// into a zero-bordered padded frame `u`, then the spatial correlation of `u` added to the frame.
+    #[inline(always)]
+    unsafe fn forward<V: Lanes, const B: usize>(conv: &TemporalFirst<'_, f32>, x: &[f32], input: [usize; 3]) -> Vec<f32> {
+        let [t_in, h, w] = input;
+        let [to, ho, wo] = conv.output(input);
+        let (kt, k) = (conv.kt, conv.k);
+        let [(pad_t, _), (pad_h, pad_h1), (pad_w, pad_w1)] = conv.padding;
+        let (hp, wp) = (h + pad_h + pad_h1, w + pad_w + pad_w1);
+        let (groups, p, pin) = (conv.groups(), ho * wo, h * w);
+        let g16 = groups * GROUP;
+        let o_n = conv.out_channels;
+        let mut frame = vec![0f32; groups * p * GROUP];
+        let mut u = vec![0f32; hp * wp * GROUP];
+        let mut out = vec![0f32; o_n * to * p];
+        for t_out in 0..to {
+            frame.iter_mut().for_each(|v| *v = 0.0);
+            // Input frames `t_out + dt - pad_t` that exist.
+            let dts = pad_t.saturating_sub(t_out)..kt.min((t_in + pad_t).saturating_sub(t_out));
+            for g in 0..groups {
+                let acc = frame.as_mut_ptr().add(g * p * GROUP);
+                for i in 0..conv.in_channels {
+                    let x_i = x.as_ptr().add(i * t_in * pin);
+                    let tw = conv.temporal.as_ptr().add(i * kt * g16 + g * GROUP);
+                    for y in 0..h {
+                        let dst = u.as_mut_ptr().add(((y + pad_h) * wp + pad_w) * GROUP);
+                        temporal_row::<V>(x_i.add(y * w), t_out, pad_t, pin, dts.clone(), tw, g16, dst, w);
+                    }
+                    let sw = conv.spatial.as_ptr().add((i * groups + g) * k * k * GROUP);
+                    correlate::<V, B>(u.as_ptr(), wp, (0, 0), sw, k, acc, ho, wo, true);
+                }
+            }
+            for o in 0..o_n {
+                let (g, c) = (o / GROUP, o % GROUP);
+                let dst = &mut out[(o * to + t_out) * p..][..p];
+                for (q, d) in dst.iter_mut().enumerate() {
+                    *d = frame[(g * p + q) * GROUP + c];
+                }
+            }
+        }
+        out
+    }
+
+    /// `dst[x][c] = sum_{dt in dts} tw[dt * stride + c] * x_i[t_out + dt - pad_t][x]` for the `w`
+    /// pixels of one row (`x_row` is the row in frame 0; frames are `pin` apart).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn temporal_row<V: Lanes>(
+        x_row: *const f32,
+        t_out: usize,
+        pad_t: usize,
+        pin: usize,
+        dts: std::ops::Range<usize>,
+        tw: *const f32,
+        stride: usize,
+        dst: *mut f32,
+        w: usize,
+    ) {
+        let mut x = 0;
+        while x + 4 <= w {
+            let mut acc = [V::zero(); 4];
+            for dt in dts.clone() {
+                let wv = V::load(tw.add(dt * stride));
+                let src = x_row.add((t_out + dt - pad_t) * pin + x);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = V::fma(V::splat(src.add(j)), wv, *a);
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                a.store(dst.add((x + j) * GROUP));
+            }
+            x += 4;
+        }
+        while x < w {
+            let mut a = V::zero();
+            for dt in dts.clone() {
+                let src = x_row.add((t_out + dt - pad_t) * pin + x);
+                a = V::fma(V::splat(src), V::load(tw.add(dt * stride)), a);
+            }
+            a.store(dst.add(x * GROUP));
+            x += 1;
+        }
+    }
+
+    /// The per-channel correlation of a frame of 16-channel pixels `src` (rows of `src_w` pixels) with
+    /// 16-channel kernels `sw` `[dy * k + dx][16]`: `dst[y][x] (+)= sum_{dy,dx} sw[dy, dx] * src[y0 + y +
+    /// dy][x0 + x + dx]` for the `oh x ow` pixels of `dst`, added to `dst` when `accumulate`. Blocks of
+    /// `B` neighbouring pixels along x share each weight load.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn correlate<V: Lanes, const B: usize>(
+        src: *const f32,
+        src_w: usize,
+        (y0, x0): (usize, usize),
+        sw: *const f32,
+        k: usize,
+        dst: *mut f32,
+        oh: usize,
+        ow: usize,
+        accumulate: bool,
+    ) {
+        for y in 0..oh {
+            let row = src.add(((y0 + y) * src_w + x0) * GROUP);
+            let out = dst.add(y * ow * GROUP);
+            let mut x = 0;
+            while x + B <= ow {
+                block::<V, B>(row.add(x * GROUP), src_w, sw, k, out.add(x * GROUP), accumulate);
+                x += B;
+            }
+            // The rest of the row in narrower blocks (sizes fixed at compile time).
+            while x < ow {
+                let (r, o) = (row.add(x * GROUP), out.add(x * GROUP));
+                x += match ow - x {
+                    1 => block::<V, 1>(r, src_w, sw, k, o, accumulate),
+                    2 => block::<V, 2>(r, src_w, sw, k, o, accumulate),
+                    3 => block::<V, 3>(r, src_w, sw, k, o, accumulate),
+                    4 => block::<V, 4>(r, src_w, sw, k, o, accumulate),
+                    5 => block::<V, 5>(r, src_w, sw, k, o, accumulate),
+                    _ => block::<V, 6>(r, src_w, sw, k, o, accumulate),
+                };
+            }
+        }
+    }
+
+    /// `N` neighbouring output pixels of `correlate`, accumulators in registers; returns `N`.
+    #[inline(always)]
+    unsafe fn block<V: Lanes, const N: usize>(row: *const f32, src_w: usize, sw: *const f32, k: usize, out: *mut f32, accumulate: bool) -> usize {
+        let mut acc = [V::zero(); N];
+        if accumulate {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = V::load(out.add(j * GROUP));
+            }
+        }
+        for dy in 0..k {
+            let r = row.add(dy * src_w * GROUP);
+            let wr = sw.add(dy * k * GROUP);
+            for dx in 0..k {
+                let wv = V::load(wr.add(dx * GROUP));
+                let rx = r.add(dx * GROUP);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = V::fma(V::load(rx.add(j * GROUP)), wv, *a);
+                }
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            a.store(out.add(j * GROUP));
+        }
+        N
+    }
+
+    /// The transposed steps in reverse order. The output gradient, channels in groups of 16 and zero
+    /// padded by `k - 1` on each side, is correlated with the flipped spatial kernels of one input
+    /// channel (the spatial adjoint, over input pixels); the temporal adjoint then sums over output
+    /// frames and channels per input pixel.
+    #[inline(always)]
+    unsafe fn backward<V: Lanes, const B: usize>(conv: &TemporalFirst<'_, f32>, grad: &[f32], input: [usize; 3]) -> Vec<f32> {
+        let [t_in, h, w] = input;
+        let [to, ho, wo] = conv.output(input);
+        let (kt, k) = (conv.kt, conv.k);
+        let [(pad_t, _), (pad_h, _), (pad_w, _)] = conv.padding;
+        let (groups, p, pin) = (conv.groups(), ho * wo, h * w);
+        let g16 = groups * GROUP;
+        let (gh, gw) = (ho + 2 * (k - 1), wo + 2 * (k - 1));
+        let gframe = gh * gw * GROUP;
+        let mut gpad = vec![0f32; groups * to * gframe];
+        for o in 0..conv.out_channels {
+            let (g, c) = (o / GROUP, o % GROUP);
+            for t_out in 0..to {
+                let src = &grad[(o * to + t_out) * p..][..p];
+                let base = (g * to + t_out) * gframe;
+                for y in 0..ho {
+                    for x in 0..wo {
+                        gpad[base + ((y + k - 1) * gw + x + k - 1) * GROUP + c] = src[y * wo + x];
+                    }
+                }
+            }
+        }
+        // The spatial adjoint of one input channel, every group and output frame: `[g][t_out][pin][16]`.
+        let mut gu = vec![0f32; groups * to * pin * GROUP];
+        let mut grad_x = vec![0f32; conv.in_channels * t_in * pin];
+        for i in 0..conv.in_channels {
+            for g in 0..groups {
+                let sw = conv.spatial_flipped.as_ptr().add((i * groups + g) * k * k * GROUP);
+                for t_out in 0..to {
+                    let src = gpad.as_ptr().add((g * to + t_out) * gframe);
+                    let dst = gu.as_mut_ptr().add((g * to + t_out) * pin * GROUP);
+                    correlate::<V, B>(src, gw, (pad_h, pad_w), sw, k, dst, h, w, false);
+                }
+            }
+            // Temporal adjoint: grad_x[i][t][q] = sum_{g, dt} temporal[i][dt][g] . gu[g][t + pad_t - dt][q].
+            let tw = conv.temporal.as_ptr().add(i * kt * g16);
+            let gx = grad_x.as_mut_ptr().add(i * t_in * pin);
+            for t in 0..t_in {
+                // Output frames t_out = t + pad_t - dt that exist.
+                let dts = (t + pad_t + 1).saturating_sub(to)..kt.min(t + pad_t + 1);
+                let mut q = 0;
+                while q + 4 <= pin {
+                    let mut acc = [V::zero(); 4];
+                    for g in 0..groups {
+                        for dt in dts.clone() {
+                            let wv = V::load(tw.add(dt * g16 + g * GROUP));
+                            let src = gu.as_ptr().add(((g * to + t + pad_t - dt) * pin + q) * GROUP);
+                            for (j, a) in acc.iter_mut().enumerate() {
+                                *a = V::fma(V::load(src.add(j * GROUP)), wv, *a);
+                            }
+                        }
+                    }
+                    for (j, a) in acc.iter().enumerate() {
+                        *gx.add(t * pin + q + j) = a.sum();
+                    }
+                    q += 4;
+                }
+                while q < pin {
+                    let mut a = V::zero();
+                    for g in 0..groups {
+                        for dt in dts.clone() {
+                            let wv = V::load(tw.add(dt * g16 + g * GROUP));
+                            a = V::fma(V::load(gu.as_ptr().add(((g * to + t + pad_t - dt) * pin + q) * GROUP)), wv, a);
+                        }
+                    }
+                    *gx.add(t * pin + q) = a.sum();
+                    q += 1;
+                }
+            }
+        }
+        grad_x
+    }
+}
