@@ -71,6 +71,12 @@ impl<F> TemporalFirst<'_, F> {
 }
 
 pub trait SeparableKernels: Sized {
+    /// Whether `temporal_first_forward` and `_backward` run for this type on this CPU (they may
+    /// still refuse inconsistent sizes).
+    fn temporal_first_available() -> bool {
+        false
+    }
+
     /// The convolution `(out, to, ho, wo)` of `x` `(in, t, h, w)`, if a fast kernel exists for this
     /// type and CPU (else `None`, and the caller runs the portable code).
     fn temporal_first_forward(_conv: &TemporalFirst<'_, Self>, _x: &[Self], _input: [usize; 3]) -> Option<Vec<Self>> {
@@ -87,6 +93,10 @@ pub trait SeparableKernels: Sized {
 impl SeparableKernels for f64 {}
 
 impl SeparableKernels for f32 {
+    fn temporal_first_available() -> bool {
+        super::simd::avx2_fma()
+    }
+
     fn temporal_first_forward(conv: &TemporalFirst<'_, f32>, x: &[f32], input: [usize; 3]) -> Option<Vec<f32>> {
         #[cfg(target_arch = "x86_64")]
         if conv.weights_fit() && x.len() == conv.in_channels * input.iter().product::<usize>() {

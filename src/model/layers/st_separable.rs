@@ -420,6 +420,7 @@ impl<F: Float> Layer<F> for SeparableConv3d<F> {
     /// Forward: one padded channel, its columns (when the fast spatial step does not apply), the
     /// spatial step of every input channel, the output in (t, p, out) order. Backward: the output
     /// gradient reordered, one channel's transposed temporal step and its columns, a padded channel.
+    /// Temporal first: see `TemporalFirst::work_values`.
     fn work_values(&self, [_, t, h, w]: Shape) -> Option<WorkValues> {
         self.output_size([t, h, w])?;
         let g = self.geometry([t, h, w]);
@@ -427,13 +428,15 @@ impl<F: Float> Layer<F> for SeparableConv3d<F> {
         let (padded, columns) = (count(&[g.tp, hp, wp])?, count(&[g.tp, g.p, g.kk])?);
         let step = count(&[g.tp, g.p, self.out_channels])?;
         let reordered = count(&[g.to, g.p, self.out_channels])?;
-        // The temporal-first kernels' buffers (`simd_separable.rs`), when they run.
-        let (tf_forward, tf_backward) =
-            if self.temporal_first_cheaper([t, h, w]) { self.temporal_first(&self.default_kernels).work_values([t, h, w])? } else { (0, 0) };
+        // The temporal-first kernels (`simd_separable.rs`) have their own, smaller buffers.
+        if self.temporal_first_cheaper([t, h, w]) && F::temporal_first_available() {
+            let (forward, backward) = self.temporal_first(&self.default_kernels).work_values([t, h, w])?;
+            return Some(WorkValues { state: 0, forward, backward });
+        }
         Some(WorkValues {
             state: 0,
-            forward: total(&[padded, columns, step.checked_mul(self.in_channels as u64)?, reordered])?.max(tf_forward),
-            backward: total(&[reordered, step, columns, padded])?.max(tf_backward),
+            forward: total(&[padded, columns, step.checked_mul(self.in_channels as u64)?, reordered])?,
+            backward: total(&[reordered, step, columns, padded])?,
         })
     }
 
