@@ -137,6 +137,10 @@ mod x86 {
 
     use super::{TemporalFirst, GROUP};
 
+    /// Input pixels per tile of the temporal adjoint (64 pixels x 16 channels x 4 bytes = 4 KiB per
+    /// group and frame).
+    const ADJOINT_TILE: usize = 64;
+
     /// 16 float32 lanes: one AVX-512 register or two AVX2 ones. The kernels below are written once
     /// over this and compiled for each (everything is `inline(always)` into the entry points, which
     /// enable the instruction set).
@@ -321,8 +325,10 @@ mod x86 {
 
     /// The per-channel correlation of a frame of 16-channel pixels `src` (rows of `src_w` pixels) with
     /// 16-channel kernels `sw` `[dy * k + dx][16]`: `dst[y][x] (+)= sum_{dy,dx} sw[dy, dx] * src[y0 + y +
-    /// dy][x0 + x + dx]` for the `oh x ow` pixels of `dst`, added to `dst` when `accumulate`. Blocks of
-    /// `B` neighbouring pixels along x share each weight load.
+    /// dy][x0 + x + dx]` for the `oh x ow` pixels of `dst`, added to `dst` when `accumulate`. In
+    /// vertical strips of at most `B` pixels (as equal as possible), top to bottom: a block of a strip
+    /// shares each weight load across its pixels, and the `k` input rows it reads are mostly those the
+    /// block above read, still in the L1 cache.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn correlate<V: Lanes, const B: usize>(
@@ -336,32 +342,56 @@ mod x86 {
         ow: usize,
         accumulate: bool,
     ) {
-        for y in 0..oh {
-            let row = src.add(((y0 + y) * src_w + x0) * GROUP);
-            let out = dst.add(y * ow * GROUP);
-            let mut x = 0;
-            while x + B <= ow {
-                block::<V, B>(row.add(x * GROUP), src_w, sw, k, out.add(x * GROUP), accumulate);
-                x += B;
+        let strips = ow.div_ceil(B);
+        let mut x = 0;
+        for s in 0..strips {
+            let width = ow / strips + usize::from(s < ow % strips);
+            let (col, out) = (src.add((y0 * src_w + x0 + x) * GROUP), dst.add(x * GROUP));
+            let strip = Strip { col, src_w, sw, k, out, ow, oh, accumulate };
+            match width {
+                1 => strip.run::<V, 1>(),
+                2 => strip.run::<V, 2>(),
+                3 => strip.run::<V, 3>(),
+                4 => strip.run::<V, 4>(),
+                5 => strip.run::<V, 5>(),
+                6 => strip.run::<V, 6>(),
+                7 => strip.run::<V, 7>(),
+                8 => strip.run::<V, 8>(),
+                9 => strip.run::<V, 9>(),
+                10 => strip.run::<V, 10>(),
+                11 => strip.run::<V, 11>(),
+                _ => strip.run::<V, 12>(),
             }
-            // The rest of the row in narrower blocks (sizes fixed at compile time).
-            while x < ow {
-                let (r, o) = (row.add(x * GROUP), out.add(x * GROUP));
-                x += match ow - x {
-                    1 => block::<V, 1>(r, src_w, sw, k, o, accumulate),
-                    2 => block::<V, 2>(r, src_w, sw, k, o, accumulate),
-                    3 => block::<V, 3>(r, src_w, sw, k, o, accumulate),
-                    4 => block::<V, 4>(r, src_w, sw, k, o, accumulate),
-                    5 => block::<V, 5>(r, src_w, sw, k, o, accumulate),
-                    _ => block::<V, 6>(r, src_w, sw, k, o, accumulate),
-                };
+            x += width;
+        }
+    }
+
+    /// One vertical strip of `correlate`'s output: `col` is its top-left input pixel, `out` its
+    /// top-left output pixel.
+    struct Strip {
+        col: *const f32,
+        src_w: usize,
+        sw: *const f32,
+        k: usize,
+        out: *mut f32,
+        ow: usize,
+        oh: usize,
+        accumulate: bool,
+    }
+
+    impl Strip {
+        #[inline(always)]
+        unsafe fn run<V: Lanes, const N: usize>(&self) {
+            for y in 0..self.oh {
+                let row = self.col.add(y * self.src_w * GROUP);
+                block::<V, N>(row, self.src_w, self.sw, self.k, self.out.add(y * self.ow * GROUP), self.accumulate);
             }
         }
     }
 
-    /// `N` neighbouring output pixels of `correlate`, accumulators in registers; returns `N`.
+    /// `N` neighbouring output pixels of `correlate`, accumulators in registers.
     #[inline(always)]
-    unsafe fn block<V: Lanes, const N: usize>(row: *const f32, src_w: usize, sw: *const f32, k: usize, out: *mut f32, accumulate: bool) -> usize {
+    unsafe fn block<V: Lanes, const N: usize>(row: *const f32, src_w: usize, sw: *const f32, k: usize, out: *mut f32, accumulate: bool) {
         let mut acc = [V::zero(); N];
         if accumulate {
             for (j, a) in acc.iter_mut().enumerate() {
@@ -382,7 +412,6 @@ mod x86 {
         for (j, a) in acc.iter().enumerate() {
             a.store(out.add(j * GROUP));
         }
-        N
     }
 
     /// The transposed steps in reverse order. The output gradient, channels in groups of 16 and zero
@@ -425,38 +454,43 @@ mod x86 {
                 }
             }
             // Temporal adjoint: grad_x[i][t][q] = sum_{g, dt} temporal[i][dt][g] . gu[g][t + pad_t - dt][q].
+            // In tiles of pixels, so that the tile's `gu` values (every group and frame) stay in cache
+            // while every input frame reads them.
             let tw = conv.temporal.as_ptr().add(i * kt * g16);
             let gx = grad_x.as_mut_ptr().add(i * t_in * pin);
-            for t in 0..t_in {
-                // Output frames t_out = t + pad_t - dt that exist.
-                let dts = (t + pad_t + 1).saturating_sub(to)..kt.min(t + pad_t + 1);
-                let mut q = 0;
-                while q + 4 <= pin {
-                    let mut acc = [V::zero(); 4];
-                    for g in 0..groups {
-                        for dt in dts.clone() {
-                            let wv = V::load(tw.add(dt * g16 + g * GROUP));
-                            let src = gu.as_ptr().add(((g * to + t + pad_t - dt) * pin + q) * GROUP);
-                            for (j, a) in acc.iter_mut().enumerate() {
-                                *a = V::fma(V::load(src.add(j * GROUP)), wv, *a);
+            for q0 in (0..pin).step_by(ADJOINT_TILE) {
+                let q1 = (q0 + ADJOINT_TILE).min(pin);
+                for t in 0..t_in {
+                    // Output frames t_out = t + pad_t - dt that exist.
+                    let dts = (t + pad_t + 1).saturating_sub(to)..kt.min(t + pad_t + 1);
+                    let mut q = q0;
+                    while q + 8 <= q1 {
+                        let mut acc = [V::zero(); 8];
+                        for g in 0..groups {
+                            for dt in dts.clone() {
+                                let wv = V::load(tw.add(dt * g16 + g * GROUP));
+                                let src = gu.as_ptr().add(((g * to + t + pad_t - dt) * pin + q) * GROUP);
+                                for (j, a) in acc.iter_mut().enumerate() {
+                                    *a = V::fma(V::load(src.add(j * GROUP)), wv, *a);
+                                }
                             }
                         }
-                    }
-                    for (j, a) in acc.iter().enumerate() {
-                        *gx.add(t * pin + q + j) = a.sum();
-                    }
-                    q += 4;
-                }
-                while q < pin {
-                    let mut a = V::zero();
-                    for g in 0..groups {
-                        for dt in dts.clone() {
-                            let wv = V::load(tw.add(dt * g16 + g * GROUP));
-                            a = V::fma(V::load(gu.as_ptr().add(((g * to + t + pad_t - dt) * pin + q) * GROUP)), wv, a);
+                        for (j, a) in acc.iter().enumerate() {
+                            *gx.add(t * pin + q + j) = a.sum();
                         }
+                        q += 8;
                     }
-                    *gx.add(t * pin + q) = a.sum();
-                    q += 1;
+                    while q < q1 {
+                        let mut a = V::zero();
+                        for g in 0..groups {
+                            for dt in dts.clone() {
+                                let wv = V::load(tw.add(dt * g16 + g * GROUP));
+                                a = V::fma(V::load(gu.as_ptr().add(((g * to + t + pad_t - dt) * pin + q) * GROUP)), wv, a);
+                            }
+                        }
+                        *gx.add(t * pin + q) = a.sum();
+                        q += 1;
+                    }
                 }
             }
         }
