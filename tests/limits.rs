@@ -345,8 +345,9 @@ fn the_work_estimate_follows_the_measured_peak_of_every_convolution_kind() {
         // copies, where a run touches fewer. The gradient steps are sized on the frames the
         // objective's window depends on (as `mei::objective` crops them), so the backward pass over
         // the whole stimulus is counted only where the layers do not bound it (the GRU). Measured on
-        // the 2-core dev machine under load ~8, with the AVX2 direct correlation of conv3d.rs: 1.35
-        // custom_separable, 1.84 full, 1.70 separable, 2.14 time_independent, 1.79 ConvGRUCell
+        // the 2-core dev machine under load ~8, with the AVX2 direct correlation of conv3d.rs: 2.17
+        // custom_separable (with the temporal-first kernels of simd_separable.rs, which keep no
+        // (in, frames, pixels, out) step), 1.84 full, 1.70 separable, 2.14 time_independent, 1.79 ConvGRUCell
         // (before the crop was counted: 1.35, 3.98, 2.68, 3.00, 1.76, under a bar of 4.5).
         assert!((0.9..=3.0).contains(&ratio), "{}", report.join("; "));
     }

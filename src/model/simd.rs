@@ -59,6 +59,12 @@ pub struct SpatialShape {
 }
 
 pub trait FastKernels: Sized {
+    /// Whether `spatial_step_fast` and `spatial_step_backward_fast` run for this many output channels
+    /// (then no column matrix is built).
+    fn spatial_step_available(_outputs: usize) -> bool {
+        false
+    }
+
     /// `s[(t, y, x)][o] = sum_{dy,dx} weights[(dy, dx)][o] * xpad[t, y + dy, x + dx]` if a fast kernel
     /// exists for this type and CPU; returns false (and does nothing) otherwise.
     fn spatial_step_fast(_shape: SpatialShape, _xpad: &[Self], _weights: &[Self], _outputs: usize, _s: &mut [Self]) -> bool {
@@ -90,6 +96,10 @@ pub trait FastKernels: Sized {
 impl FastKernels for f64 {}
 
 impl FastKernels for f32 {
+    fn spatial_step_available(outputs: usize) -> bool {
+        outputs.is_multiple_of(8) && avx2_fma()
+    }
+
     fn scale_add_frame_fast(acc: &mut [f32], w: &[f32], src: &[f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
         {

@@ -419,13 +419,14 @@ impl<F: Float> Layer<F> for SeparableConv3d<F> {
 
     /// Forward: one padded channel, its columns (when the fast spatial step does not apply), the
     /// spatial step of every input channel, the output in (t, p, out) order. Backward: the output
-    /// gradient reordered, one channel's transposed temporal step and its columns, a padded channel.
-    /// Temporal first: see `TemporalFirst::work_values`.
+    /// gradient reordered, one channel's transposed temporal step and its columns (likewise), a padded
+    /// channel. Temporal first: see `TemporalFirst::work_values`.
     fn work_values(&self, [_, t, h, w]: Shape) -> Option<WorkValues> {
         self.output_size([t, h, w])?;
         let g = self.geometry([t, h, w]);
         let (hp, wp) = g.padded_hw();
-        let (padded, columns) = (count(&[g.tp, hp, wp])?, count(&[g.tp, g.p, g.kk])?);
+        let padded = count(&[g.tp, hp, wp])?;
+        let columns = if F::spatial_step_available(self.out_channels) { 0 } else { count(&[g.tp, g.p, g.kk])? };
         let step = count(&[g.tp, g.p, self.out_channels])?;
         let reordered = count(&[g.to, g.p, self.out_channels])?;
         // The temporal-first kernels (`simd_separable.rs`) have their own, smaller buffers.
