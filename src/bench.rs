@@ -168,7 +168,7 @@ pub fn run(model: &Model<f32>, time_steps: usize, openretina: Option<&Openretina
     let per_mei = secs / targets.len() as f64;
     // CPU seconds per MEI: on a loaded machine the wall time depends on what else runs.
     let cpu_per_mei = match (cpu_before, process_cpu_seconds()) {
-        (Some(a), Some(b)) => format!(", CPU {:.2} s per MEI", (b - a) / (runs * targets.len()) as f64),
+        (Some(a), Some(b)) => format!(", CPU {:.3} s per MEI", (b - a) / (runs * targets.len()) as f64),
         _ => String::new(),
     };
     // Work actually done: each step a forward and backward on the objective's part of the stimulus,
