@@ -181,7 +181,8 @@ fn optimize_mean_or_fail<F: Float>(models: &[Model<F>], target: &MeiTarget, init
     for step in 0..settings.iterations {
         let (value, gradient) = objective.gradient(&x);
         // loss = -objective + penalty; its gradient = -d objective + d penalty.
-        let mut grad: Vec<F> = gradient.into_iter().map(|g| -g).collect();
+        let mut grad = gradient;
+        grad.iter_mut().for_each(|g| *g = -*g);
         let penalty = settings.constraints.penalty(&x, &mut grad);
         let loss = -value + penalty;
         if !loss.is_finite() {

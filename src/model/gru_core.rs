@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::config::{self, as_usize, CoreLayout, LayerConfig, ModelConfig, Options};
 use super::core::{Block, Core};
 use super::layer::Layer;
-use super::layers::{batch_norm::BatchNormBias, conv3d::Conv3d, conv_gru::ConvGruCell, conv_gru::GruSize, elu::Elu};
+use super::layers::{batch_norm::BatchNormBias, conv3d::Conv3d, conv_gru::ConvGruCell, conv_gru::GruSize, elu::Elu, pointwise::Pointwise};
 use super::load::StateDict;
 use super::{registry, Float};
 use crate::error::Result;
@@ -160,7 +160,7 @@ pub fn load<F: Float>(config: &ModelConfig, sd: &mut StateDict) -> Result<Core<F
             sd.take_scalar::<F>(&format!("{p}._log_speed_default"))?;
             let c = lc.out_channels;
             let conv = Conv3d::load(sd, &format!("{p}.conv"), c, c, [1, 1, 1], [(0, 0); 3], false, "TorchFullConv3D (projection)")?;
-            blocks.push(Block { name: Some("projection".into()), layers: vec![Arc::new(conv), Arc::new(Elu)] });
+            blocks.push(Block { name: Some("projection".into()), layers: vec![Arc::new(Pointwise::new(conv)), Arc::new(Elu)] });
         }
     }
     if let Some(size) = gru_size(&core, config.layers[n - 1].out_channels)? {

@@ -14,6 +14,7 @@ pub mod registry;
 pub mod simd;
 pub mod simd_conv;
 pub mod simd_frame;
+pub mod simd_math;
 pub mod simd_spatial;
 pub mod simd_temporal;
 pub mod simd_separable;
@@ -220,6 +221,7 @@ pub trait Float:
     + simd::FastKernels
     + simd_conv::DirectConv
     + simd_frame::FrameCorrelation
+    + simd_math::VectorMath
     + simd_spatial::SpatialGradient
     + simd_temporal::TemporalCorrelation
     + fft_conv::FftKernels

@@ -42,6 +42,10 @@ impl<F: Float> Layer<F> for Elu {
     }
 
     fn forward_owned(&self, mut x: Vec<F>, _: Shape, _: Option<&str>) -> (Vec<F>, LayerState) {
+        // In float32 with AVX2/FMA vectorised (`simd_math.rs`).
+        if F::elu_fast(&mut x) {
+            return (x, None);
+        }
         x.iter_mut().for_each(|v| *v = elu(*v));
         (x, None)
     }

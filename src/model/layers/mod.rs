@@ -7,6 +7,7 @@ pub mod color_squash;
 pub mod conv_gru;
 pub mod elu;
 pub mod max_pool;
+pub mod pointwise;
 pub mod st_separable;
 pub mod conv3d;
 pub mod torch_separable;
