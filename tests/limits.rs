@@ -159,9 +159,8 @@ fn runs_within_the_budget_work_under_the_same_ceiling() {
 fn every_real_model_fits_the_default_budget_at_normal_sizes() {
     // Every model retina runs from the fixtures (openretina's own architectures), at the length it
     // was trained on: predict on a batch of 8, and all of `visualize`'s MEIs on 2 threads, each need
-    // less than a quarter of the default budget. (The largest, 1 x 50 x 50 pixels with 16 and 32
-    // channels, needs ~75 MiB per stimulus of 100 frames; measured peak for 150 frames: 339 MB,
-    // estimated 0.37 GiB.)
+    // less than a quarter of the default budget. (The largest is 1 x 50 x 50 pixels with 16 and 32
+    // channels; the test prints each estimate.)
     let models: Vec<(&str, Model<f32>)> = [
         "example_low_res/model.safetensors",
         "unified_low_res/model.safetensors",

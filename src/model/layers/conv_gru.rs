@@ -12,7 +12,7 @@
 //! run per frame. The state is a few pixels (4x2 in openretina's config), where most taps of a 5x5
 //! kernel fall outside it: in float32 with AVX2/FMA all of these run as the direct correlation of
 //! `simd_frame.rs`, which visits only the taps inside the frame (all 119 MEIs of `zoo_gru_enabled`,
-//! one thread: 5.6 -> 4.4 CPU seconds); otherwise as matrix products over column matrices (`Conv3d`
+//! one thread: 5.6 -> 4.4 CPU seconds, before the vectorised ELU); otherwise as matrix products over column matrices (`Conv3d`
 //! for the input gates). The input gradient is backpropagation through time: the state's gradient
 //! flows from the last frame to the first, so nothing of the input can be cropped away.
 
