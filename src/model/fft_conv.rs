@@ -326,37 +326,38 @@ impl<F: FftNum + FftKernels> FftCorrelation<F> {
 
     /// The correlation `(c, t', h', w')` of `input` `(m, t, h, w)` zero-padded by `padding`.
     pub fn forward(&self, input: &[F], shape: [usize; 3], padding: Padding) -> Vec<F> {
-        let padded = [0, 1, 2].map(|d| shape[d] + padding[d].0 + padding[d].1);
-        let out = [0, 1, 2].map(|d| padded[d] + 1 - self.kernel[d]);
-        let ks = self.spectra(grid_size(padded));
-        let (grid, (m, c)) = (&ks.grid, (self.in_channels, self.out_channels));
-        let stride = grid.stride();
-        let mut work = grid.work();
-        let zero = Complex::new(F::zero(), F::zero());
-        let mut xs = vec![zero; m * stride];
-        grid.forward(input, shape, padding.map(|p| p.0), &mut xs, &mut work);
-        let mut ys = vec![zero; c * stride];
-        F::spectrum_products(&ks.spectra, &xs, &mut ys, [c, m], stride, false);
-        let mut result = vec![F::zero(); c * out.iter().product::<usize>()];
-        grid.inverse(&mut ys, [0; 3], out, &mut result, &mut work);
-        result
+        let (padded, out) = self.padded_and_output(shape, padding);
+        self.through_spectra(padded, (input, shape, padding.map(|p| p.0)), false, ([0; 3], out))
     }
 
     /// The gradient with respect to the (unpadded) input of `shape`, given the output gradient.
     pub fn backward(&self, grad: &[F], shape: [usize; 3], padding: Padding) -> Vec<F> {
+        let (padded, out) = self.padded_and_output(shape, padding);
+        self.through_spectra(padded, (grad, out, [0; 3]), true, (padding.map(|p| p.0), shape))
+    }
+
+    fn padded_and_output(&self, shape: [usize; 3], padding: Padding) -> ([usize; 3], [usize; 3]) {
         let padded = [0, 1, 2].map(|d| shape[d] + padding[d].0 + padding[d].1);
-        let out = [0, 1, 2].map(|d| padded[d] + 1 - self.kernel[d]);
+        (padded, [0, 1, 2].map(|d| padded[d] + 1 - self.kernel[d]))
+    }
+
+    /// Both directions on the grid of `padded`: transform `data` (its shape, placed at an offset),
+    /// multiply by the kernel spectra (their adjoint for the input gradient) and keep the box of the
+    /// result at `(offset, shape)`.
+    fn through_spectra(&self, padded: [usize; 3], data: (&[F], [usize; 3], [usize; 3]), adjoint: bool, keep: ([usize; 3], [usize; 3])) -> Vec<F> {
         let ks = self.spectra(grid_size(padded));
-        let (grid, (m, c)) = (&ks.grid, (self.in_channels, self.out_channels));
+        let grid = &ks.grid;
+        let (c, m) = (self.out_channels, self.in_channels);
+        let (from, to) = if adjoint { (c, m) } else { (m, c) };
         let stride = grid.stride();
         let mut work = grid.work();
         let zero = Complex::new(F::zero(), F::zero());
-        let mut gs = vec![zero; c * stride];
-        grid.forward(grad, out, [0; 3], &mut gs, &mut work);
-        let mut gx = vec![zero; m * stride];
-        F::spectrum_products(&ks.spectra, &gs, &mut gx, [c, m], stride, true);
-        let mut result = vec![F::zero(); m * shape.iter().product::<usize>()];
-        grid.inverse(&mut gx, padding.map(|p| p.0), shape, &mut result, &mut work);
+        let mut spectrum = vec![zero; from * stride];
+        grid.forward(data.0, data.1, data.2, &mut spectrum, &mut work);
+        let mut product = vec![zero; to * stride];
+        F::spectrum_products(&ks.spectra, &spectrum, &mut product, [c, m], stride, adjoint);
+        let mut result = vec![F::zero(); to * keep.1.iter().product::<usize>()];
+        grid.inverse(&mut product, keep.0, keep.1, &mut result, &mut work);
         result
     }
 }
