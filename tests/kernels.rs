@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use retina::mei::{self, Objective};
 use retina::model::layer::{BackwardValues, Layer};
+use retina::model::layers::conv3d::Conv3d;
 use retina::model::layers::conv_gru::{ConvGruCell, GruSize};
+use retina::model::layers::pointwise::Pointwise;
 use retina::model::layers::st_separable::SeparableConv3d;
 use retina::model::{simd, Model};
 use retina::rng::Rng;
@@ -147,5 +149,38 @@ fn temporal_first_separable_kernels_match_portable_code() {
             let d = common::rel_max_diff(&common::to_f64(&fast_grad_x), &common::to_f64(&grad_x));
             assert!(d <= 1e-5, "case {case} {variant}: input gradients differ by {d:e}");
         }
+    }
+}
+
+/// `ConvGRUCore`'s `1 x 1 x 1` projection (`pointwise.rs`) runs as the one-tap temporal kernel of
+/// `simd_temporal.rs`: against the portable `Conv3d` it wraps, forward and input gradient, with
+/// channel counts below, at and above a vector's 8 lanes and value counts with a short last group.
+/// Same bar as above: 1e-5 of the largest value.
+#[test]
+fn pointwise_projection_matches_portable_code() {
+    let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    for (seed, in_channels, out_channels, shape) in [(41, 32, 1, [32, 7, 4, 2]), (42, 5, 24, [5, 3, 5, 3]), (43, 16, 8, [16, 10, 4, 2])] {
+        let mut rng = Rng::new(seed);
+        let weight: Vec<f32> = (0..in_channels * out_channels).map(|_| (rng.normal() * 0.3) as f32).collect();
+        let conv = Conv3d::new(in_channels, out_channels, [1, 1, 1], [(0, 0); 3], weight, None, "Conv3d");
+        let layer = Pointwise::new(conv);
+        let out_shape = layer.output_shape(shape).unwrap();
+        let x: Vec<f32> = common::random_stimulus(shape, seed).iter().map(|&v| v as f32).collect();
+        let g: Vec<f32> = common::random_stimulus(out_shape, seed + 1).iter().map(|&v| v as f32).collect();
+        let run = || {
+            let (out, state) = layer.forward(&x, shape, None);
+            let values = BackwardValues { input: Some(&x), input_shape: shape, output: Some(&out), output_shape: out_shape, state: state.as_deref() };
+            let grad = layer.backward(values, g.clone(), None);
+            (out, grad)
+        };
+        simd::set_fast_kernels(true);
+        let (fast_out, fast_grad) = run();
+        simd::set_fast_kernels(false);
+        let (out, grad) = run();
+        simd::set_fast_kernels(true);
+        let d = common::rel_max_diff(&common::to_f64(&fast_out), &common::to_f64(&out));
+        assert!(d <= 1e-5, "{in_channels} -> {out_channels}: outputs differ by {d:e}");
+        let d = common::rel_max_diff(&common::to_f64(&fast_grad), &common::to_f64(&grad));
+        assert!(d <= 1e-5, "{in_channels} -> {out_channels}: input gradients differ by {d:e}");
     }
 }
