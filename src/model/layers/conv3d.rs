@@ -173,8 +173,8 @@ impl<F: Float> Conv3d<F> {
             return out;
         }
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
+        if crate::model::simd::avx2_fma() {
+            // SAFETY: `avx2_fma` checked that the CPU has AVX2 (and honours `set_fast_kernels(false)`).
             return unsafe { self.forward_avx2(x, shape) };
         }
         self.forward_kernel(x, shape)
@@ -229,8 +229,8 @@ impl<F: Float> Conv3d<F> {
             return cropped;
         }
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
+        if crate::model::simd::avx2_fma() {
+            // SAFETY: `avx2_fma` checked that the CPU has AVX2 (and honours `set_fast_kernels(false)`).
             return unsafe { self.backward_avx2(grad, shape) };
         }
         self.backward_kernel(grad, shape)

@@ -233,8 +233,8 @@ impl<F: Float> SeparableConv3d<F> {
             }
         }
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
+        if crate::model::simd::avx2_fma() {
+            // SAFETY: `avx2_fma` checked that the CPU has AVX2 (and honours `set_fast_kernels(false)`).
             return unsafe { self.forward_avx2(kernels, x, input) };
         }
         self.forward_kernel(kernels, x, input)
@@ -248,8 +248,8 @@ impl<F: Float> SeparableConv3d<F> {
             }
         }
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
+        if crate::model::simd::avx2_fma() {
+            // SAFETY: `avx2_fma` checked that the CPU has AVX2 (and honours `set_fast_kernels(false)`).
             return unsafe { self.backward_avx2(kernels, grad_out, input) };
         }
         self.backward_kernel(kernels, grad_out, input)
