@@ -122,6 +122,50 @@ FIXTURES = {
         extra_hooks=["core_features_projection", "core_features_gru"],
         seed=7,
     ),
+    # The same small GRU core with the other two convolution types openretina's ConvGRUCore can build.
+    "zoo_gru_full": dict(
+        about="GRU_core_readout.yaml (ConvGRUCore) with convolution_type full (TorchFullConv3D), use_gru true and "
+        "use_projections true, small: 2x18x16 (Hoefling low res), hidden [3,4,4], temporal [5,3,3], spatial [11,5,5], "
+        "hidden padding as openretina builds it (layer 1 none, layer 2 by 2 in space: stays 4x2), GRU 4 channels with "
+        "3x3 kernels",
+        experiment="hoefling_2024_core_readout_low_res",
+        overrides=["model=GRU_core_readout", "model.core.convolution_type=full", "model.hidden_channels=[3,4,4]",
+                   "model.core.temporal_kernel_sizes=[5,3,3]", "model.core.spatial_kernel_sizes=[11,5,5]",
+                   "model.core.use_gru=true", "model.core.gru_kwargs.rec_channels=4", "model.core.gru_kwargs.input_kern=3",
+                   "model.core.gru_kwargs.rec_kern=3"],
+        sessions={"session_1_ventral1_20200226": 3, "session_2_ventral2_20201016": 2},
+        meis=[("output", "session_1_ventral1_20200226", 0)],
+        why_meis="one output MEI runs through every block (three full conv layers, the projection, the GRU) and the "
+        "readout; 30 frames give the 22 output frames whose frames 10-19 the objective averages",
+        forward_time_steps=30,
+        mei_time_steps=30,
+        forward_f32=True,
+        full_layers=True,
+        extra_hooks=["core_features_projection", "core_features_gru"],
+        seed=8,
+    ),
+    "zoo_gru_time_independent": dict(
+        about="GRU_core_readout.yaml (ConvGRUCore) with convolution_type time_independent (TimeIndependentConv3D, "
+        "which ignores temporal_kernel_sizes: every frame on its own), use_gru true and use_projections true, small: "
+        "2x18x16 (Hoefling low res), hidden [3,4,4], spatial [11,5,5], hidden padding as openretina builds it, "
+        "GRU 4 channels with 3x3 kernels (the only block that mixes frames)",
+        experiment="hoefling_2024_core_readout_low_res",
+        overrides=["model=GRU_core_readout", "model.core.convolution_type=time_independent",
+                   "model.hidden_channels=[3,4,4]", "model.core.temporal_kernel_sizes=[5,3,3]",
+                   "model.core.spatial_kernel_sizes=[11,5,5]", "model.core.use_gru=true",
+                   "model.core.gru_kwargs.rec_channels=4", "model.core.gru_kwargs.input_kern=3",
+                   "model.core.gru_kwargs.rec_kern=3"],
+        sessions={"session_1_ventral1_20200226": 3, "session_2_ventral2_20201016": 2},
+        meis=[("output", "session_1_ventral1_20200226", 0)],
+        why_meis="one output MEI runs through every block (three time-independent layers, the projection, the GRU) and "
+        "the readout; the core keeps all 30 frames, the objective averages output frames 10-19",
+        forward_time_steps=30,
+        mei_time_steps=30,
+        forward_f32=True,
+        full_layers=True,
+        extra_hooks=["core_features_projection", "core_features_gru"],
+        seed=9,
+    ),
     "zoo_goldin_meis": dict(
         about="more MEIs of ../shared/fixtures/zoo/zoo_goldin (goldin_2022_core_readout.yaml: 1x1x108x108 images, "
         "time_independent conv, readout positive false): its checkpoint, an inner-channel MEI and an output MEI "
