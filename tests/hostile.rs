@@ -238,3 +238,62 @@ fn a_safetensors_header_followed_by_gigabytes() {
     let refusal = assert_refused(&path, &["big.safetensors", "truncated or damaged"]);
     assert!(refusal.elapsed < Duration::from_secs(10), "{:?}", refusal.elapsed);
 }
+
+/// The fixture model's safetensors header edited by `edit`, its data kept, the file grown (with a
+/// hole) to the length the edited header describes.
+fn safetensors_with_header(dir: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value, u64)) -> PathBuf {
+    let bytes = std::fs::read(common::fixture("example_low_res/model.safetensors")).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let data_len = (bytes.len() - 8 - len) as u64;
+    edit(&mut header, data_len);
+    let end = header.as_object().unwrap().values().filter_map(|t| t["data_offsets"][1].as_u64()).max().unwrap();
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&bytes[8 + len..]);
+    let path = write(dir, name, &out);
+    extend_sparse(&path, 8 + header.len() as u64 + end);
+    path
+}
+
+/// 3 GiB of float32 values: three times the address-space ceiling.
+const FLOATS_3GB: u64 = 3 << 28;
+
+#[test]
+fn a_safetensors_model_with_an_extra_tensor_of_gigabytes() {
+    // A well-formed file: every tensor the model takes, plus one it does not, 3 GiB of zeros stored
+    // after the others. The header is consistent, so only comparing names with the architecture
+    // before reading values keeps the run within the ceiling.
+    let dir = tempfile::tempdir().unwrap();
+    let path = safetensors_with_header(dir.path(), "extra.safetensors", |header, data_len| {
+        header["core.features.layer0.conv.extra_weight"] =
+            serde_json::json!({"dtype": "F32", "shape": [FLOATS_3GB], "data_offsets": [data_len, data_len + 4 * FLOATS_3GB]});
+    });
+    let refusal = assert_refused(&path, &["extra.safetensors", "1 unexpected tensor", "core.features.layer0.conv.extra_weight", "belong together"]);
+    assert!(refusal.elapsed < Duration::from_secs(10), "{:?}", refusal.elapsed);
+}
+
+#[test]
+fn a_safetensors_model_whose_tensor_has_a_huge_wrong_shape() {
+    // The tensor stored last gets a shape of 3 GiB of values (its data grown to match): named as
+    // the model expects, so it is refused by its shape, which is compared before its values are read.
+    let dir = tempfile::tempdir().unwrap();
+    let mut name = String::new();
+    let path = safetensors_with_header(dir.path(), "huge_shape.safetensors", |header, _| {
+        let (last, entry) = header
+            .as_object_mut()
+            .unwrap()
+            .iter_mut()
+            .filter(|(name, _)| *name != "__metadata__")
+            .max_by_key(|(_, t)| t["data_offsets"][1].as_u64().unwrap())
+            .unwrap();
+        assert_eq!(entry["dtype"], "F32");
+        let begin = entry["data_offsets"][0].as_u64().unwrap();
+        entry["shape"] = serde_json::json!([FLOATS_3GB]);
+        entry["data_offsets"][1] = (begin + 4 * FLOATS_3GB).into();
+        name = last.clone();
+    });
+    let refusal = assert_refused(&path, &["huge_shape.safetensors", &format!("`{name}` has shape [{FLOATS_3GB}]"), "configuration needs"]);
+    assert!(refusal.elapsed < Duration::from_secs(10), "{:?}", refusal.elapsed);
+}

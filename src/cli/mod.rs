@@ -198,8 +198,8 @@ fn load_centred_members(folder: &std::path::Path) -> Result<Vec<Model<f32>>> {
         .iter()
         .enumerate()
         .map(|(index, _)| {
-            let raw = formats::checkpoint::read_ensemble_member(folder, index as i64)?;
-            let mut member = Model::from_raw(&raw).map_err(|e| Error::file(folder, format!("member {index}: {e}")))?;
+            let mut file = formats::checkpoint::open_ensemble_member(folder, index as i64)?;
+            let mut member = Model::from_file(&mut file).map_err(|e| Error::file(folder, format!("member {index}: {e}")))?;
             member.center_readouts();
             Ok(member)
         })
@@ -216,8 +216,8 @@ fn ensemble_members(spec: &str, source: &SourceArgs) -> Result<Vec<Model<f32>>> 
 
 /// Read and build a model, naming its source in any error.
 fn load_model(spec: &str, source: &SourceArgs) -> Result<Model<f32>> {
-    let raw = formats::read_model(spec, one_member(source.model_id)?, &source.download_options(false))?;
-    Model::from_raw(&raw).map_err(|e| Error::new(format!("{}: {e}", formats::describe_source(spec))))
+    let mut file = formats::open_model(spec, one_member(source.model_id)?, &source.download_options(false))?;
+    Model::from_file(&mut file).map_err(|e| Error::new(format!("{}: {e}", formats::describe_source(spec))))
 }
 
 /// How MEIs are optimised: openretina's procedure by default.
@@ -407,9 +407,10 @@ pub fn run(command: Command) -> Result<()> {
         Command::Mei(args) => mei_command(&args),
         Command::Mds(args) => mds_command(&args),
         Command::Convert(args) => {
-            let raw = formats::read_model(&args.input, one_member(args.source.model_id)?, &args.source.download_options(false))?;
-            // Refuse to write what retina could not run.
-            Model::<f32>::from_raw(&raw).map_err(|e| Error::new(format!("{}: {e}", formats::describe_source(&args.input))))?;
+            let mut file = formats::open_model(&args.input, one_member(args.source.model_id)?, &args.source.download_options(false))?;
+            // Refuse to write what retina could not run (before reading tensors it would not take).
+            Model::<f32>::from_file(&mut file).map_err(|e| Error::new(format!("{}: {e}", formats::describe_source(&args.input))))?;
+            let raw = file.into_raw()?;
             write_atomic(&args.output, &formats::safetensors::serialize_model(&raw)?)?;
             println!("wrote {} ({}, {} tensors)", args.output.display(), raw.model_class, raw.tensors.len());
             Ok(())

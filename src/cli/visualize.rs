@@ -198,21 +198,21 @@ fn visualize_model(
     loading.enable_steady_tick(std::time::Duration::from_millis(120));
     let source = spec.map(formats::describe_source).unwrap_or_else(|| "Hoefling 2024 ensemble".into());
     let loaded = (|| -> Result<(Model<f32>, Vec<Model<f32>>)> {
-        let (raw, folder) = match spec {
+        let (mut file, folder) = match spec {
             Some(spec) => {
-                let raw = formats::read_model(spec, model_id, &download)?;
+                let file = formats::open_model(spec, model_id, &download)?;
                 let folder = match args.ensemble_mean.then(|| formats::download::resolve_model(spec, &download)).transpose()? {
                     Some(formats::download::ModelLocation::Local { path, .. }) if path.is_dir() => Some(path),
                     _ => None,
                 };
-                (raw, folder)
+                (file, folder)
             }
             None => {
                 let folder = formats::download::fetch_hoefling_ensemble(&download)?;
-                (formats::checkpoint::read_model(&folder, model_id)?, Some(folder))
+                (formats::checkpoint::open_model(&folder, model_id)?, Some(folder))
             }
         };
-        let model = Model::from_raw(&raw).map_err(|e| Error::new(format!("{source}: {e}")))?;
+        let model = Model::from_file(&mut file).map_err(|e| Error::new(format!("{source}: {e}")))?;
         let members = match (args.ensemble_mean, folder) {
             (false, _) => Vec::new(),
             (true, Some(folder)) => load_centred_members(&folder)?,

@@ -20,7 +20,7 @@ use serde_json::{Map, Value as Json};
 
 use super::pickle::{self, Node, Pickle, Value};
 use super::torch::{is_zip, TorchFile};
-use super::{open_regular_file, RawModel};
+use super::{open_regular_file, ModelFile, RawModel, RawTensor, TensorStore};
 use crate::error::{Error, Result};
 
 /// Deepest hyper-parameter / config nesting converted to JSON (also stops cycles).
@@ -32,9 +32,15 @@ const MAX_SIDE_FILE_BYTES: u64 = 64 << 20;
 /// is sniffed by content: zip = Lightning checkpoint, safetensors = native format. For a single-model
 /// file `model_id` must be 0 or -1.
 pub fn read_model(path: &Path, model_id: i64) -> Result<RawModel> {
+    open_model(path, model_id)?.into_raw()
+}
+
+/// [`read_model`] with only the names and shapes of the tensors read (their values are read when
+/// the model loader takes them).
+pub fn open_model(path: &Path, model_id: i64) -> Result<ModelFile> {
     let metadata = std::fs::metadata(path).map_err(|e| Error::file(path, format!("cannot read ({e})")))?;
     if metadata.is_dir() {
-        return read_ensemble_member(path, model_id);
+        return open_ensemble_member(path, model_id);
     }
     let file = open_regular_file(path)?;
     if model_id != 0 && model_id != -1 {
@@ -46,10 +52,10 @@ pub fn read_model(path: &Path, model_id: i64) -> Result<RawModel> {
         return Err(Error::file(path, "the file is empty"));
     }
     if is_zip(&head) {
-        return read_lightning_checkpoint(path);
+        return open_lightning_checkpoint(path);
     }
     if looks_like_safetensors(&head, metadata.len()) {
-        return super::safetensors::read_model_file(path);
+        return super::safetensors::open_model(open_regular_file(path)?, &path.display().to_string());
     }
     if head[0] == 0x80 {
         return Err(Error::file(
@@ -92,13 +98,53 @@ fn looks_like_safetensors(head: &[u8], file_len: u64) -> bool {
 
 /// Read a Lightning checkpoint of an openretina Core + Readout model.
 pub fn read_lightning_checkpoint(path: &Path) -> Result<RawModel> {
+    open_lightning_checkpoint(path)?.into_raw()
+}
+
+/// [`read_lightning_checkpoint`] with only the names and shapes of the tensors read.
+pub fn open_lightning_checkpoint(path: &Path) -> Result<ModelFile> {
     let file = open_regular_file(path)?;
     let mut torch = TorchFile::open(BufReader::new(file), &path.display().to_string())?;
-    lightning_model(&mut torch, &path.display().to_string())
+    let (model_class, hyper_parameters, entries) = lightning_parts(&mut torch, &path.display().to_string())?;
+    Ok(torch_model_file(model_class, hyper_parameters, entries, torch))
 }
 
 /// The model held by an opened Lightning checkpoint. `what` names the source in errors.
 pub fn lightning_model<R: Read + Seek>(torch: &mut TorchFile<R>, what: &str) -> Result<RawModel> {
+    let (model_class, hyper_parameters, entries) = lightning_parts(torch, what)?;
+    let mut tensors = std::collections::BTreeMap::new();
+    for (name, (_, value)) in entries {
+        let tensor = torch.state_dict_tensor(&name, &value)?;
+        tensors.insert(name, tensor);
+    }
+    Ok(RawModel { model_class, hyper_parameters, tensors })
+}
+
+/// State-dict name -> (shape, the pickled tensor), as [`TorchFile::state_dict_entries`] gives them.
+type Entries = std::collections::BTreeMap<String, (Vec<usize>, Value)>;
+
+/// A model file whose tensors are read from `torch` when the loader takes them.
+fn torch_model_file<R: Read + Seek + 'static>(model_class: String, hyper_parameters: Json, entries: Entries, torch: TorchFile<R>) -> ModelFile {
+    let shapes = entries.iter().map(|(name, (shape, _))| (name.clone(), shape.clone())).collect();
+    let values = entries.into_iter().map(|(name, (_, value))| (name, value)).collect();
+    ModelFile::new(model_class, hyper_parameters, shapes, Box::new(TorchStore { torch, values }))
+}
+
+/// The tensors of a `torch.save` state dict, copied out one at a time.
+struct TorchStore<R: Read + Seek> {
+    torch: TorchFile<R>,
+    values: std::collections::BTreeMap<String, Value>,
+}
+
+impl<R: Read + Seek> TensorStore for TorchStore<R> {
+    fn read(&mut self, name: &str) -> Result<RawTensor> {
+        let value = self.values.get(name).ok_or_else(|| Error::new(format!("tensor `{name}` is not in the state dict")))?;
+        self.torch.state_dict_tensor(name, value)
+    }
+}
+
+/// Class, hyper parameters and state-dict entries of an opened Lightning checkpoint, no tensor read.
+fn lightning_parts<R: Read + Seek>(torch: &mut TorchFile<R>, what: &str) -> Result<(String, Json, Entries)> {
     let err = |problem: String| Error::new(format!("{what}: {problem}"));
     let p = &torch.pickle;
     if p.dict_entries(&p.root).is_none() {
@@ -116,19 +162,19 @@ pub fn lightning_model<R: Read + Seek>(torch: &mut TorchFile<R>, what: &str) -> 
         Some(json @ Json::Object(_)) => json,
         _ => return Err(err("`hyper_parameters` is not a dict".into())),
     };
-    let mut tensors = torch.state_dict(&state_dict)?;
+    let mut entries = torch.state_dict_entries(&state_dict)?;
     if model_class == "ExampleCoreReadout" {
         // ExampleCoreReadout.on_load_checkpoint: legacy readouts named their bias `bias_param`.
         let legacy: Vec<String> =
-            tensors.keys().filter(|k| k.starts_with("readout.") && k.ends_with(".bias_param")).cloned().collect();
+            entries.keys().filter(|k| k.starts_with("readout.") && k.ends_with(".bias_param")).cloned().collect();
         for key in legacy {
-            if let Some(tensor) = tensors.remove(&key) {
+            if let Some(entry) = entries.remove(&key) {
                 let renamed = format!("{}.bias", key.trim_end_matches(".bias_param"));
-                tensors.insert(renamed, tensor);
+                entries.insert(renamed, entry);
             }
         }
     }
-    Ok(RawModel { model_class: model_class.to_string(), hyper_parameters, tensors })
+    Ok((model_class.to_string(), hyper_parameters, entries))
 }
 
 /// Tell the model class from its saved constructor arguments (see the module documentation).
@@ -291,6 +337,11 @@ pub fn ensemble_member_ids(dir: &Path) -> Result<Vec<i64>> {
 /// Read one member of an nnfabrik ensemble directory. `model_id` indexes the sorted member ids;
 /// negative values count from the end as in Python.
 pub fn read_ensemble_member(dir: &Path, model_id: i64) -> Result<RawModel> {
+    open_ensemble_member(dir, model_id)?.into_raw()
+}
+
+/// [`read_ensemble_member`] with only the names and shapes of the tensors read.
+pub fn open_ensemble_member(dir: &Path, model_id: i64) -> Result<ModelFile> {
     let ids = ensemble_member_ids(dir)?;
     let n = ids.len() as i64;
     let index = if model_id < 0 { n + model_id } else { model_id };
@@ -328,13 +379,13 @@ pub fn read_ensemble_member(dir: &Path, model_id: i64) -> Result<RawModel> {
     let file = open_regular_file(&state_dict_path)?;
     let mut torch = TorchFile::open(BufReader::new(file), &state_dict_path.display().to_string())?;
     let root = torch.pickle.root.clone();
-    let tensors = torch.state_dict(&root)?;
+    let entries = torch.state_dict_entries(&root)?;
 
     let mut hyper_parameters = Map::new();
     hyper_parameters.insert("input_dimensions".into(), Json::Object(input_dimensions));
     hyper_parameters.insert("model_config".into(), model_config);
     hyper_parameters.insert("n_neurons_dict".into(), Json::Object(n_neurons_dict));
-    Ok(RawModel { model_class, hyper_parameters: Json::Object(hyper_parameters), tensors })
+    Ok(torch_model_file(model_class, Json::Object(hyper_parameters), entries, torch))
 }
 
 fn read_side_file(path: &Path) -> Result<Vec<u8>> {

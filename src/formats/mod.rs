@@ -71,6 +71,46 @@ pub struct RawModel {
     pub tensors: BTreeMap<String, RawTensor>,
 }
 
+/// Reads the values of a model file's tensors one at a time, when the model loader asks for them: a
+/// tensor the model does not take (an extra one, or one of the wrong shape) is never read.
+pub trait TensorStore {
+    /// The values of `name`, one of the names the file lists.
+    fn read(&mut self, name: &str) -> Result<RawTensor>;
+}
+
+/// A model file with everything but its tensors' values read: the class, the hyper parameters and
+/// each tensor's shape. `model::load` compares names and shapes with what the architecture takes
+/// and reads only those values ([`ModelFile::read_tensor`]), so the memory a file can make retina
+/// spend is bounded by the architecture its hyper parameters describe, not by the file.
+pub struct ModelFile {
+    pub model_class: String,
+    pub hyper_parameters: serde_json::Value,
+    /// The shape of every stored tensor, by state-dict name.
+    pub shapes: BTreeMap<String, Vec<usize>>,
+    store: Box<dyn TensorStore>,
+}
+
+impl ModelFile {
+    pub fn new(model_class: String, hyper_parameters: serde_json::Value, shapes: BTreeMap<String, Vec<usize>>, store: Box<dyn TensorStore>) -> Self {
+        ModelFile { model_class, hyper_parameters, shapes, store }
+    }
+
+    /// The values of one stored tensor.
+    pub fn read_tensor(&mut self, name: &str) -> Result<RawTensor> {
+        if !self.shapes.contains_key(name) {
+            return Err(Error::new(format!("tensor `{name}` is not in the model file")));
+        }
+        self.store.read(name)
+    }
+
+    /// Every tensor read (`convert`, tests).
+    pub fn into_raw(mut self) -> Result<RawModel> {
+        let names: Vec<String> = self.shapes.keys().cloned().collect();
+        let tensors = names.into_iter().map(|name| Ok((name.clone(), self.store.read(&name)?))).collect::<Result<_>>()?;
+        Ok(RawModel { model_class: self.model_class, hyper_parameters: self.hyper_parameters, tensors })
+    }
+}
+
 /// No openretina model comes near this many bytes of tensors: a file asking for more is refused
 /// before its data is read.
 pub const MAX_MODEL_BYTES: u64 = 4 << 30;
@@ -113,8 +153,13 @@ pub fn describe_source(spec: &str) -> String {
 /// ensemble folder; told apart by content), a URL or a registered name (downloaded into the cache).
 /// `model_id` picks the member of an ensemble folder (negative counts from the end).
 pub fn read_model(spec: &str, model_id: i64, download_options: &download::DownloadOptions) -> Result<RawModel> {
+    open_model(spec, model_id, download_options)?.into_raw()
+}
+
+/// [`read_model`] with only the names and shapes of the tensors read, for `model::load`.
+pub fn open_model(spec: &str, model_id: i64, download_options: &download::DownloadOptions) -> Result<ModelFile> {
     match download::resolve_model(spec, download_options)? {
-        download::ModelLocation::BuiltIn(_) => safetensors::parse_model(DEMO_MODEL, "built-in model `demo`"),
-        download::ModelLocation::Local { path, .. } => checkpoint::read_model(&path, model_id),
+        download::ModelLocation::BuiltIn(_) => safetensors::open_model(std::io::Cursor::new(DEMO_MODEL), "built-in model `demo`"),
+        download::ModelLocation::Local { path, .. } => checkpoint::open_model(&path, model_id),
     }
 }

@@ -2,12 +2,12 @@
 //! and plain named tensors (stimuli, responses, MEIs).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Seek};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors, TensorView};
 
-use super::{RawModel, RawTensor, TensorData};
+use super::{ModelFile, RawModel, RawTensor, TensorData, TensorStore};
 use crate::error::{Error, Result};
 
 /// Parse safetensors bytes into named tensors and the metadata map. `what` names the source in errors.
@@ -44,9 +44,13 @@ fn explain(e: SafeTensorError) -> String {
 }
 
 fn decode(view: &TensorView) -> std::result::Result<RawTensor, String> {
-    let bytes = view.data();
-    let shape = view.shape().to_vec();
-    let data = match view.dtype() {
+    decode_bytes(view.dtype(), view.shape().to_vec(), view.data())
+}
+
+/// Values of dtype `dtype` stored little-endian in `bytes`.
+fn decode_bytes(dtype: Dtype, shape: Vec<usize>, bytes: &[u8]) -> std::result::Result<RawTensor, String> {
+    check_dtype(dtype)?;
+    let data = match dtype {
         Dtype::F32 => TensorData::F32(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()),
         Dtype::F64 => TensorData::F64(bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect()),
         Dtype::I64 => TensorData::I64(bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()),
@@ -54,9 +58,17 @@ fn decode(view: &TensorView) -> std::result::Result<RawTensor, String> {
         Dtype::BF16 => TensorData::F32(
             bytes.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect(),
         ),
-        other => return Err(format!("unsupported dtype {other:?} (use F32, F64, F16, BF16 or I64)")),
+        _ => unreachable!("check_dtype refused it"),
     };
     Ok(RawTensor { shape, data })
+}
+
+/// The dtypes retina reads.
+fn check_dtype(dtype: Dtype) -> std::result::Result<(), String> {
+    match dtype {
+        Dtype::F32 | Dtype::F64 | Dtype::I64 | Dtype::F16 | Dtype::BF16 => Ok(()),
+        other => Err(format!("unsupported dtype {other:?} (use F32, F64, F16, BF16 or I64)")),
+    }
 }
 
 /// IEEE half to single precision (exact).
@@ -89,25 +101,66 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
 /// Largest safetensors header accepted (the safetensors crate's own limit).
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 
-/// Read a model stored as safetensors: the header is read and checked against the file's length
-/// first, so a damaged or hostile file of gigabytes is refused after reading its header only.
+/// Read a model stored as safetensors, every tensor's values included.
 pub fn read_model_file(path: &Path) -> Result<RawModel> {
-    let what = path.display().to_string();
-    let mut file = super::open_regular_file(path)?;
-    let file_len = file.metadata().map_err(|e| Error::file(path, format!("cannot read ({e})")))?.len();
-    let header = read_header(&mut file, file_len).map_err(|problem| Error::file(path, problem))?;
-    let data_len = check_header(&header, file_len).map_err(|problem| Error::file(path, problem))?;
+    open_model(super::open_regular_file(path)?, &path.display().to_string())?.into_raw()
+}
+
+/// Open a model stored as safetensors in `source` (a file, or the built-in model's bytes): its
+/// header is read and checked against the source's length, so a damaged or hostile file of gigabytes
+/// is refused after reading its header only; the values stay in the source until the model loader
+/// asks for them by name.
+pub fn open_model<R: Read + Seek + 'static>(mut source: R, what: &str) -> Result<ModelFile> {
+    let err = |problem: String| Error::new(format!("{what}: {problem}"));
+    let source_len = source
+        .seek(SeekFrom::End(0))
+        .and_then(|len| source.rewind().map(|_| len))
+        .map_err(|e| err(format!("cannot read ({e})")))?;
+    let header = read_header(&mut source, source_len).map_err(&err)?;
+    let data_len = check_header(&header, source_len).map_err(&err)?;
     if data_len > super::MAX_MODEL_BYTES {
-        return Err(Error::file(
-            path,
-            format!("its tensors take {data_len} bytes, more than any model ({} bytes)", super::MAX_MODEL_BYTES),
-        ));
+        return Err(err(format!("its tensors take {data_len} bytes, more than any model ({} bytes)", super::MAX_MODEL_BYTES)));
     }
-    let mut bytes = Vec::new();
-    file.rewind()
-        .and_then(|_| file.take(file_len).read_to_end(&mut bytes))
-        .map_err(|e| Error::file(path, format!("cannot read ({e})")))?;
-    parse_model(&bytes, &what)
+    // check_header parsed the same text.
+    let metadata: Metadata = serde_json::from_slice(&header).map_err(|e| err(format!("not a valid safetensors file ({e})")))?;
+    let data_start = 8 + header.len() as u64;
+    let mut shapes = BTreeMap::new();
+    let mut spans = HashMap::new();
+    for (name, info) in metadata.tensors() {
+        check_dtype(info.dtype).map_err(|problem| err(format!("tensor {name}: {problem}")))?;
+        shapes.insert(name.clone(), info.shape.clone());
+        let (begin, end) = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
+        spans.insert(name, (info.dtype, data_start + begin, end - begin));
+    }
+    let text = metadata.metadata().clone().unwrap_or_default();
+    let (model_class, hyper_parameters) = model_metadata(&text, what)?;
+    let store = SafetensorsStore { source, spans, shapes: shapes.clone(), what: what.to_string() };
+    Ok(ModelFile::new(model_class, hyper_parameters, shapes, Box::new(store)))
+}
+
+/// The values of a safetensors source's tensors, read one at a time at the offsets its header gives.
+struct SafetensorsStore<R> {
+    source: R,
+    /// dtype, first byte in the source, length in bytes.
+    spans: HashMap<String, (Dtype, u64, u64)>,
+    shapes: BTreeMap<String, Vec<usize>>,
+    what: String,
+}
+
+impl<R: Read + Seek> TensorStore for SafetensorsStore<R> {
+    fn read(&mut self, name: &str) -> Result<RawTensor> {
+        let err = |problem: String| Error::new(format!("{}: tensor {name}: {problem}", self.what));
+        let (Some(&(dtype, start, len)), Some(shape)) = (self.spans.get(name), self.shapes.get(name)) else {
+            return Err(err("not in the file".into()));
+        };
+        // The header check bounded `len` by the file's length (and MAX_MODEL_BYTES).
+        let mut bytes = vec![0u8; len as usize];
+        self.source
+            .seek(SeekFrom::Start(start))
+            .and_then(|_| self.source.read_exact(&mut bytes))
+            .map_err(|e| err(format!("cannot read ({e}); the file is truncated or changed while being read")))?;
+        decode_bytes(dtype, shape.clone(), &bytes).map_err(err)
+    }
 }
 
 /// The JSON header of a safetensors file of `file_len` bytes, its length checked first.
@@ -161,9 +214,15 @@ pub fn check_header(header: &[u8], file_len: u64) -> std::result::Result<u64, St
     Ok(data_len)
 }
 
-/// Parse a model stored as safetensors with `model_class` and `hyper_parameters` metadata.
+/// Parse a model stored as safetensors bytes with `model_class` and `hyper_parameters` metadata.
 pub fn parse_model(bytes: &[u8], what: &str) -> Result<RawModel> {
     let (tensors, metadata) = parse(bytes, what)?;
+    let (model_class, hyper_parameters) = model_metadata(&metadata, what)?;
+    Ok(RawModel { model_class, hyper_parameters, tensors })
+}
+
+/// The model class and hyper parameters a retina model file keeps in its metadata.
+fn model_metadata(metadata: &HashMap<String, String>, what: &str) -> Result<(String, serde_json::Value)> {
     let model_class = metadata.get("model_class").cloned().ok_or_else(|| {
         Error::new(format!("{what}: no `model_class` metadata; this safetensors file holds tensors but not a retina model"))
     })?;
@@ -172,7 +231,7 @@ pub fn parse_model(bytes: &[u8], what: &str) -> Result<RawModel> {
     })?;
     let hyper_parameters: serde_json::Value = serde_json::from_str(hp)
         .map_err(|e| Error::new(format!("{what}: `hyper_parameters` metadata is not JSON ({e})")))?;
-    Ok(RawModel { model_class, hyper_parameters, tensors })
+    Ok((model_class, hyper_parameters))
 }
 
 /// Serialise named tensors (+ optional metadata) to safetensors bytes.

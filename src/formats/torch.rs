@@ -132,6 +132,22 @@ impl<R: Read + Seek> TorchFile<R> {
     /// records do not overlap), and the tensors must need at most twice those storages' bytes (plus
     /// slack for widened integers), at most [`MAX_MODEL_BYTES`].
     pub fn state_dict(&mut self, dict: &Value) -> Result<BTreeMap<String, RawTensor>> {
+        let entries = self.state_dict_entries(dict)?;
+        let mut tensors = BTreeMap::new();
+        for (name, (_, value)) in &entries {
+            tensors.insert(name.clone(), self.state_dict_tensor(name, value)?);
+        }
+        Ok(tensors)
+    }
+
+    /// The tensor of the state-dict entry `name` (its pickled `value`), copied out.
+    pub fn state_dict_tensor(&mut self, name: &str, value: &Value) -> Result<RawTensor> {
+        self.tensor(value).map_err(|e| Error::new(format!("{e} (state dict entry {name})")))
+    }
+
+    /// The entries of a state dict, name -> (shape, the pickled tensor), checked and sized as
+    /// [`TorchFile::state_dict`] says, without reading any data.
+    pub fn state_dict_entries(&mut self, dict: &Value) -> Result<BTreeMap<String, (Vec<usize>, Value)>> {
         let what = self.what.clone();
         let err = |problem: String| Error::new(format!("{what}: {problem}"));
         let entries = self.pickle.dict_entries(dict).ok_or_else(|| err("the state dict is not a dict".into()))?.to_vec();
@@ -141,7 +157,7 @@ impl<R: Read + Seek> TorchFile<R> {
                 entries.len()
             )));
         }
-        let mut named = Vec::with_capacity(entries.len());
+        let mut named = BTreeMap::new();
         let mut storages: HashMap<&str, u64> = HashMap::new();
         let mut tensor_bytes: u64 = 0;
         for (key, value) in &entries {
@@ -155,7 +171,8 @@ impl<R: Read + Seek> TorchFile<R> {
             *declared = (*declared).max(storage_bytes);
             let numel = t.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d)).unwrap_or(u64::MAX);
             tensor_bytes = tensor_bytes.saturating_add(numel.saturating_mul(decoded_size(t.storage.dtype)));
-            named.push((name.to_string(), value.clone()));
+            let shape = t.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
+            named.insert(name.to_string(), (shape, value.clone()));
         }
         let storage_total = storages.values().fold(0u64, |sum, &b| sum.saturating_add(b));
         if storage_total > self.archive_len {
@@ -172,12 +189,7 @@ impl<R: Read + Seek> TorchFile<R> {
                  (views repeating the same data); refusing to expand them"
             )));
         }
-        let mut tensors = BTreeMap::new();
-        for (name, value) in &named {
-            let tensor = self.tensor(value).map_err(|e| Error::new(format!("{e} (state dict entry {name})")))?;
-            tensors.insert(name.clone(), tensor);
-        }
-        Ok(tensors)
+        Ok(named)
     }
 
     /// The bytes of a storage, read once and shared by every tensor viewing it. Each use checks that

@@ -1,7 +1,9 @@
 //! From stored tensors (PyTorch state-dict names) and the typed configuration to a [`Model`].
 //!
 //! Every tensor is checked against the configuration: missing, extra (other than buffers openretina
-//! keeps for training only), mis-shaped and non-finite tensors are reported by name. As PyTorch's
+//! keeps for training only), mis-shaped and non-finite tensors are reported by name. A tensor's
+//! values are read from the file only when a layer takes it with the shape the configuration gives,
+//! so an extra or mis-shaped tensor, however large, is refused without being read. As PyTorch's
 //! strict `load_state_dict`, the names are compared with what the built architecture takes as a
 //! whole: all missing and unexpected names are counted in one line, not the first one found.
 
@@ -14,29 +16,40 @@ use super::layer::Layer;
 use super::layers::{avg_pool::AvgPoolDownsample, batch_norm::BatchNormBias, color_squash::ColorSquash, elu::Elu, max_pool::MaxPoolSpace2};
 use super::{registry, Float, Model};
 use crate::error::{Error, Result};
-use crate::formats::{RawModel, RawTensor};
+use crate::formats::{ModelFile, RawModel, RawTensor, TensorStore};
 
 /// Tensors still to be taken, by name: what layer and readout kinds load their weights from.
 pub struct StateDict<'a> {
-    tensors: BTreeMap<&'a str, &'a RawTensor>,
+    /// The shapes of the tensors not taken yet.
+    shapes: BTreeMap<String, Vec<usize>>,
+    /// Where their values are read from.
+    store: &'a mut dyn TensorStore,
     /// Names the architecture took that the file does not hold (loading goes on with zeros, so that
     /// every missing name is found).
     missing: Vec<String>,
 }
 
 impl<'a> StateDict<'a> {
-    pub fn take_raw(&mut self, name: &str) -> Result<&'a RawTensor> {
-        self.tensors.remove(name).ok_or_else(|| Error::new(format!("tensor `{name}` is missing from the model file")))
+    /// Take a tensor the model does not use (a buffer for training only) without reading it.
+    pub fn skip(&mut self, name: &str) {
+        self.shapes.remove(name);
     }
 
-    /// A float tensor of exactly `shape`, with finite values.
+    /// A float tensor of exactly `shape`, with finite values. The shape is compared before the
+    /// values are read.
     pub fn take<F: Float>(&mut self, name: &str, shape: &[usize]) -> Result<Vec<F>> {
-        let Some(raw) = self.tensors.remove(name) else {
+        let Some(stored) = self.shapes.remove(name) else {
             self.missing.push(name.to_string());
             return Ok(vec![F::zero(); shape.iter().product()]);
         };
+        if stored != shape {
+            bail!(
+                "tensor `{name}` has shape {stored:?}, the configuration needs {shape:?}; check that the file and its hyper parameters belong together"
+            );
+        }
+        let raw = self.store.read(name)?;
         if raw.shape != shape {
-            bail!("tensor `{name}` has shape {:?}, the configuration needs {shape:?}", raw.shape);
+            bail!("tensor `{name}` holds shape {:?} where the file's header said {shape:?}; the file is damaged", raw.shape);
         }
         let t = raw.to_float::<f64>(name)?;
         if let Some(bad) = t.data.iter().find(|v| !v.is_finite()) {
@@ -50,13 +63,13 @@ impl<'a> StateDict<'a> {
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.shapes.contains_key(name)
     }
 
     /// Fail on any name the architecture took that the file lacks, and any tensor left that openretina
     /// does not keep as a training-only buffer: one line with the counts and the first few names.
     fn finish(self) -> Result<()> {
-        let unexpected: Vec<&str> = self.tensors.keys().copied().filter(|n| !is_training_buffer(n)).collect();
+        let unexpected: Vec<&str> = self.shapes.keys().map(String::as_str).filter(|n| !is_training_buffer(n)).collect();
         let missing: Vec<&str> = self.missing.iter().map(String::as_str).collect();
         let mut parts = Vec::new();
         for (what, names) in [("missing", &missing), ("unexpected", &unexpected)] {
@@ -92,9 +105,38 @@ fn is_training_buffer(name: &str) -> bool {
         || (name.starts_with("core.log_speed_") && !name.contains(".features."))
 }
 
+/// The tensors of a [`RawModel`], already in memory: each is copied when taken.
+struct InMemory<'a>(&'a BTreeMap<String, RawTensor>);
+
+impl TensorStore for InMemory<'_> {
+    fn read(&mut self, name: &str) -> Result<RawTensor> {
+        self.0.get(name).cloned().ok_or_else(|| Error::new(format!("tensor `{name}` is missing from the model file")))
+    }
+}
+
+/// A model file's tensors, read when taken.
+struct FromFile<'a>(&'a mut ModelFile);
+
+impl TensorStore for FromFile<'_> {
+    fn read(&mut self, name: &str) -> Result<RawTensor> {
+        self.0.read_tensor(name)
+    }
+}
+
 pub fn model_from_raw<F: Float>(raw: &RawModel) -> Result<Model<F>> {
-    let config = ModelConfig::from_hyper_parameters(&raw.model_class, &raw.hyper_parameters)?;
-    let mut sd = StateDict { tensors: raw.tensors.iter().map(|(k, v)| (k.as_str(), v)).collect(), missing: Vec::new() };
+    let shapes = raw.tensors.iter().map(|(name, t)| (name.clone(), t.shape.clone())).collect();
+    build(&raw.model_class, &raw.hyper_parameters, shapes, &mut InMemory(&raw.tensors))
+}
+
+/// Build the model a file describes, reading only the tensors it takes (see the module documentation).
+pub fn model_from_file<F: Float>(file: &mut ModelFile) -> Result<Model<F>> {
+    let (class, hyper_parameters, shapes) = (file.model_class.clone(), file.hyper_parameters.clone(), file.shapes.clone());
+    build(&class, &hyper_parameters, shapes, &mut FromFile(file))
+}
+
+fn build<F: Float>(class: &str, hyper_parameters: &serde_json::Value, shapes: BTreeMap<String, Vec<usize>>, store: &mut dyn TensorStore) -> Result<Model<F>> {
+    let config = ModelConfig::from_hyper_parameters(class, hyper_parameters)?;
+    let mut sd = StateDict { shapes, store, missing: Vec::new() };
     let core = (registry::core_kind::<F>(&config.core_class)?.load)(&config, &mut sd)?;
     let t = config.train_time_steps.unwrap_or(50);
     let core_out = core.output_shape(config.stimulus_shape(t, 1)[1..].try_into().expect("4 dimensions"))?;

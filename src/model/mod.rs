@@ -28,7 +28,7 @@ pub use self::config::ModelConfig;
 use self::core::Core;
 use self::readout::Readout;
 use crate::error::{Error, Result};
-use crate::formats::RawModel;
+use crate::formats::{ModelFile, RawModel};
 use crate::tensor::Tensor;
 
 /// A Core + Readout retina model in float type `F`.
@@ -70,6 +70,12 @@ impl<F: Float> ForwardOutput<F> {
 impl<F: Float> Model<F> {
     pub fn from_raw(raw: &RawModel) -> Result<Self> {
         load::model_from_raw(raw)
+    }
+
+    /// The model of an opened file, reading only the tensors the architecture takes, each after its
+    /// shape was checked (`formats::open_model`).
+    pub fn from_file(file: &mut ModelFile) -> Result<Self> {
+        load::model_from_file(file)
     }
 
     /// openretina's hook names of the core layers whose channels `visualize` optimises:

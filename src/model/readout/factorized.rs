@@ -75,9 +75,7 @@ pub fn load_sessions<F: Float>(
         let bias = if use_bias { bias } else { vec![F::zero(); n] };
         // The Laplace regulariser's filter matters for training only.
         let laplace = format!("{p}._input_weights_regularizer_spatial.laplace.filter");
-        if sd.has(&laplace) {
-            sd.take_raw(&laplace)?;
-        }
+        sd.skip(&laplace);
         let abs = |v: &mut [F]| v.iter_mut().for_each(|x| *x = if *x < F::zero() { -*x } else { *x });
         if constraints.mask_abs {
             abs(&mut masks);
