@@ -24,6 +24,20 @@ fn check_gradients(raw: &RawModel, time_steps: usize) {
         let (value, gradient) = objective.gradient(&x);
         let (full_value, _) = objective.evaluate(&x);
         assert!((value - full_value).abs() <= 1e-12 * full_value.abs().max(1.0), "{}: cropped and full objective differ", target.id());
+        // An inner channel's series is computed on its spatial box: the same values as the centre
+        // unit of the whole layer output.
+        if let MeiTarget::InnerChannel { layer, channel } = target.clone() {
+            let stimulus = Tensor { shape: shape.to_vec(), data: x.clone() };
+            let session = model.sessions().next().unwrap().to_string();
+            let out = &model.forward(&stimulus, &session).unwrap().layers[layer];
+            let [_, _, t, h, w] = [out.shape[0], out.shape[1], out.shape[2], out.shape[3], out.shape[4]];
+            let full: Vec<f64> = (0..t).map(|ti| out.data[((channel * t + ti) * h + h / 2) * w + w / 2]).collect();
+            let (_, series) = objective.evaluate(&x);
+            // Float64; the two routes may pick different kernels (direct or FFT): 1e-12 relative.
+            let scale = full.iter().fold(1e-3f64, |m, a| m.max(a.abs()));
+            let d = full.iter().zip(&series).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / scale;
+            assert!(series.len() == t && d <= 1e-12, "{}: series on the box differs from the full layer by {d:e}", target.id());
+        }
         let eps = 1e-5;
         let shifted = |s: f64| -> Vec<f64> { x.iter().zip(&v).map(|(a, b)| a + s * b).collect() };
         let numeric = (objective.evaluate(&shifted(eps)).0 - objective.evaluate(&shifted(-eps)).0) / (2.0 * eps);

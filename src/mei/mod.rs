@@ -18,6 +18,9 @@ pub mod objective;
 pub mod optimizer;
 pub mod stopper;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
 use rayon::prelude::*;
 
 pub use self::constraints::Constraints;
@@ -213,8 +216,9 @@ fn optimize_mean_or_fail<F: Float>(models: &[Model<F>], target: &MeiTarget, init
     }))
 }
 
+/// No early exit: a loop that reads everything runs in vector lanes (this runs on every step).
 fn all_finite<F: Float>(x: &[F]) -> bool {
-    x.iter().all(|v| v.to_f64().is_finite())
+    x.iter().fold(true, |finite, v| finite & v.to_f64().is_finite())
 }
 
 /// The error of an MEI that left the finite numbers.
@@ -280,15 +284,31 @@ pub fn optimize_each_mean<F: Float>(
 ) -> Result<Vec<Result<Mei>>> {
     let model = models.first().ok_or_else(|| Error::new("no models to optimise on"))?;
     check_memory(model, targets.len(), settings)?;
-    targets
-        .par_iter()
-        .map(|target| {
+    // One queue that every thread takes the next MEI from, the costliest first: rayon's split of the
+    // list into runs left a core idle while the other finished its run of output-neuron MEIs (the
+    // costliest, last in the list). Now the last MEIs are the cheapest.
+    let mut order: Vec<usize> = (0..targets.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(cost_rank(&targets[i])));
+    let next = AtomicUsize::new(0);
+    let done: Vec<OnceLock<Result<Result<Mei>>>> = targets.iter().map(|_| OnceLock::new()).collect();
+    (0..rayon::current_num_threads().min(targets.len())).into_par_iter().for_each(|_| {
+        while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let target = &targets[i];
             let init = initial_stimulus(model, target, settings);
-            let mei = optimize_mean_or_fail(models, target, init, settings);
+            let _ = done[i].set(optimize_mean_or_fail(models, target, init, settings));
             on_done();
-            mei
-        })
-        .collect()
+        }
+    });
+    done.into_iter().map(|mei| mei.into_inner().expect("every MEI was taken from the queue")).collect()
+}
+
+/// Orders MEIs by cost, highest first: readout objectives run the whole core on the whole stimulus,
+/// an inner channel's only up to its layer and on its receptive field (smaller for lower layers).
+fn cost_rank(target: &MeiTarget) -> usize {
+    match target {
+        MeiTarget::OutputNeuron { .. } | MeiTarget::Contrastive { .. } => usize::MAX,
+        MeiTarget::InnerChannel { layer, .. } => *layer,
+    }
 }
 
 /// Every MEI `openretina visualize` computes: each channel of each core layer, then each neuron of

@@ -217,9 +217,17 @@ impl<'m, F: Float> Objective<'m, F> {
         (self.region.shape, blocks_used(self.model, &self.target))
     }
 
-    /// The objective and its full time series (for figures and reports).
+    /// The objective and its full time series (for figures and reports). An inner channel's centre
+    /// unit is computed on its spatial box over all frames (the same values; see [`dependency_region`]).
     pub fn evaluate(&self, x: &[F]) -> (f64, Vec<F>) {
-        let (objective, series, _) = self.run(x, self.stimulus_shape, self.window, None, false);
+        let r = self.region;
+        let full = self.stimulus_shape;
+        let (objective, series, _) = if r.centre.is_some() {
+            let shape = [full[0], full[1], r.shape[2], r.shape[3]];
+            self.run(&crop(x, full, [0, r.y0, r.x0], shape), shape, self.window, r.centre, false)
+        } else {
+            self.run(x, full, self.window, None, false)
+        };
         (objective, series)
     }
 
@@ -232,16 +240,8 @@ impl<'m, F: Float> Objective<'m, F> {
             let (objective, _, gradient) = self.run(x, full, self.window, r.centre, true);
             return (objective, gradient.expect("asked for"));
         }
-        let [c, t, h, w] = r.shape;
-        let mut sub = Vec::with_capacity(c * t * h * w);
-        for ch in 0..c {
-            for ti in 0..t {
-                for y in 0..h {
-                    let start = ((ch * full[1] + r.t0 + ti) * full[2] + r.y0 + y) * full[3] + r.x0;
-                    sub.extend_from_slice(&x[start..start + w]);
-                }
-            }
-        }
+        let [_, t, h, w] = r.shape;
+        let sub = crop(x, full, [r.t0, r.y0, r.x0], r.shape);
         let window = (self.window.0 - r.t0, self.window.1);
         let (objective, _, g_sub) = self.run(&sub, r.shape, window, r.centre, true);
         let g_sub = g_sub.expect("asked for");
@@ -382,6 +382,21 @@ impl<F: Float> Objective<'_, F> {
             .map(|ti| F::from_f64(group.iter().map(|&n| responses[ti * n_n + self.local(n)].to_f64()).sum::<f64>() / group.len() as f64))
             .collect()
     }
+}
+
+/// The box of `shape` `(channels, t, h, w)` from first frame, row and column `origin` of a stimulus
+/// of shape `full`.
+fn crop<F: Float>(x: &[F], full: [usize; 4], [t0, y0, x0]: [usize; 3], [c, t, h, w]: [usize; 4]) -> Vec<F> {
+    let mut sub = Vec::with_capacity(c * t * h * w);
+    for ch in 0..c {
+        for ti in 0..t {
+            for y in 0..h {
+                let start = ((ch * full[1] + t0 + ti) * full[2] + y0 + y) * full[3] + x0;
+                sub.extend_from_slice(&x[start..start + w]);
+            }
+        }
+    }
+    sub
 }
 
 /// How many core blocks an objective runs through.
