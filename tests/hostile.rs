@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{zip_with, PickleWriter};
+use retina::formats::TensorData;
 
 struct Refusal {
     line: String,
@@ -296,4 +297,148 @@ fn a_safetensors_model_whose_tensor_has_a_huge_wrong_shape() {
     });
     let refusal = assert_refused(&path, &["huge_shape.safetensors", &format!("`{name}` has shape [{FLOATS_3GB}]"), "configuration needs"]);
     assert!(refusal.elapsed < Duration::from_secs(10), "{:?}", refusal.elapsed);
+}
+
+/// A JSON value as pickle opcodes (protocol 2): what a checkpoint's `hyper_parameters` hold.
+fn pickle_json(p: &mut PickleWriter, value: &serde_json::Value) {
+    use serde_json::Value as Json;
+    match value {
+        Json::Null => p.op(b"N"),
+        Json::Bool(b) => p.op(if *b { b"\x88" } else { b"\x89" }),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => p.int(i32::try_from(i).expect("small integers")),
+            None => p.op(b"G").op(&n.as_f64().expect("a float").to_be_bytes()),
+        },
+        Json::String(s) => p.str(s),
+        Json::Array(items) => {
+            p.op(b"](");
+            items.iter().for_each(|item| pickle_json(p, item));
+            p.op(b"e")
+        }
+        Json::Object(map) => {
+            p.op(b"}(");
+            map.iter().for_each(|(k, item)| pickle_json(p.str(k), item));
+            p.op(b"u")
+        }
+    };
+}
+
+/// CRC-32 (zip's) of `bytes`, continuing from `crc`.
+fn crc32(crc: u32, bytes: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        std::array::from_fn(|i| (0..8).fold(i as u32, |c, _| if c & 1 == 1 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 }))
+    });
+    !bytes.iter().fold(!crc, |c, &b| table[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8))
+}
+
+/// A stored zip (as torch.save writes them) of `entries`, then one entry `hole_name` of `hole_len`
+/// zero bytes, left as a hole in the file: a large record that takes no disk space.
+fn write_zip_with_hole(path: &Path, entries: &[(String, Vec<u8>)], hole_name: &str, hole_len: u32) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::File::create(path).unwrap();
+    let mut central = Vec::new();
+    let zeros = vec![0u8; 1 << 20];
+    let hole_crc = (0..hole_len / zeros.len() as u32).fold(0, |crc, _| crc32(crc, &zeros));
+    assert_eq!(hole_len % zeros.len() as u32, 0);
+    let records = entries.iter().map(|(name, data)| (name.as_str(), Some(data.as_slice()), data.len() as u32, crc32(0, data)));
+    let records: Vec<_> = records.chain([(hole_name, None, hole_len, hole_crc)]).collect();
+    for &(name, data, len, crc) in &records {
+        let offset = file.stream_position().unwrap() as u32;
+        // Version 20, no flags, stored, time 0, date 1980-01-01, crc, sizes, name length, no extra.
+        let fields = |out: &mut Vec<u8>| {
+            for v in [20u16, 0, 0, 0, 0x21] {
+                out.extend(v.to_le_bytes());
+            }
+            out.extend(crc.to_le_bytes());
+            out.extend(len.to_le_bytes());
+            out.extend(len.to_le_bytes());
+            out.extend((name.len() as u16).to_le_bytes());
+            out.extend(0u16.to_le_bytes());
+        };
+        let mut local = 0x0403_4b50u32.to_le_bytes().to_vec();
+        fields(&mut local);
+        local.extend(name.as_bytes());
+        file.write_all(&local).unwrap();
+        match data {
+            Some(data) => file.write_all(data).unwrap(),
+            None => drop(file.seek(SeekFrom::Current(len as i64)).unwrap()),
+        }
+        // Made by version 20, then the local fields, no comment, disk 0, no attributes, the offset.
+        central.extend(0x0201_4b50u32.to_le_bytes());
+        central.extend(20u16.to_le_bytes());
+        fields(&mut central);
+        central.extend([0u8; 10]);
+        central.extend(offset.to_le_bytes());
+        central.extend(name.as_bytes());
+    }
+    let central_offset = file.stream_position().unwrap() as u32;
+    let mut end = 0x0605_4b50u32.to_le_bytes().to_vec();
+    end.extend([0u8; 4]);
+    end.extend((records.len() as u16).to_le_bytes());
+    end.extend((records.len() as u16).to_le_bytes());
+    end.extend((central.len() as u32).to_le_bytes());
+    end.extend(central_offset.to_le_bytes());
+    end.extend([0u8; 2]);
+    file.write_all(&central).unwrap();
+    file.write_all(&end).unwrap();
+}
+
+/// The example fixture model as a Lightning checkpoint (every tensor on its own storage, its hyper
+/// parameters as a plain dict), with one more state-dict entry `extra` viewing a storage of
+/// `extra_bytes` zero bytes.
+fn checkpoint_with_extra_tensor(path: &Path, extra: &str, extra_bytes: u32) {
+    let bytes = std::fs::read(common::fixture("example_low_res/model.safetensors")).unwrap();
+    let raw = retina::formats::safetensors::parse_model(&bytes, "fixture").unwrap();
+    let mut p = PickleWriter::new();
+    p.op(b"}(").str("state_dict").op(b"}(");
+    let mut records = Vec::new();
+    for (i, (name, t)) in raw.tensors.iter().enumerate() {
+        let (kind, data): (&str, Vec<u8>) = match &t.data {
+            TensorData::F32(v) => ("FloatStorage", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            TensorData::F64(v) => ("DoubleStorage", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            TensorData::I64(v) => ("LongStorage", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        };
+        let shape: Vec<i32> = t.shape.iter().map(|&d| d as i32).collect();
+        let stride: Vec<i32> = (0..shape.len()).map(|d| shape[d + 1..].iter().product()).collect();
+        p.str(name).tensor(kind, &i.to_string(), t.numel() as i32, 0, &shape, &stride);
+        records.push((format!("archive/data/{i}"), data));
+    }
+    let floats = (extra_bytes / 4) as i32;
+    p.str(extra).tensor("FloatStorage", "extra", floats, 0, &[floats], &[1]);
+    p.op(b"u").str("hyper_parameters");
+    pickle_json(&mut p, &raw.hyper_parameters);
+    p.op(b"u.");
+    records.insert(0, ("archive/data.pkl".to_string(), p.0));
+    write_zip_with_hole(path, &records, "archive/data/extra", extra_bytes);
+}
+
+#[test]
+fn a_checkpoint_with_an_extra_tensor_of_half_a_gigabyte() {
+    // A well-formed checkpoint of the example model with one entry more, on a 512 MiB storage record
+    // (in the file, so every size check passes): reading the record and copying the tensor out
+    // would need twice that, past the ceiling. Only comparing names with the architecture before
+    // reading values refuses it within the ceiling.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("extra.ckpt");
+    checkpoint_with_extra_tensor(&path, "readout.session_1_ventral1_20200226.extra", 512 << 20);
+    let refusal = assert_refused(&path, &["extra.ckpt", "1 unexpected tensor", "readout.session_1_ventral1_20200226.extra"]);
+    assert!(!refusal.line.contains("missing"), "every tensor of the model is in the file: {}", refusal.line);
+    assert!(refusal.elapsed < Duration::from_secs(10), "{:?}", refusal.elapsed);
+}
+
+#[test]
+fn hyper_parameters_naming_a_huge_architecture_over_a_file_without_its_tensors() {
+    // 100,000 channels per layer and no core tensor in the file: loading goes on past a missing
+    // tensor with zeros in its place (to name every missing one), which must not grow to the
+    // hundreds of gigabytes the hyper parameters name.
+    let bytes = std::fs::read(common::fixture("example_low_res/model.safetensors")).unwrap();
+    let (mut tensors, mut metadata) = retina::formats::safetensors::parse(&bytes, "fixture").unwrap();
+    tensors.retain(|name, _| !name.starts_with("core."));
+    let mut hp: serde_json::Value = serde_json::from_str(&metadata["hyper_parameters"]).unwrap();
+    hp["hidden_channels"] = serde_json::json!([100_000, 100_000]);
+    metadata.insert("hyper_parameters".into(), hp.to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "huge_architecture.safetensors", &retina::formats::safetensors::serialize(&tensors, Some(metadata)).unwrap());
+    assert_refused(&path, &["huge_architecture.safetensors", "missing", "core.features.layer", "hyper parameters"]);
 }

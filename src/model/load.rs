@@ -27,7 +27,14 @@ pub struct StateDict<'a> {
     /// Names the architecture took that the file does not hold (loading goes on with zeros, so that
     /// every missing name is found).
     missing: Vec<String>,
+    /// Values of those zeros so far.
+    placeholder_values: u64,
 }
+
+/// Most values of zeros standing in for missing tensors (16 Mi, ~40 times the largest real model's
+/// parameters): hyper parameters naming a huge architecture over a file that lacks its tensors stop
+/// here instead of allocating what they name.
+const MAX_PLACEHOLDER_VALUES: u64 = 1 << 24;
 
 impl<'a> StateDict<'a> {
     /// Take a tensor the model does not use (a buffer for training only) without reading it.
@@ -40,7 +47,15 @@ impl<'a> StateDict<'a> {
     pub fn take<F: Float>(&mut self, name: &str, shape: &[usize]) -> Result<Vec<F>> {
         let Some(stored) = self.shapes.remove(name) else {
             self.missing.push(name.to_string());
-            return Ok(vec![F::zero(); shape.iter().product()]);
+            let values = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64)).unwrap_or(u64::MAX);
+            self.placeholder_values = self.placeholder_values.saturating_add(values);
+            if self.placeholder_values > MAX_PLACEHOLDER_VALUES {
+                bail!(
+                    "tensor `{name}` of shape {shape:?} is missing from the model file ({} missing so far): its hyper parameters describe a far larger architecture than the file holds; check that the file and its hyper parameters belong together",
+                    self.missing.len()
+                );
+            }
+            return Ok(vec![F::zero(); values as usize]);
         };
         if stored != shape {
             bail!(
@@ -136,7 +151,7 @@ pub fn model_from_file<F: Float>(file: &mut ModelFile) -> Result<Model<F>> {
 
 fn build<F: Float>(class: &str, hyper_parameters: &serde_json::Value, shapes: BTreeMap<String, Vec<usize>>, store: &mut dyn TensorStore) -> Result<Model<F>> {
     let config = ModelConfig::from_hyper_parameters(class, hyper_parameters)?;
-    let mut sd = StateDict { shapes, store, missing: Vec::new() };
+    let mut sd = StateDict { shapes, store, missing: Vec::new(), placeholder_values: 0 };
     let core = (registry::core_kind::<F>(&config.core_class)?.load)(&config, &mut sd)?;
     let t = config.train_time_steps.unwrap_or(50);
     let core_out = core.output_shape(config.stimulus_shape(t, 1)[1..].try_into().expect("4 dimensions"))?;
