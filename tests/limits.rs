@@ -192,7 +192,7 @@ fn every_real_model_fits_the_default_budget_at_normal_sizes() {
     }
     // And the refused requests above are refused by the budget, not by an accident of the estimate:
     // 100,000 frames of the demo model measured 2.7 GB peak (`/usr/bin/time`; 7.1 GB before the
-    // temporal-first kernels), estimated 3.7 GiB, so the requests ask for 250,000.
+    // temporal-first kernels), estimated 3.5 GiB, so the requests ask for 250,000.
     let demo = &models[0].1;
     let estimate = demo.work_bytes(250_000, 1, 2, Work::Forward).unwrap();
     assert!(estimate > memory::DEFAULT_BUDGET_BYTES && estimate < 3 * memory::DEFAULT_BUDGET_BYTES, "{estimate}");
@@ -344,12 +344,13 @@ fn the_work_estimate_follows_the_measured_peak_of_every_convolution_kind() {
         // overcount up to 3x: it counts every buffer a kernel may allocate and four stimulus-sized
         // copies, where a run touches fewer. The gradient steps are sized on the frames the
         // objective's window depends on (as `mei::objective` crops them), so the backward pass over
-        // the whole stimulus is counted only where the layers do not bound it (the GRU). Measured on
-        // the 2-core dev machine under load ~8, with the AVX2 direct correlation of conv3d.rs: 2.17
-        // custom_separable (with the temporal-first kernels of simd_separable.rs, which keep no
-        // (in, frames, pixels, out) step), 1.84 full, 1.70 separable, 2.14 time_independent, 1.79 ConvGRUCell
-        // (before the crop was counted: 1.35, 3.98, 2.68, 3.00, 1.76, under a bar of 4.5).
-        assert!((0.9..=3.0).contains(&ratio), "{}", report.join("; "));
+        // the whole stimulus is counted only where the layers do not bound it (the GRU); a forward
+        // pass counts a value on its tape once, not again as a layer's input or output. Measured on
+        // the 2-core dev machine under load ~7: 1.44 custom_separable, 1.36 full, 1.74 separable,
+        // 1.57 time_independent, 1.75 ConvGRUCell (with tape values counted twice: 2.17, 1.84, 1.70,
+        // 2.14, 1.79 under a bar of 3; before the crop was counted: 1.35, 3.98, 2.68, 3.00, 1.76,
+        // under 4.5). 2.5 leaves 40% above the largest.
+        assert!((0.9..=2.5).contains(&ratio), "{}", report.join("; "));
     }
     eprintln!("{}", report.join("\n"));
 }

@@ -86,17 +86,19 @@ impl<F: Float> Model<F> {
             // the caller serialises once more.
             Work::Forward => (total(&[per.stimulus, per.tape, 2 * per.outputs])?, per.forward),
             // MEIs are one stimulus each: the stimulus and its gradient copies, and the larger of a
-            // step's peak and the final forward pass's (its tape and its largest layer).
+            // step's peak and the final forward pass's. A step peaks in its forward pass (the tape
+            // growing while the largest layer runs) or in its backward pass (the whole tape, and the
+            // largest layer's gradients and temporaries).
             Work::Gradient { window } => {
                 let frames = self.gradient_frames(time_steps, window);
                 let step = if frames < time_steps {
                     // On the cropped frames: their copy, its gradient, and both passes over them.
                     let cropped = self.per_stimulus_values(frames)?;
-                    total(&[cropped.tape, 2 * cropped.stimulus, cropped.forward.max(cropped.backward)])?
+                    total(&[2 * cropped.stimulus, cropped.forward_peak.max(total(&[cropped.tape, cropped.backward])?)])?
                 } else {
-                    total(&[per.tape, per.forward.max(per.backward)])?
+                    per.forward_peak.max(total(&[per.tape, per.backward])?)
                 };
-                (0, total(&[4 * per.stimulus, step.max(total(&[per.tape, per.forward])?)])?)
+                (0, total(&[4 * per.stimulus, step.max(per.forward_peak)])?)
             }
         };
         let values = (batch as u64).checked_mul(kept)?.checked_add(in_flight.checked_mul(transient)?)?;
@@ -134,22 +136,33 @@ impl<F: Float> Model<F> {
         let c = &self.config;
         let input = [c.input_channels, time_steps, c.height, c.width];
         let stimulus = count(&input)?;
-        let mut per = PerStimulus { stimulus, tape: stimulus, outputs: 0, forward: 0, backward: 0 };
+        // The tape holds its own copy of the stimulus only if the first layer reads its input
+        // backwards (or the first block has none); the stimulus itself is the caller's.
+        let first = self.core.blocks.first().map(|b| b.layers.first());
+        let stimulus_kept = matches!(first, Some(None)) || matches!(first, Some(Some(l)) if l.needs() == Needs::Input);
+        let mut per = PerStimulus { stimulus, tape: if stimulus_kept { stimulus } else { 0 }, outputs: 0, forward: 0, backward: 0, forward_peak: 0 };
         let mut shape = input;
+        // Whether the current layer's input is on the tape (then it is not counted twice).
+        let mut input_kept = true;
         for (b, block) in self.core.blocks.iter().enumerate() {
             for (j, layer) in block.layers.iter().enumerate() {
                 let next = layer.output_shape(shape).ok()?;
                 let (i_values, o_values) = (count(&shape)?, count(&next)?);
                 let work = layer.work_values(shape)?;
-                // Kept on the tape: what a backward pass reads, and every block's output.
-                let read_next = block.layers.get(j + 1).is_some_and(|l| l.needs() == Needs::Input);
-                if j + 1 == block.layers.len() || read_next || layer.needs() == Needs::Output {
-                    per.tape = per.tape.checked_add(o_values)?;
-                }
-                per.tape = per.tape.checked_add(work.state)?;
                 // While a layer runs, its input and output (or their gradients) are alive too.
                 per.forward = per.forward.max(total(&[i_values, o_values, work.forward])?);
                 per.backward = per.backward.max(total(&[i_values, o_values, work.backward])?);
+                // In a forward pass, on top of the tape so far: the input unless the tape holds it,
+                // the output, the temporaries.
+                let input_alive = if input_kept { 0 } else { i_values };
+                per.forward_peak = per.forward_peak.max(total(&[per.tape, input_alive, o_values, work.forward])?);
+                // Kept on the tape: what a backward pass reads, and every block's output.
+                let read_next = block.layers.get(j + 1).is_some_and(|l| l.needs() == Needs::Input);
+                input_kept = j + 1 == block.layers.len() || read_next || layer.needs() == Needs::Output;
+                if input_kept {
+                    per.tape = per.tape.checked_add(o_values)?;
+                }
+                per.tape = per.tape.checked_add(work.state)?;
                 shape = next;
             }
             if self.core.layer_blocks.contains(&b) {
@@ -161,6 +174,7 @@ impl<F: Float> Model<F> {
         let neurons = c.sessions.iter().map(|(_, n)| *n as u64).max().unwrap_or(0);
         let readout = (channels as u64).checked_add(2)?.checked_mul(frames as u64)?.checked_mul(neurons)?;
         per.tape = per.tape.checked_add(readout)?;
+        per.forward_peak = per.forward_peak.max(per.tape);
         per.outputs = per.outputs.checked_add((frames as u64).checked_mul(c.sessions.iter().map(|(_, n)| *n as u64).sum())?)?;
         Some(per)
     }
@@ -169,11 +183,15 @@ impl<F: Float> Model<F> {
 /// Values (not bytes) of the buffers of one stimulus.
 struct PerStimulus {
     stimulus: u64,
-    /// Layer outputs a backward pass reads and block outputs, the stimulus, the readout's buffers.
+    /// Layer outputs a backward pass reads and block outputs, the readout's buffers (and a copy of
+    /// the stimulus where the first layer reads it backwards).
     tape: u64,
     /// Layer outputs and responses handed back by a forward pass.
     outputs: u64,
     /// The largest layer's input, output and temporaries during the forward and the backward pass.
     forward: u64,
     backward: u64,
+    /// The most a forward pass holds at once: the tape so far and the running layer's input (where
+    /// the tape does not hold it), output and temporaries; at the end the whole tape.
+    forward_peak: u64,
 }
