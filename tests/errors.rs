@@ -581,3 +581,13 @@ fn missing_and_unexpected_tensors_are_counted_in_one_line() {
         &["4 missing tensors", "2 unexpected tensors", "`core.features.layer9.conv.weight`", "`readout.no_such_session.mask_mean`", "…"],
     );
 }
+
+#[test]
+fn a_large_tensor_under_a_training_buffer_name() {
+    // Buffers for training only (BatchNorm counters, regulariser filters) are accepted unread; one of
+    // 100,000 values is no such buffer, and `convert` would otherwise copy it.
+    let bytes = edited_model(|tensors, _| {
+        tensors.insert("core.features.layer0.norm.num_batches_tracked".into(), RawTensor::f32(vec![100_000], vec![0.0; 100_000]));
+    });
+    assert_model_refused("big_buffer.safetensors", Some(&bytes), &["1 unexpected tensor", "num_batches_tracked"]);
+}

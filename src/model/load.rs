@@ -84,7 +84,10 @@ impl<'a> StateDict<'a> {
     /// Fail on any name the architecture took that the file lacks, and any tensor left that openretina
     /// does not keep as a training-only buffer: one line with the counts and the first few names.
     fn finish(self) -> Result<()> {
-        let unexpected: Vec<&str> = self.shapes.keys().map(String::as_str).filter(|n| !is_training_buffer(n)).collect();
+        // A training buffer is a counter, a small filter or a scalar: a large one is not one.
+        let small = |shape: &[usize]| shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_some_and(|n| n <= MAX_TRAINING_BUFFER_VALUES);
+        let unexpected: Vec<&str> =
+            self.shapes.iter().filter(|(n, shape)| !(is_training_buffer(n) && small(shape))).map(|(n, _)| n.as_str()).collect();
         let missing: Vec<&str> = self.missing.iter().map(String::as_str).collect();
         let mut parts = Vec::new();
         for (what, names) in [("missing", &missing), ("unexpected", &unexpected)] {
@@ -111,6 +114,9 @@ fn first_names(names: &[&str]) -> String {
     }
     text
 }
+
+/// Most values of a buffer that only matters for training (the largest real one is a 7 x 7 filter).
+const MAX_TRAINING_BUFFER_VALUES: usize = 1024;
 
 /// Buffers that only matter for training (BatchNorm counters, regulariser filters, the legacy core's
 /// own copies of the per-session log speeds that its convolutions share).
