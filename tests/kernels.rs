@@ -7,10 +7,13 @@ use std::sync::Mutex;
 
 use retina::mei::{self, Objective};
 use retina::model::layer::{BackwardValues, Layer};
-use retina::model::layers::conv3d::Conv3d;
+use retina::model::layers::conv3d::{Conv3d, ConvRoute};
 use retina::model::layers::conv_gru::{ConvGruCell, GruSize};
 use retina::model::layers::pointwise::Pointwise;
 use retina::model::layers::st_separable::SeparableConv3d;
+use retina::model::simd_conv::{Correlation, DirectConv};
+use retina::model::simd_spatial::{SpatialGeometry, SpatialGradient};
+use retina::model::simd_temporal::TemporalCorrelation;
 use retina::model::{simd, Model};
 use retina::rng::Rng;
 use serde_json::json;
@@ -50,14 +53,18 @@ fn vectorised_kernels_match_portable_code() {
         let x: Vec<f32> = common::random_stimulus([shape[1], shape[2], shape[3], shape[4]], 22).iter().map(|&v| v as f32).collect();
         for target in mei::all_targets(model) {
             let objective = Objective::new(model, target.clone(), time_steps).unwrap();
-            simd::set_fast_kernels(true);
-            let (fast_value, fast_gradient) = objective.gradient(&x);
             simd::set_fast_kernels(false);
             let (value, gradient) = objective.gradient(&x);
             simd::set_fast_kernels(true);
-            assert!((fast_value - value).abs() <= 1e-5 * value.abs().max(1.0), "{}: {fast_value} vs {value}", target.id());
-            let d = common::rel_max_diff(&common::to_f64(&fast_gradient), &common::to_f64(&gradient));
-            assert!(d <= 1e-5, "{}: gradients differ by {d:e}", target.id());
+            // The kernels with an AVX-512 variant run it first, then their AVX2 one.
+            for (variant, avx512) in [("AVX-512", true), ("AVX2", false)] {
+                simd::set_avx512_kernels(avx512);
+                let (fast_value, fast_gradient) = objective.gradient(&x);
+                simd::set_avx512_kernels(true);
+                assert!((fast_value - value).abs() <= 1e-5 * value.abs().max(1.0), "{} {variant}: {fast_value} vs {value}", target.id());
+                let d = common::rel_max_diff(&common::to_f64(&fast_gradient), &common::to_f64(&gradient));
+                assert!(d <= 1e-5, "{} {variant}: gradients differ by {d:e}", target.id());
+            }
         }
     }
     // The GRU's frame correlations (`simd_frame.rs`): input gates over all frames (8-frame groups and a
@@ -182,5 +189,116 @@ fn pointwise_projection_matches_portable_code() {
         assert!(d <= 1e-5, "{in_channels} -> {out_channels}: outputs differ by {d:e}");
         let d = common::rel_max_diff(&common::to_f64(&fast_grad), &common::to_f64(&grad));
         assert!(d <= 1e-5, "{in_channels} -> {out_channels}: input gradients differ by {d:e}");
+    }
+}
+
+/// Runs `fast` with the AVX-512 kernels allowed, then forbidden (their AVX2 variants), and checks each
+/// against `portable` (the same values with the fast kernels off) within `bar` of the largest value.
+fn both_variants(what: &str, bar: f64, portable: &[f32], fast: impl Fn() -> Vec<f32>) {
+    for (variant, avx512) in [("AVX-512", true), ("AVX2", false)] {
+        simd::set_avx512_kernels(avx512);
+        let values = fast();
+        simd::set_avx512_kernels(true);
+        let d = common::rel_max_diff(&common::to_f64(&values), &common::to_f64(portable));
+        assert!(d <= bar, "{what} {variant}: differs from the portable code by {d:e}");
+    }
+}
+
+fn normal(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
+    (0..n).map(|_| (rng.normal() * scale) as f32).collect()
+}
+
+/// The three kernels of `TorchSTSeparableConv3D` (also the direct route of `full` layers), each
+/// called directly in both variants against the portable `Conv3d` computing the same thing, on
+/// shapes that reach every block of the AVX-512 and AVX2 code: register blocks of 8 / 4 / 1 output
+/// channels and masked last values (temporal), 16-lane channel groups and frames cut into 1-4 rows
+/// x 1-8 columns, rows wider than 8, padding (correlation), 1-3 input channels, 1-50 frames (one to
+/// three vectors per pass and several passes), rows not a multiple of the pixel block (spatial
+/// gradient). Same bar as above: 1e-5 of the largest value (~100 float32 ulps; the sums run in
+/// another order), far below any indexing mistake.
+#[test]
+fn separable_stage_kernels_match_portable_code() {
+    let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = Rng::new(51);
+    // Temporal stage: `(inputs, outputs, kt, frames out, pixels, zero frames before and after)`.
+    for (inputs, outputs, kt, frames_out, pixels, zeros) in
+        [(16, 16, 21, 20, 48, (0, 0)), (16, 16, 11, 10, 25, (10, 10)), (3, 13, 5, 7, 9, (0, 2)), (24, 20, 3, 3, 37, (2, 0)), (5, 1, 1, 4, 61, (0, 0))]
+    {
+        let frames = frames_out + kt - 1;
+        let weight = normal(&mut rng, outputs * inputs * kt, 0.3);
+        let mut x = normal(&mut rng, inputs * frames * pixels, 1.0);
+        for (n, v) in x.iter_mut().enumerate() {
+            let frame = n / pixels % frames;
+            if frame < zeros.0 || frame >= frames - zeros.1 {
+                *v = 0.0;
+            }
+        }
+        let conv = Conv3d::new(inputs, outputs, [kt, 1, 1], [(0, 0); 3], weight.clone(), None, "Conv3d").with_route(ConvRoute::Direct);
+        simd::set_fast_kernels(false);
+        let portable = conv.forward_values(&x, [inputs, frames, 1, pixels]);
+        simd::set_fast_kernels(true);
+        both_variants(&format!("temporal {inputs} -> {outputs}, kt {kt}, {pixels} pixels"), 1e-5, &portable, || {
+            let mut out = vec![0.0; outputs * frames_out * pixels];
+            let valid = (zeros.0, frames - zeros.1);
+            assert!(f32::temporal_correlate_fast(&weight, [inputs, outputs], kt, &x, pixels, frames_out, valid, &mut out), "no fast temporal kernel");
+            out
+        });
+    }
+    // Correlation: `(in, out, kernel, input (t, h, w), padding per side (t, h, w))`.
+    type Case = (usize, usize, [usize; 3], [usize; 3], [usize; 3]);
+    let cases: [Case; 6] = [
+        (2, 16, [1, 11, 11], [12, 18, 16], [0, 0, 0]),
+        (16, 16, [1, 5, 5], [6, 8, 6], [0, 2, 2]),
+        (16, 32, [1, 5, 5], [4, 5, 5], [0, 2, 2]),
+        (3, 16, [3, 3, 3], [5, 9, 20], [1, 1, 0]),
+        (4, 48, [2, 3, 3], [3, 11, 1], [0, 1, 1]),
+        (5, 24, [1, 3, 3], [3, 7, 9], [0, 1, 1]),
+    ];
+    for (m, c, kernel, input, pad) in cases {
+        let weight = normal(&mut rng, c * m * kernel.iter().product::<usize>(), 0.3);
+        let x = normal(&mut rng, m * input.iter().product::<usize>(), 1.0);
+        let padding = pad.map(|p| (p, p));
+        let conv = Conv3d::new(m, c, kernel, padding, weight.clone(), None, "Conv3d").with_route(ConvRoute::Direct);
+        let shape = [m, input[0], input[1], input[2]];
+        simd::set_fast_kernels(false);
+        let portable = conv.forward_values(&x, shape);
+        simd::set_fast_kernels(true);
+        let taps: usize = kernel.iter().product();
+        let mut channels_last = vec![0.0; weight.len()];
+        for o in 0..c {
+            for i in 0..m {
+                for tap in 0..taps {
+                    channels_last[(i * taps + tap) * c + o] = weight[(o * m + i) * taps + tap];
+                }
+            }
+        }
+        let correlation = Correlation { in_channels: m, out_channels: c, kernel, weights: &weight, weights_channels_last: &channels_last };
+        both_variants(&format!("correlation {m} -> {c}, kernel {kernel:?}, input {input:?}"), 1e-5, &portable, || {
+            f32::correlate_fast(&correlation, &x, input, padding).expect("no fast correlation")
+        });
+    }
+    // Spatial stage's input gradient: `(in, out, k, input (h, w), padding per side, frames)`.
+    for (m, o, k, [h, w], pad, frames) in
+        [(2, 16, 11, [18, 16], 0, 40), (1, 16, 11, [15, 15], 0, 50), (3, 8, 5, [7, 9], 2, 17), (2, 5, 3, [4, 13], 1, 1), (2, 16, 11, [11, 11], 0, 33)]
+    {
+        let geometry = SpatialGeometry { channels: [m, o], kernel: [k, k], padding: [(pad, pad); 2], input: [h, w] };
+        let [ho, wo] = geometry.output().unwrap();
+        let weight = normal(&mut rng, o * m * k * k, 0.3);
+        let grad = normal(&mut rng, o * frames * ho * wo, 1.0);
+        let conv = Conv3d::new(m, o, [1, k, k], [(0, 0), (pad, pad), (pad, pad)], weight.clone(), None, "Conv3d").with_route(ConvRoute::Direct);
+        simd::set_fast_kernels(false);
+        let portable = conv.backward_values(&grad, [m, frames, h, w]);
+        simd::set_fast_kernels(true);
+        let mut taps_first = vec![0.0; weight.len()];
+        for c in 0..o {
+            for i in 0..m {
+                for tap in 0..k * k {
+                    taps_first[(i * k * k + tap) * o + c] = weight[(c * m + i) * k * k + tap];
+                }
+            }
+        }
+        both_variants(&format!("spatial gradient {m} <- {o}, {k}x{k}, {h}x{w}, {frames} frames"), 1e-5, &portable, || {
+            f32::spatial_input_gradient_fast(&geometry, &taps_first, &grad, frames).expect("no fast spatial gradient")
+        });
     }
 }

@@ -14,6 +14,7 @@ pub mod registry;
 pub mod simd;
 pub mod simd_conv;
 pub mod simd_frame;
+pub(crate) mod simd_lanes;
 pub mod simd_math;
 pub mod simd_spatial;
 pub mod simd_temporal;
