@@ -42,7 +42,10 @@ pub(super) fn bench_command(args: &BenchArgs) -> Result<()> {
         }
         return Ok(());
     };
-    let raw = formats::read_model(&args.model_path, one_member(args.source.model_id)?, &args.source.download_options(false))?;
+    let mut file = formats::open_model(&args.model_path, one_member(args.source.model_id)?, &args.source.download_options(false))?;
+    // Refuse a file retina could not run before reading tensors the model would not take.
+    Model::<f32>::from_file(&mut file).map_err(|e| Error::new(format!("{}: {e}", formats::describe_source(&args.model_path))))?;
+    let raw = file.into_raw()?;
     for line in crate::bench::per_mei_by_neurons(&raw, sizes, args.time_steps)?.lines {
         println!("{line}");
     }
