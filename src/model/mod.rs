@@ -11,6 +11,7 @@ pub mod load;
 pub mod memory;
 pub mod readout;
 pub mod registry;
+pub(crate) mod scratch;
 pub mod simd;
 pub mod simd_conv;
 pub mod simd_frame;

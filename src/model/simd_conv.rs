@@ -19,6 +19,7 @@
 //! FMA (else the portable code in `conv3d.rs`).
 
 use crate::model::config::Padding;
+use crate::model::scratch::Scratch;
 
 /// A stride-1 correlation of an input `(m, t, h, w)`, zero-padded by `padding`, with `c` kernels
 /// `(m, kt, kh, kw)`: `out[c, t, y, x] = sum_{m, dt, dy, dx} w[c, m, dt, dy, dx] * xpad[m, t + dt, y + dy, x + dx]`.
@@ -118,9 +119,9 @@ impl Geometry {
         Geometry { m: c.in_channels, c: c.out_channels, kernel: c.kernel, padded, data, out }
     }
 
-    fn pad(&self, input: &[f32], [t_in, h_in, w_in]: [usize; 3], padding: Padding) -> Vec<f32> {
+    fn pad(&self, input: &[f32], [t_in, h_in, w_in]: [usize; 3], padding: Padding) -> Scratch<f32> {
         let [tp, hp, wp] = self.padded;
-        let mut xpad = vec![0.0; self.m * tp * hp * wp + SLACK];
+        let mut xpad = Scratch::zeroed(self.m * tp * hp * wp + SLACK);
         for i in 0..self.m {
             for t in 0..t_in {
                 for y in 0..h_in {
@@ -169,7 +170,7 @@ impl Geometry {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Correlation, Geometry, Taps};
+    use super::{Correlation, Geometry, Scratch, Taps};
     use crate::model::simd_lanes::{Vector, Ymm, Zmm};
 
     /// Vectors of 8 pixels per block of the pixels-along-x kernel.
@@ -254,7 +255,7 @@ mod x86 {
         let [to, ho, wo] = g.out;
         let [_, hp, wp] = g.padded;
         let frame = ho * wo;
-        let mut out_cl = vec![0.0f32; to * frame * g.c];
+        let mut out_cl = Scratch::<f32>::zeroed(to * frame * g.c);
         let mut taps = Taps::default();
         let segments = wo.div_ceil(most[1]);
         let widest = wo.div_ceil(segments);
@@ -345,7 +346,7 @@ mod x86 {
         let [to, ho, wo] = g.out;
         let [_, hp, wp] = g.padded;
         let frame = ho * wo;
-        let mut out_cl = vec![0.0f32; to * frame * g.c];
+        let mut out_cl = Scratch::<f32>::zeroed(to * frame * g.c);
         let mut taps = Taps::default();
         let mut bases = vec![0usize; most[0].max(most[1])];
         let pixels = if g.c >= 2 * V::LANES { most[1] } else { most[0] };

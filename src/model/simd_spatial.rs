@@ -64,6 +64,7 @@ impl SpatialGradient for f32 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::SpatialGeometry;
+    use crate::model::scratch::Scratch;
     use crate::model::simd_lanes::{Vector, Ymm, Zmm};
 
     /// Blocks of 2 input pixels x 2 input channels x up to 3 vectors of 8 frames (12 of the 16
@@ -109,20 +110,20 @@ mod x86 {
         let (p_out, p_in) = (ho * wo, h * w);
         // The output gradient `(pixel, out, frame)`, frames padded to whole vectors.
         let stride = frames.div_ceil(V::LANES) * V::LANES;
-        let mut g_t = vec![0.0f32; p_out * o * stride];
+        let mut g_t = Scratch::<f32>::zeroed(p_out * o * stride);
         for c in 0..o {
             V::transpose(grad.as_ptr().add(c * frames * p_out), p_out, g_t.as_mut_ptr().add(c * stride), o * stride, frames, p_out);
         }
         // The weights `(m, kh, kw + 2 (J - 1), o)`, zero in the added columns.
         let kw_wide = kw + 2 * (J - 1);
-        let mut wide = vec![0.0f32; m * kh * kw_wide * o];
+        let mut wide = Scratch::<f32>::zeroed(m * kh * kw_wide * o);
         for (row, src) in weights.chunks_exact(kw * o).enumerate() {
             wide[(row * kw_wide + J - 1) * o..][..kw * o].copy_from_slice(src);
         }
         let mut out = vec![0.0f32; m * frames * p_in];
         let pass = NV * V::LANES;
         // One row of input pixels `(channel of the pair, x, frame of the pass)`.
-        let mut row = vec![0.0f32; 2 * (w + J) * pass];
+        let mut row = Scratch::<f32>::zeroed(2 * (w + J) * pass);
         for t0 in (0..stride).step_by(pass) {
             let vectors = (stride - t0) / V::LANES;
             let n = (frames - t0).min(pass);

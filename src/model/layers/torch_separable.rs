@@ -14,6 +14,7 @@ use crate::error::Result;
 use crate::model::config::{LayerConfig, Padding};
 use crate::model::layer::{count, WorkValues, BackwardValues, KernelView, Layer, LayerState, Reach, Shape};
 use crate::model::load::StateDict;
+use crate::model::scratch::Scratch;
 use crate::model::simd_spatial::SpatialGeometry;
 use crate::model::Float;
 
@@ -76,13 +77,13 @@ impl<F: Float> TorchSeparableConv3d<F> {
         let (kt, frames_out) = self.time_fast_sizes(mid_shape)?;
         let [channels, _, h, w] = mid_shape;
         let outputs = self.time.out_channels;
-        let mut interior = vec![F::zero(); outputs * frames_out * h * w];
+        let mut interior = Scratch::zeroed(outputs * frames_out * h * w);
         if !F::temporal_correlate_fast(&self.time.weight, [channels, outputs], kt, mid, h * w, frames_out, (0, frames_out + kt - 1), &mut interior) {
             return None;
         }
         let [(top, bottom), (left, right)] = [self.time.padding[1], self.time.padding[2]];
         if top + bottom + left + right == 0 {
-            return Some(interior);
+            return Some(interior.to_vec());
         }
         let (hp, wp) = (h + top + bottom, w + left + right);
         let mut out = vec![F::zero(); outputs * frames_out * hp * wp];
@@ -103,7 +104,7 @@ impl<F: Float> TorchSeparableConv3d<F> {
         let [(top, bottom), (left, right)] = [self.time.padding[1], self.time.padding[2]];
         let (hp, wp) = (h + top + bottom, w + left + right);
         let frames = frames_out + 2 * (kt - 1);
-        let mut padded = vec![F::zero(); outputs * frames * h * w];
+        let mut padded = Scratch::zeroed(outputs * frames * h * w);
         for c in 0..outputs {
             for frame in 0..frames_out {
                 for y in 0..h {
