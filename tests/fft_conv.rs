@@ -6,8 +6,10 @@
 mod common;
 
 use retina::model::fft_conv::{fft_pays, grid_size};
+use retina::model::fft_lines::LineDft;
 use retina::model::layers::conv3d::{Conv3d, ConvRoute};
-use retina::model::Float;
+use retina::model::{simd, Float};
+use rustfft::num_complex::Complex;
 
 /// `(in, out, kernel, input (t, h, w), padding)`.
 type Case = (usize, usize, [usize; 3], [usize; 3], [(usize, usize); 3]);
@@ -55,14 +57,24 @@ fn fft_vs_direct<F: Float>((m, c, kernel, input, padding): Case, seed: u64) -> (
     (common::rel_max_diff(&to_f64(&y_fft), &to_f64(&y_direct)), common::rel_max_diff(&to_f64(&gx_fft), &to_f64(&gx_direct)))
 }
 
+/// The AVX-512 switch is global: tests that turn it off hold this, so that no other test's
+/// repeated calls see both variants.
+static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn fft_route_matches_direct_route() {
+    let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     for (i, case) in CASES.into_iter().enumerate() {
         // Float32: FFT rounding grows like 1e-7 x log2(grid points) relative to the largest values
         // (the sums here have up to 32000 terms); 1e-5 is two orders above that and orders below any
-        // indexing mistake (a wrong or shifted tap changes outputs by ~10%).
-        let (forward, backward) = fft_vs_direct::<f32>(case, 10 * i as u64);
-        assert!(forward <= 1e-5 && backward <= 1e-5, "case {i} float32: forward {forward:e}, gradient {backward:e}");
+        // indexing mistake (a wrong or shifted tap changes outputs by ~10%). Short lines of some
+        // lengths are transformed by a matrix product (`fft_lines.rs`), AVX-512 or AVX2: both.
+        for avx512 in [true, false] {
+            simd::set_avx512_kernels(avx512);
+            let (forward, backward) = fft_vs_direct::<f32>(case, 10 * i as u64);
+            simd::set_avx512_kernels(true);
+            assert!(forward <= 1e-5 && backward <= 1e-5, "case {i} float32 (AVX-512 {avx512}): forward {forward:e}, gradient {backward:e}");
+        }
         // Float64 runs float64 transforms: ~1e-16 x log2(points).
         let (forward, backward) = fft_vs_direct::<f64>(case, 10 * i as u64 + 5);
         assert!(forward <= 1e-12 && backward <= 1e-12, "case {i} float64: forward {forward:e}, gradient {backward:e}");
@@ -99,4 +111,53 @@ fn large_dense_kernels_take_the_fft_route_and_small_ones_do_not() {
     assert!(!both(32, 32, [1, 1, 1], [20, 4, 2], none));
     assert!(!both(16, 16, [1, 5, 5], [20, 8, 6], [(0, 0), (2, 2), (2, 2)]));
     assert!(!both(16, 16, [11, 1, 1], [20, 8, 6], none));
+}
+
+/// The line transforms of the 3D FFT (`fft_lines.rs`: rustfft or, for short lines, a matrix product
+/// restricted to the non-zero inputs and the wanted outputs) against a float64 DFT, for every length
+/// up to 48, forward and inverse, several input and output ranges, with the AVX-512 and the AVX2
+/// matrix kernels.
+#[test]
+fn line_transforms_match_a_float64_dft() {
+    let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let mut planner = rustfft::FftPlanner::<f32>::new();
+    for n in 1..=48 {
+        for inverse in [false, true] {
+            let dft = LineDft::new(&mut planner, n, inverse);
+            let ranges = [(0..n, 0..n), (0..n.div_ceil(2), 0..n), (0..n, n / 3..n / 3 + n.div_ceil(2)), (n / 2..n, 1.min(n - 1)..n)];
+            for (r, (inputs, outputs)) in ranges.into_iter().enumerate() {
+                let lines = 3;
+                let values = common::random_stimulus([lines * n * 2, 1, 1, 1], (n * 10 + r) as u64);
+                let original: Vec<Complex<f32>> = values.chunks_exact(2).map(|v| Complex::new(v[0] as f32, v[1] as f32)).collect();
+                // Exact sums of the float32 values: only the inputs count, values elsewhere must be ignored.
+                let sign = if inverse { 1.0 } else { -1.0 };
+                let mut expected = Vec::new();
+                for line in original.chunks_exact(n) {
+                    for o in outputs.clone() {
+                        let mut sum = (0.0f64, 0.0f64);
+                        for i in inputs.clone() {
+                            let phase = sign * 2.0 * std::f64::consts::PI * ((i * o) % n) as f64 / n as f64;
+                            let (re, im) = (line[i].re as f64, line[i].im as f64);
+                            sum.0 += re * phase.cos() - im * phase.sin();
+                            sum.1 += re * phase.sin() + im * phase.cos();
+                        }
+                        expected.extend([sum.0, sum.1]);
+                    }
+                }
+                for avx512 in [true, false] {
+                    simd::set_avx512_kernels(avx512);
+                    let mut data = original.clone();
+                    let mut scratch = vec![Complex::new(0.0f32, 0.0); dft.scratch_len()];
+                    dft.process(&mut data, inputs.clone(), outputs.clone(), &mut scratch);
+                    simd::set_avx512_kernels(true);
+                    let got: Vec<f64> = data.chunks_exact(n).flat_map(|line| line[outputs.clone()].iter().flat_map(|v| [v.re as f64, v.im as f64])).collect();
+                    // Float32 sums of up to 48 terms (twiddles rounded to float32, FFT or matrix):
+                    // ~1e-7 x sqrt(n) relative to the largest output; 1e-5 leaves room and still fails
+                    // for any wrong twiddle, index or range (errors of order 1).
+                    let d = common::rel_max_diff(&got, &expected);
+                    assert!(d <= 1e-5, "n {n} inverse {inverse} inputs {inputs:?} outputs {outputs:?} AVX-512 {avx512}: differs by {d:e}");
+                }
+            }
+        }
+    }
 }

@@ -16,13 +16,15 @@
 //! tolerances (`tests/fft_conv.rs` compares with the direct path).
 
 use std::any::Any;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 use rustfft::num_complex::Complex;
-use rustfft::{Fft, FftNum, FftPlanner};
+use rustfft::{FftNum, FftPlanner};
 
 use crate::model::config::Padding;
+use crate::model::fft_lines::LineDft;
 
 /// Kernel spectra for this many grid sizes are kept per layer (MEIs of one model use a few sizes:
 /// the whole stimulus, the frames an output neuron depends on, an inner channel's receptive field).
@@ -109,10 +111,10 @@ struct Grid<F: FftNum> {
     wc: usize,
     r2c: Arc<dyn RealToComplex<F>>,
     c2r: Arc<dyn ComplexToReal<F>>,
-    fy: Arc<dyn Fft<F>>,
-    iy: Arc<dyn Fft<F>>,
-    ft: Arc<dyn Fft<F>>,
-    it: Arc<dyn Fft<F>>,
+    fy: LineDft<F>,
+    iy: LineDft<F>,
+    ft: LineDft<F>,
+    it: LineDft<F>,
 }
 
 /// Bins per block of the spectrum products (one AVX vector of float32 complex values).
@@ -127,7 +129,14 @@ struct Work<F> {
     scratch: Vec<Complex<F>>,
 }
 
-impl<F: FftNum> Grid<F> {
+/// The buffers of one call through the spectra, kept with the kernel spectra for the next call.
+struct Buffers<F> {
+    work: Work<F>,
+    spectrum: Vec<Complex<F>>,
+    product: Vec<Complex<F>>,
+}
+
+impl<F: FftNum + FftKernels> Grid<F> {
     fn new(n: [usize; 3]) -> Self {
         let mut real = RealFftPlanner::<F>::new();
         let mut complex = FftPlanner::<F>::new();
@@ -136,10 +145,10 @@ impl<F: FftNum> Grid<F> {
             wc: n[2] / 2 + 1,
             r2c: real.plan_fft_forward(n[2]),
             c2r: real.plan_fft_inverse(n[2]),
-            fy: complex.plan_fft_forward(n[1]),
-            iy: complex.plan_fft_inverse(n[1]),
-            ft: complex.plan_fft_forward(n[0]),
-            it: complex.plan_fft_inverse(n[0]),
+            fy: LineDft::new(&mut complex, n[1], false),
+            iy: LineDft::new(&mut complex, n[1], true),
+            ft: LineDft::new(&mut complex, n[0], false),
+            it: LineDft::new(&mut complex, n[0], true),
         }
     }
 
@@ -162,10 +171,10 @@ impl<F: FftNum> Grid<F> {
         let scratch = [
             self.r2c.get_scratch_len(),
             self.c2r.get_scratch_len(),
-            self.fy.get_inplace_scratch_len(),
-            self.iy.get_inplace_scratch_len(),
-            self.ft.get_inplace_scratch_len(),
-            self.it.get_inplace_scratch_len(),
+            self.fy.scratch_len(),
+            self.iy.scratch_len(),
+            self.ft.scratch_len(),
+            self.it.scratch_len(),
         ];
         let zero = Complex::new(F::zero(), F::zero());
         Work {
@@ -181,19 +190,22 @@ impl<F: FftNum> Grid<F> {
     fn forward(&self, input: &[F], shape: [usize; 3], offset: [usize; 3], spectra: &mut [Complex<F>], work: &mut Work<F>) {
         let [nt, nh, _] = self.n;
         let wc = self.wc;
-        let zero = Complex::new(F::zero(), F::zero());
         let len = shape.iter().product::<usize>();
         let bins = self.bins();
+        let (rows, frames) = (offset[1]..offset[1] + shape[1], offset[0]..offset[0] + shape[0]);
         for (x, spectrum) in input.chunks_exact(len).zip(spectra.chunks_exact_mut(self.stride())) {
             let spectrum = &mut spectrum[..bins];
-            // Along x, the rows holding values; the planes (t, kx, ky) are zero elsewhere.
+            // Along x, the rows holding values, into the planes (t, kx, ky); the y transform takes
+            // the other rows as zero.
             let planes = &mut work.planes[..shape[0] * wc * nh];
-            planes.fill(zero);
+            let (before, after) = (offset[2], self.n[2] - offset[2] - shape[2]);
+            work.row[..before].fill(F::zero());
+            work.row[before + shape[2]..].fill(F::zero());
+            debug_assert_eq!(work.row.len(), before + shape[2] + after);
             for t in 0..shape[0] {
                 for y in 0..shape[1] {
-                    work.row.fill(F::zero());
                     let src = (t * shape[1] + y) * shape[2];
-                    work.row[offset[2]..offset[2] + shape[2]].copy_from_slice(&x[src..src + shape[2]]);
+                    work.row[before..before + shape[2]].copy_from_slice(&x[src..src + shape[2]]);
                     self.r2c.process_with_scratch(&mut work.row, &mut work.bins, &mut work.scratch).expect("buffer sizes match the plan");
                     let plane = &mut planes[t * wc * nh..];
                     for (kx, &v) in work.bins.iter().enumerate() {
@@ -202,15 +214,14 @@ impl<F: FftNum> Grid<F> {
                 }
             }
             // Along y, every (t, kx) row of the planes.
-            self.fy.process_with_scratch(planes, &mut work.scratch);
-            // Along t: (kx, ky, t) order, frames without values stay zero.
-            spectrum.fill(zero);
+            self.fy.process(planes, rows.clone(), 0..nh, &mut work.scratch);
+            // Along t: (kx, ky, t) order; the t transform takes frames without values as zero.
             for t in 0..shape[0] {
                 for (q, &v) in planes[t * wc * nh..(t + 1) * wc * nh].iter().enumerate() {
                     spectrum[q * nt + t + offset[0]] = v;
                 }
             }
-            self.ft.process_with_scratch(spectrum, &mut work.scratch);
+            self.ft.process(spectrum, frames.clone(), 0..nt, &mut work.scratch);
         }
     }
 
@@ -223,14 +234,14 @@ impl<F: FftNum> Grid<F> {
         let bins = self.bins();
         for (spectrum, o) in spectra.chunks_exact_mut(self.stride()).zip(out.chunks_exact_mut(len)) {
             let spectrum = &mut spectrum[..bins];
-            self.it.process_with_scratch(spectrum, &mut work.scratch);
+            self.it.process(spectrum, 0..nt, lo[0]..lo[0] + shape[0], &mut work.scratch);
             let planes = &mut work.planes[..shape[0] * wc * nh];
             for t in 0..shape[0] {
                 for (q, v) in planes[t * wc * nh..(t + 1) * wc * nh].iter_mut().enumerate() {
                     *v = spectrum[q * nt + t + lo[0]];
                 }
             }
-            self.iy.process_with_scratch(planes, &mut work.scratch);
+            self.iy.process(planes, 0..nh, lo[1]..lo[1] + shape[1], &mut work.scratch);
             for t in 0..shape[0] {
                 let plane = &planes[t * wc * nh..];
                 for y in 0..shape[1] {
@@ -256,6 +267,8 @@ impl<F: FftNum> Grid<F> {
 struct KernelSpectra<F: FftNum> {
     grid: Grid<F>,
     spectra: Vec<Complex<F>>,
+    /// Buffers of finished calls, one per thread that used this grid.
+    pool: Mutex<Vec<Buffers<F>>>,
 }
 
 /// The correlation of one layer by FFT, kernel spectra cached per grid size.
@@ -316,7 +329,7 @@ impl<F: FftNum + FftKernels> FftCorrelation<F> {
                 }
             }
         }
-        let entry = Arc::new(KernelSpectra { grid, spectra });
+        let entry = Arc::new(KernelSpectra { grid, spectra, pool: Mutex::new(Vec::new()) });
         if cache.len() == CACHED_GRIDS {
             cache.remove(0);
         }
@@ -350,14 +363,18 @@ impl<F: FftNum + FftKernels> FftCorrelation<F> {
         let (c, m) = (self.out_channels, self.in_channels);
         let (from, to) = if adjoint { (c, m) } else { (m, c) };
         let stride = grid.stride();
-        let mut work = grid.work();
         let zero = Complex::new(F::zero(), F::zero());
-        let mut spectrum = vec![zero; from * stride];
-        grid.forward(data.0, data.1, data.2, &mut spectrum, &mut work);
-        let mut product = vec![zero; to * stride];
-        F::spectrum_products(&ks.spectra, &spectrum, &mut product, [c, m], stride, adjoint);
+        let pooled = ks.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut buffers = pooled.unwrap_or_else(|| Buffers { work: grid.work(), spectrum: Vec::new(), product: Vec::new() });
+        // Every bin of a channel is written before it is read: no zeroing of reused buffers.
+        buffers.spectrum.resize(from * stride, zero);
+        buffers.product.resize(to * stride, zero);
+        let Buffers { work, spectrum, product } = &mut buffers;
+        grid.forward(data.0, data.1, data.2, &mut spectrum[..from * stride], work);
+        F::spectrum_products(&ks.spectra, &spectrum[..from * stride], &mut product[..to * stride], [c, m], stride, adjoint);
         let mut result = vec![F::zero(); to * keep.1.iter().product::<usize>()];
-        grid.inverse(&mut product, keep.0, keep.1, &mut result, &mut work);
+        grid.inverse(&mut product[..to * stride], keep.0, keep.1, &mut result, work);
+        ks.pool.lock().unwrap_or_else(|e| e.into_inner()).push(buffers);
         result
     }
 }
@@ -373,6 +390,20 @@ pub trait FftKernels: Sized {
     /// `c`), else `out[i] = sum_o a[o] conj(k[o, i])` (`a` has `c`, `out` `m`); channels `stride`
     /// apart.
     fn spectrum_products(k: &[Complex<Self>], a: &[Complex<Self>], out: &mut [Complex<Self>], channels: [usize; 2], stride: usize, backward: bool);
+
+    /// Whether line DFTs by matrix product exist for this type (`fft_lines.rs`: float32 only).
+    const MATRIX_DFT: bool = false;
+
+    /// Complex values per vector of the matrix product on this CPU, if it runs here now.
+    fn matrix_lanes() -> Option<usize> {
+        None
+    }
+
+    /// `LineDft::process` by the matrix (`column` floats per column): only called where
+    /// `matrix_lanes` is `Some`.
+    fn matrix_lines(_matrix: &[f32], _column: usize, _n: usize, _lines: &mut [Complex<Self>], _inputs: Range<usize>, _outputs: Range<usize>) {
+        unreachable!("no matrix DFT for this float type")
+    }
 }
 
 impl FftKernels for f64 {
@@ -402,6 +433,36 @@ impl FftKernels for f32 {
             return;
         }
         products_portable(k, a, out, channels, stride, backward);
+    }
+
+    const MATRIX_DFT: bool = true;
+
+    fn matrix_lanes() -> Option<usize> {
+        if crate::model::simd::avx512() {
+            Some(8)
+        } else if crate::model::simd::avx2_fma() {
+            Some(4)
+        } else {
+            None
+        }
+    }
+
+    fn matrix_lines(matrix: &[f32], column: usize, n: usize, lines: &mut [Complex<f32>], inputs: Range<usize>, outputs: Range<usize>) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::model::fft_lines::x86;
+            if crate::model::simd::avx512() {
+                // SAFETY: the CPU has AVX-512F, AVX2 and FMA; the kernel checks the sizes.
+                unsafe { x86::lines_avx512(matrix, column, n, lines, inputs, outputs) };
+                return;
+            } else if crate::model::simd::avx2_fma() {
+                // SAFETY: the CPU has AVX2 and FMA; the kernel checks the sizes.
+                unsafe { x86::lines_avx2(matrix, column, n, lines, inputs, outputs) };
+                return;
+            }
+        }
+        let _ = (matrix, column, n, lines, inputs, outputs);
+        unreachable!("matrix_lanes said no matrix DFT runs here")
     }
 }
 

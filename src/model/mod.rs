@@ -3,6 +3,7 @@
 pub mod config;
 pub mod core;
 pub mod fft_conv;
+pub mod fft_lines;
 pub mod gru_core;
 pub mod layer;
 pub mod layers;

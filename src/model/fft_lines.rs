@@ -1,0 +1,238 @@
+//! One axis of the 3D transforms of `fft_conv.rs`: the DFT of many lines of length `n`, of which only
+//! the values at `inputs` can be non-zero and only those at `outputs` are wanted.
+//!
+//! `rustfft`'s AVX code is fast for some lengths (8, 12, 16, 24, 32, 48: 0.4-0.5 ns per point on this
+//! machine) and 4-8x slower for others that the grids need (10, 15, 18, 20, 30: 2-4 ns per point). For
+//! short lines a product with the DFT matrix, restricted to the non-zero inputs and the wanted
+//! outputs, costs less (float32 with AVX2 or AVX-512: one vector FMA per 4 or 8 outputs and input, and
+//! no zero padding to fill); each call takes the cheaper of the two by the per-line costs below.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use rustfft::num_complex::Complex;
+use rustfft::{Fft, FftNum, FftPlanner};
+
+use super::fft_conv::FftKernels;
+
+/// Longest line the matrix product is used for (its outputs are then at most 10 AVX2 accumulators).
+pub const MATRIX_MAX: usize = 40;
+
+/// Floats per matrix column: `n` interleaved complex values and room for a whole vector past any
+/// output range's start.
+fn column_len(n: usize) -> usize {
+    2 * n + 16
+}
+
+/// The DFT (forward or inverse, unscaled) along lines of length `n`.
+pub struct LineDft<F: FftNum> {
+    n: usize,
+    fft: Arc<dyn Fft<F>>,
+    /// For the matrix product (float32 only): per input index `i`, the column `w^(i o)` over the
+    /// outputs `o` as interleaved `(re, im)`, then the same with `(-im, re)`, each `column_len(n)`
+    /// floats (zeros past `n`).
+    matrix: Vec<f32>,
+}
+
+impl<F: FftNum + FftKernels> LineDft<F> {
+    pub fn new(planner: &mut FftPlanner<F>, n: usize, inverse: bool) -> Self {
+        let fft = if inverse { planner.plan_fft_inverse(n) } else { planner.plan_fft_forward(n) };
+        let mut matrix = Vec::new();
+        if F::MATRIX_DFT && n <= MATRIX_MAX {
+            let len = column_len(n);
+            matrix = vec![0.0f32; 2 * len * n];
+            let sign = if inverse { 1.0 } else { -1.0 };
+            for i in 0..n {
+                let (column, swapped) = matrix[2 * len * i..2 * len * (i + 1)].split_at_mut(len);
+                for o in 0..n {
+                    // The exact phase of `i o mod n`, in float64, rounded once.
+                    let phase = sign * 2.0 * std::f64::consts::PI * ((i * o) % n) as f64 / n as f64;
+                    let (re, im) = (phase.cos() as f32, phase.sin() as f32);
+                    column[2 * o] = re;
+                    column[2 * o + 1] = im;
+                    swapped[2 * o] = -im;
+                    swapped[2 * o + 1] = re;
+                }
+            }
+        }
+        LineDft { n, fft, matrix }
+    }
+
+    pub fn scratch_len(&self) -> usize {
+        self.fft.get_inplace_scratch_len()
+    }
+
+    /// Transform every line of `lines` (consecutive, `n` values each) in place. Values outside
+    /// `inputs` are taken as zero whatever they hold; values outside `outputs` are left undefined.
+    pub fn process(&self, lines: &mut [Complex<F>], inputs: Range<usize>, outputs: Range<usize>, scratch: &mut [Complex<F>]) {
+        let n = self.n;
+        debug_assert!(inputs.end <= n && outputs.end <= n && lines.len().is_multiple_of(n));
+        if lines.is_empty() || outputs.is_empty() {
+            return;
+        }
+        if !self.matrix.is_empty() {
+            if let Some(lanes) = F::matrix_lanes() {
+                let fits = lanes == 8 || outputs.len() <= x86_limits::AVX2_MAX_OUTPUTS;
+                if fits && matrix_ns(inputs.len(), outputs.len(), lanes) < fft_ns(n) {
+                    F::matrix_lines(&self.matrix, column_len(n), n, lines, inputs, outputs);
+                    return;
+                }
+            }
+        }
+        if inputs != (0..n) {
+            let zero = Complex::new(F::zero(), F::zero());
+            for line in lines.chunks_exact_mut(n) {
+                line[..inputs.start].fill(zero);
+                line[inputs.end..].fill(zero);
+            }
+        }
+        self.fft.process_with_scratch(lines, scratch);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use x86 as x86_limits;
+#[cfg(not(target_arch = "x86_64"))]
+mod x86_limits {
+    pub const AVX2_MAX_OUTPUTS: usize = 0;
+}
+
+/// Nanoseconds per line of the matrix product with `inputs` x `outputs` values, `lanes` complex
+/// values per vector (fitted to its CPU time on this machine, lines of 10-40 values).
+fn matrix_ns(inputs: usize, outputs: usize, lanes: usize) -> f64 {
+    0.65 * (inputs * outputs.div_ceil(lanes)) as f64 + 5.0
+}
+
+/// Nanoseconds per line of `rustfft`'s float32 transform of length `n` (AVX, CPU time on this
+/// machine, lines in batches of ~4000 values).
+fn fft_ns(n: usize) -> f64 {
+    match n {
+        1 => 0.0,
+        4 | 5 | 8 => 2.8,
+        6 | 9 | 12 | 16 => 5.0,
+        10 => 29.0,
+        15 => 36.0,
+        18 => 34.0,
+        20 => 37.5,
+        24 => 12.0,
+        25 => 71.0,
+        27 => 22.5,
+        30 => 62.0,
+        32 => 15.0,
+        36 => 20.0,
+        40 => 35.0,
+        _ => 1.5 * n as f64 * (n as f64).log2(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use rustfft::num_complex::Complex;
+
+    /// Outputs the AVX2 kernel takes (6 vectors of 4 complex values, 12 accumulators).
+    pub const AVX2_MAX_OUTPUTS: usize = 24;
+
+    /// `LineDft::process` by the matrix: per line, the outputs in vectors of 8 complex values
+    /// (AVX-512), `NV` of them, held in registers as four partial sums (real and imaginary parts of
+    /// the inputs, even and odd inputs: independent FMA chains); the line is overwritten only after
+    /// all its inputs are read.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn lines_avx512(matrix: &[f32], len: usize, n: usize, lines: &mut [Complex<f32>], inputs: Range<usize>, outputs: Range<usize>) {
+        match (2 * outputs.len()).div_ceil(16) {
+            1 => lines_avx512_n::<1>(matrix, len, n, lines, inputs, outputs),
+            2 => lines_avx512_n::<2>(matrix, len, n, lines, inputs, outputs),
+            3 => lines_avx512_n::<3>(matrix, len, n, lines, inputs, outputs),
+            4 => lines_avx512_n::<4>(matrix, len, n, lines, inputs, outputs),
+            _ => lines_avx512_n::<5>(matrix, len, n, lines, inputs, outputs),
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn lines_avx512_n<const NV: usize>(matrix: &[f32], len: usize, n: usize, lines: &mut [Complex<f32>], inputs: Range<usize>, outputs: Range<usize>) {
+        assert!(outputs.end <= n && n <= super::MATRIX_MAX && 2 * outputs.len() <= 16 * NV && len >= 2 * outputs.start + 16 * NV);
+        assert!(inputs.end <= n && matrix.len() >= 2 * len * n && lines.len().is_multiple_of(n));
+        let values = 2 * outputs.len();
+        // The last vector's lanes that hold outputs.
+        let tail: __mmask16 = if values.is_multiple_of(16) { 0xffff } else { (1u16 << (values % 16)) - 1 };
+        let m = matrix.as_ptr().add(2 * outputs.start);
+        for line in lines.chunks_exact_mut(n) {
+            let lp = line.as_mut_ptr() as *mut f32;
+            let mut acc = [[_mm512_setzero_ps(); NV]; 4];
+            let step = |acc: &mut [[__m512; NV]; 4], u: usize, i: usize| {
+                let (re, im) = (_mm512_set1_ps(*lp.add(2 * i)), _mm512_set1_ps(*lp.add(2 * i + 1)));
+                let column = m.add(2 * len * i);
+                for v in 0..NV {
+                    acc[2 * u][v] = _mm512_fmadd_ps(re, _mm512_loadu_ps(column.add(16 * v)), acc[2 * u][v]);
+                    acc[2 * u + 1][v] = _mm512_fmadd_ps(im, _mm512_loadu_ps(column.add(len + 16 * v)), acc[2 * u + 1][v]);
+                }
+            };
+            let mut i = inputs.start;
+            while i + 1 < inputs.end {
+                step(&mut acc, 0, i);
+                step(&mut acc, 1, i + 1);
+                i += 2;
+            }
+            if i < inputs.end {
+                step(&mut acc, 0, i);
+            }
+            let out = lp.add(2 * outputs.start);
+            for v in 0..NV {
+                let sum = _mm512_add_ps(_mm512_add_ps(acc[0][v], acc[1][v]), _mm512_add_ps(acc[2][v], acc[3][v]));
+                if v + 1 < NV {
+                    _mm512_storeu_ps(out.add(16 * v), sum);
+                } else {
+                    _mm512_mask_storeu_ps(out.add(16 * v), tail, sum);
+                }
+            }
+        }
+    }
+
+    /// The same with AVX2 vectors of 4 complex values and two partial sums (real and imaginary
+    /// parts of the inputs), at most `AVX2_MAX_OUTPUTS` outputs.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn lines_avx2(matrix: &[f32], len: usize, n: usize, lines: &mut [Complex<f32>], inputs: Range<usize>, outputs: Range<usize>) {
+        match (2 * outputs.len()).div_ceil(8) {
+            1 => lines_avx2_n::<1>(matrix, len, n, lines, inputs, outputs),
+            2 => lines_avx2_n::<2>(matrix, len, n, lines, inputs, outputs),
+            3 => lines_avx2_n::<3>(matrix, len, n, lines, inputs, outputs),
+            4 => lines_avx2_n::<4>(matrix, len, n, lines, inputs, outputs),
+            5 => lines_avx2_n::<5>(matrix, len, n, lines, inputs, outputs),
+            _ => lines_avx2_n::<6>(matrix, len, n, lines, inputs, outputs),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn lines_avx2_n<const NV: usize>(matrix: &[f32], len: usize, n: usize, lines: &mut [Complex<f32>], inputs: Range<usize>, outputs: Range<usize>) {
+        assert!(outputs.end <= n && n <= super::MATRIX_MAX && 2 * outputs.len() <= 8 * NV && len >= 2 * outputs.start + 8 * NV);
+        assert!(inputs.end <= n && matrix.len() >= 2 * len * n && lines.len().is_multiple_of(n));
+        let values = 2 * outputs.len();
+        let full = values / 8;
+        let m = matrix.as_ptr().add(2 * outputs.start);
+        let mut rest = [0.0f32; 8];
+        for line in lines.chunks_exact_mut(n) {
+            let lp = line.as_mut_ptr() as *mut f32;
+            let mut acc = [[_mm256_setzero_ps(); NV]; 2];
+            for i in inputs.clone() {
+                let (re, im) = (_mm256_set1_ps(*lp.add(2 * i)), _mm256_set1_ps(*lp.add(2 * i + 1)));
+                let column = m.add(2 * len * i);
+                for v in 0..NV {
+                    acc[0][v] = _mm256_fmadd_ps(re, _mm256_loadu_ps(column.add(8 * v)), acc[0][v]);
+                    acc[1][v] = _mm256_fmadd_ps(im, _mm256_loadu_ps(column.add(len + 8 * v)), acc[1][v]);
+                }
+            }
+            let out = lp.add(2 * outputs.start);
+            for v in 0..NV {
+                let sum = _mm256_add_ps(acc[0][v], acc[1][v]);
+                if v < full {
+                    _mm256_storeu_ps(out.add(8 * v), sum);
+                } else {
+                    _mm256_storeu_ps(rest.as_mut_ptr(), sum);
+                    std::ptr::copy_nonoverlapping(rest.as_ptr(), out.add(8 * v), values - 8 * v);
+                }
+            }
+        }
+    }
+}
