@@ -9,11 +9,14 @@
 //! directions share one grid and one set of kernel spectra (forward multiplies by their conjugates),
 //! which are computed once per grid size and cached.
 //!
-//! Transforms: real-to-complex along x (`realfft`) and complex along y and t (`rustfft`), each axis
-//! made contiguous by a transposed copy; rows that are all zero (padding, the output gradient's
-//! margin) are not transformed, and the inverse transforms only the rows holding values asked for.
-//! Float32 FFTs add rounding of about 1e-7 x log2(grid) relative to the largest values, well inside the
-//! tolerances (`tests/fft_conv.rs` compares with the direct path).
+//! Transforms: real-to-complex (`realfft`) along the longer of t and x, on the lines holding data
+//! only, then complex along y and along the other axis (`fft_lines.rs`: `rustfft`, or for short lines
+//! a matrix product over the non-zero inputs and the wanted outputs), each axis made contiguous by a
+//! transposed copy; the inverse runs the same steps backwards, keeping only the rows and columns of
+//! the values asked for. Spectra and kernel spectra are multiplied in blocks of 16 bins, real and
+//! imaginary parts apart (AVX-512, or AVX2). Float32 FFTs add rounding of about 1e-7 x log2(grid)
+//! relative to the largest values, well inside the tolerances (`tests/fft_conv.rs` compares with the
+//! direct path).
 
 use std::any::Any;
 use std::ops::Range;
@@ -55,9 +58,17 @@ pub fn fft_pays(m: usize, c: usize, kernel: [usize; 3], input: [usize; 3], paddi
 /// (hundreds of frames) takes the direct route rather than caching spectra of its length.
 const MAX_KERNEL_SPECTRA: usize = 1 << 21;
 
-/// Complex bins of one channel's spectrum on grid `n`.
+/// Complex bins of one channel's spectrum on grid `n` (halved along its real axis).
 fn bins(n: [usize; 3]) -> usize {
-    n[0] * n[1] * (n[2] / 2 + 1)
+    let [a, b, c] = transform_order(n);
+    (n[a] / 2 + 1) * n[b] * n[c]
+}
+
+/// The axes of grid `n` in the order they are transformed: first the real transform along the longer
+/// of t and x (it halves that axis, and it runs on the fewest lines: the data's), then y, then the
+/// other, contiguous in the spectra.
+pub fn transform_order(n: [usize; 3]) -> [usize; 3] {
+    if n[0] >= n[2] { [0, 1, 2] } else { [2, 1, 0] }
 }
 
 /// Values (real numbers) the FFT route allocates for `m` input and `c` output channels on an input
@@ -90,7 +101,7 @@ fn direct_cost(m: usize, c: usize, kernel: [usize; 3], out: [usize; 3], data: [u
 }
 
 /// The FFT grid for a padded input: per axis the smallest size at least as large whose prime
-/// factors are 2, 3 and 5 (fast `rustfft` butterflies), even along x (real-to-complex).
+/// factors are 2, 3 and 5 (fast `rustfft` butterflies), even along the real transform's axis.
 pub fn grid_size(padded: [usize; 3]) -> [usize; 3] {
     let smooth = |mut v: usize| {
         for p in [2, 3, 5] {
@@ -101,30 +112,37 @@ pub fn grid_size(padded: [usize; 3]) -> [usize; 3] {
         v == 1
     };
     let next = |v: usize, even: bool| (v.max(1)..).find(|&n| smooth(n) && (!even || n.is_multiple_of(2))).expect("smooth sizes exist");
-    [next(padded[0], false), next(padded[1], false), next(padded[2], true)]
+    let mut n = padded.map(|v| next(v, false));
+    let real = transform_order(n)[0];
+    n[real] = next(padded[real], true);
+    n
 }
 
 /// Plans of one grid `(t, h, w)`.
 struct Grid<F: FftNum> {
     n: [usize; 3],
-    /// Complex bins along x: `w / 2 + 1`.
-    wc: usize,
+    /// The axes `[a, b, c]` in transform order (`transform_order`): spectra are `(ka, kb, kc)`,
+    /// `ka < n[a] / 2 + 1`.
+    order: [usize; 3],
+    /// Complex bins along the real axis `a`: `n[a] / 2 + 1`.
+    half: usize,
     r2c: Arc<dyn RealToComplex<F>>,
     c2r: Arc<dyn ComplexToReal<F>>,
-    fy: LineDft<F>,
-    iy: LineDft<F>,
-    ft: LineDft<F>,
-    it: LineDft<F>,
+    fb: LineDft<F>,
+    ib: LineDft<F>,
+    fc: LineDft<F>,
+    ic: LineDft<F>,
 }
 
-/// Bins per block of the spectrum products (one AVX vector of float32 complex values).
-const LANES: usize = 4;
+/// Bins per block of the spectrum products: one AVX-512 vector of float32 real parts and one of
+/// imaginary parts (two AVX2 vectors each).
+const LANES: usize = 16;
 
 /// Temporaries of one transform call.
 struct Work<F> {
     row: Vec<F>,
     bins: Vec<Complex<F>>,
-    /// One channel in `(t, kx, ky)` order.
+    /// One channel between the transforms along `b` and `c`: `(ka, c, b)`.
     planes: Vec<Complex<F>>,
     scratch: Vec<Complex<F>>,
 }
@@ -140,21 +158,24 @@ impl<F: FftNum + FftKernels> Grid<F> {
     fn new(n: [usize; 3]) -> Self {
         let mut real = RealFftPlanner::<F>::new();
         let mut complex = FftPlanner::<F>::new();
+        let order = transform_order(n);
+        let [a, b, c] = order;
         Grid {
             n,
-            wc: n[2] / 2 + 1,
-            r2c: real.plan_fft_forward(n[2]),
-            c2r: real.plan_fft_inverse(n[2]),
-            fy: LineDft::new(&mut complex, n[1], false),
-            iy: LineDft::new(&mut complex, n[1], true),
-            ft: LineDft::new(&mut complex, n[0], false),
-            it: LineDft::new(&mut complex, n[0], true),
+            order,
+            half: n[a] / 2 + 1,
+            r2c: real.plan_fft_forward(n[a]),
+            c2r: real.plan_fft_inverse(n[a]),
+            fb: LineDft::new(&mut complex, n[b], false),
+            ib: LineDft::new(&mut complex, n[b], true),
+            fc: LineDft::new(&mut complex, n[c], false),
+            ic: LineDft::new(&mut complex, n[c], true),
         }
     }
 
-    /// Complex values of one channel's spectrum, in `(kx, ky, kt)` order.
+    /// Complex values of one channel's spectrum, in `(ka, kb, kc)` order.
     fn bins(&self) -> usize {
-        self.wc * self.n[1] * self.n[0]
+        self.half * self.n[self.order[1]] * self.n[self.order[2]]
     }
 
     /// Blocks of `LANES` bins per channel (the last one padded with zeros).
@@ -171,82 +192,94 @@ impl<F: FftNum + FftKernels> Grid<F> {
         let scratch = [
             self.r2c.get_scratch_len(),
             self.c2r.get_scratch_len(),
-            self.fy.scratch_len(),
-            self.iy.scratch_len(),
-            self.ft.scratch_len(),
-            self.it.scratch_len(),
+            self.fb.scratch_len(),
+            self.ib.scratch_len(),
+            self.fc.scratch_len(),
+            self.ic.scratch_len(),
         ];
         let zero = Complex::new(F::zero(), F::zero());
+        let [a, b, c] = self.order;
         Work {
-            row: vec![F::zero(); self.n[2]],
-            bins: vec![zero; self.wc],
-            planes: vec![zero; self.n[0] * self.wc * self.n[1]],
+            row: vec![F::zero(); self.n[a]],
+            bins: vec![zero; self.half],
+            planes: vec![zero; self.half * self.n[b] * self.n[c]],
             scratch: vec![zero; scratch.into_iter().max().unwrap_or(0)],
         }
     }
 
     /// The spectra of `channels` real arrays `(t, h, w)` of `shape` (consecutive in `input`), each
     /// placed at `offset` on the grid (zero elsewhere), into `spectra` (`channels x bins`).
+    ///
+    /// Along `a` the real lines of the data only (`shape[b] x shape[c]` of them), into lines along
+    /// `b` (`(ka, c, b)`); along `b` those lines (their rows without data taken as zero); then in
+    /// `(ka, kb, c)` order along `c` (columns without data taken as zero).
     fn forward(&self, input: &[F], shape: [usize; 3], offset: [usize; 3], spectra: &mut [Complex<F>], work: &mut Work<F>) {
-        let [nt, nh, _] = self.n;
-        let wc = self.wc;
+        let [a, b, c] = self.order;
+        let (nb, nc, half) = (self.n[b], self.n[c], self.half);
+        let strides = [shape[1] * shape[2], shape[2], 1];
         let len = shape.iter().product::<usize>();
         let bins = self.bins();
-        let (rows, frames) = (offset[1]..offset[1] + shape[1], offset[0]..offset[0] + shape[0]);
+        let (sa, sb, sc) = (shape[a], shape[b], shape[c]);
+        let (oa, ob, oc) = (offset[a], offset[b], offset[c]);
         for (x, spectrum) in input.chunks_exact(len).zip(spectra.chunks_exact_mut(self.stride())) {
             let spectrum = &mut spectrum[..bins];
-            // Along x, the rows holding values, into the planes (t, kx, ky); the y transform takes
-            // the other rows as zero.
-            let planes = &mut work.planes[..shape[0] * wc * nh];
-            let (before, after) = (offset[2], self.n[2] - offset[2] - shape[2]);
-            work.row[..before].fill(F::zero());
-            work.row[before + shape[2]..].fill(F::zero());
-            debug_assert_eq!(work.row.len(), before + shape[2] + after);
-            for t in 0..shape[0] {
-                for y in 0..shape[1] {
-                    let src = (t * shape[1] + y) * shape[2];
-                    work.row[before..before + shape[2]].copy_from_slice(&x[src..src + shape[2]]);
+            let lines = &mut work.planes[..half * sc * nb];
+            for jb in 0..sb {
+                for jc in 0..sc {
+                    let base = jb * strides[b] + jc * strides[c];
+                    // realfft uses the row as scratch: its zeros are rewritten for every line.
+                    work.row[..oa].fill(F::zero());
+                    work.row[oa + sa..].fill(F::zero());
+                    for (ja, v) in work.row[oa..oa + sa].iter_mut().enumerate() {
+                        *v = x[base + ja * strides[a]];
+                    }
                     self.r2c.process_with_scratch(&mut work.row, &mut work.bins, &mut work.scratch).expect("buffer sizes match the plan");
-                    let plane = &mut planes[t * wc * nh..];
-                    for (kx, &v) in work.bins.iter().enumerate() {
-                        plane[kx * nh + y + offset[1]] = v;
+                    for (ka, &v) in work.bins.iter().enumerate() {
+                        lines[(ka * sc + jc) * nb + ob + jb] = v;
                     }
                 }
             }
-            // Along y, every (t, kx) row of the planes.
-            self.fy.process(planes, rows.clone(), 0..nh, &mut work.scratch);
-            // Along t: (kx, ky, t) order; the t transform takes frames without values as zero.
-            for t in 0..shape[0] {
-                for (q, &v) in planes[t * wc * nh..(t + 1) * wc * nh].iter().enumerate() {
-                    spectrum[q * nt + t + offset[0]] = v;
+            self.fb.process(lines, ob..ob + sb, 0..nb, &mut work.scratch);
+            for ka in 0..half {
+                for jc in 0..sc {
+                    let line = &lines[(ka * sc + jc) * nb..][..nb];
+                    for (kb, &v) in line.iter().enumerate() {
+                        spectrum[(ka * nb + kb) * nc + oc + jc] = v;
+                    }
                 }
             }
-            self.ft.process(spectrum, frames.clone(), 0..nt, &mut work.scratch);
+            self.fc.process(spectrum, oc..oc + sc, 0..nc, &mut work.scratch);
         }
     }
 
     /// The inverse transforms (unscaled) of `channels` spectra (destroyed), the values of the box
-    /// `[lo, lo + shape)` of the grid written to `out` (`channels x shape`).
+    /// `[lo, lo + shape)` of the grid written to `out` (`channels x shape`): the steps of `forward`
+    /// in reverse, each keeping only the rows and columns of the box.
     fn inverse(&self, spectra: &mut [Complex<F>], lo: [usize; 3], shape: [usize; 3], out: &mut [F], work: &mut Work<F>) {
-        let [nt, nh, _] = self.n;
-        let wc = self.wc;
+        let [a, b, c] = self.order;
+        let (nb, nc, half) = (self.n[b], self.n[c], self.half);
+        let strides = [shape[1] * shape[2], shape[2], 1];
         let len = shape.iter().product::<usize>();
         let bins = self.bins();
+        let (sa, sb, sc) = (shape[a], shape[b], shape[c]);
+        let (la, lb, lc) = (lo[a], lo[b], lo[c]);
         for (spectrum, o) in spectra.chunks_exact_mut(self.stride()).zip(out.chunks_exact_mut(len)) {
             let spectrum = &mut spectrum[..bins];
-            self.it.process(spectrum, 0..nt, lo[0]..lo[0] + shape[0], &mut work.scratch);
-            let planes = &mut work.planes[..shape[0] * wc * nh];
-            for t in 0..shape[0] {
-                for (q, v) in planes[t * wc * nh..(t + 1) * wc * nh].iter_mut().enumerate() {
-                    *v = spectrum[q * nt + t + lo[0]];
+            self.ic.process(spectrum, 0..nc, lc..lc + sc, &mut work.scratch);
+            let lines = &mut work.planes[..half * sc * nb];
+            for ka in 0..half {
+                for jc in 0..sc {
+                    let line = &mut lines[(ka * sc + jc) * nb..][..nb];
+                    for (kb, v) in line.iter_mut().enumerate() {
+                        *v = spectrum[(ka * nb + kb) * nc + lc + jc];
+                    }
                 }
             }
-            self.iy.process(planes, 0..nh, lo[1]..lo[1] + shape[1], &mut work.scratch);
-            for t in 0..shape[0] {
-                let plane = &planes[t * wc * nh..];
-                for y in 0..shape[1] {
-                    for (kx, b) in work.bins.iter_mut().enumerate() {
-                        *b = plane[kx * nh + y + lo[1]];
+            self.ib.process(lines, 0..nb, lb..lb + sb, &mut work.scratch);
+            for jb in 0..sb {
+                for jc in 0..sc {
+                    for (ka, v) in work.bins.iter_mut().enumerate() {
+                        *v = lines[(ka * sc + jc) * nb + lb + jb];
                     }
                     // The imaginary parts of the first and (even length) last bins are rounding
                     // noise of a real signal's spectrum: realfft ignores them and says so.
@@ -254,8 +287,10 @@ impl<F: FftNum + FftKernels> Grid<F> {
                         Ok(()) | Err(realfft::FftError::InputValues(..)) => {}
                         Err(e) => panic!("buffer sizes match the plan: {e}"),
                     }
-                    let dst = (t * shape[1] + y) * shape[2];
-                    o[dst..dst + shape[2]].copy_from_slice(&work.row[lo[2]..lo[2] + shape[2]]);
+                    let base = jb * strides[b] + jc * strides[c];
+                    for (ja, &v) in work.row[la..la + sa].iter().enumerate() {
+                        o[base + ja * strides[a]] = v;
+                    }
                 }
             }
         }
@@ -263,10 +298,10 @@ impl<F: FftNum + FftKernels> Grid<F> {
 }
 
 /// The conjugated kernel spectra of one grid, scaled by `1 / points` (the inverse transform's
-/// factor), in blocks of `LANES` bins: `(block, c, m, LANES)`.
+/// factor), in blocks of `LANES` bins, real and imaginary parts apart: `(block, c, m, re/im, LANES)`.
 struct KernelSpectra<F: FftNum> {
     grid: Grid<F>,
-    spectra: Vec<Complex<F>>,
+    spectra: Vec<F>,
     /// Buffers of finished calls, one per thread that used this grid.
     pool: Mutex<Vec<Buffers<F>>>,
 }
@@ -320,12 +355,16 @@ impl<F: FftNum + FftKernels> FftCorrelation<F> {
         let mut work = grid.work();
         grid.forward(&self.weights, self.kernel, [0; 3], &mut plain, &mut work);
         let scale = F::one() / F::from_usize(n.iter().product()).expect("grid size fits the float type");
-        // Blocks of LANES bins, all channel pairs of a block together: `(block, c, m, LANES)`.
-        let mut spectra = vec![zero; c * m * stride];
+        // Blocks of LANES bins, all channel pairs of a block together, real and imaginary parts
+        // apart (products without shuffles): `(block, c, m, re/im, LANES)`.
+        let mut spectra = vec![F::zero(); 2 * c * m * stride];
         for (pair, spectrum) in plain.chunks_exact(stride).enumerate() {
             for (block, values) in spectrum.chunks_exact(LANES).enumerate() {
+                let at = (block * c * m + pair) * 2 * LANES;
                 for (l, v) in values.iter().enumerate() {
-                    spectra[(block * c * m + pair) * LANES + l] = v.conj() * scale;
+                    let v = v.conj() * scale;
+                    spectra[at + l] = v.re;
+                    spectra[at + LANES + l] = v.im;
                 }
             }
         }
@@ -385,11 +424,11 @@ pub trait FftKernels: Sized {
     fn fft_forward(c: &FftCorrelation<Self>, input: &[Self], shape: [usize; 3], padding: Padding) -> Vec<Self>;
     fn fft_backward(c: &FftCorrelation<Self>, grad: &[Self], shape: [usize; 3], padding: Padding) -> Vec<Self>;
 
-    /// The products of the spectra with the kernel spectra `k` `(block, c, m, LANES)` of `[c, m]`
+    /// The products of the spectra with the kernel spectra `k` `(block, c, m, re/im, LANES)` of `[c, m]`
     /// channel pairs, summed: forward `out[o] = sum_i a[i] k[o, i]` (`a` has `m` channels, `out`
     /// `c`), else `out[i] = sum_o a[o] conj(k[o, i])` (`a` has `c`, `out` `m`); channels `stride`
     /// apart.
-    fn spectrum_products(k: &[Complex<Self>], a: &[Complex<Self>], out: &mut [Complex<Self>], channels: [usize; 2], stride: usize, backward: bool);
+    fn spectrum_products(k: &[Self], a: &[Complex<Self>], out: &mut [Complex<Self>], channels: [usize; 2], stride: usize, backward: bool);
 
     /// Whether line DFTs by matrix product exist for this type (`fft_lines.rs`: float32 only).
     const MATRIX_DFT: bool = false;
@@ -413,7 +452,7 @@ impl FftKernels for f64 {
     fn fft_backward(c: &FftCorrelation<f64>, grad: &[f64], shape: [usize; 3], padding: Padding) -> Vec<f64> {
         c.backward(grad, shape, padding)
     }
-    fn spectrum_products(k: &[Complex<f64>], a: &[Complex<f64>], out: &mut [Complex<f64>], channels: [usize; 2], stride: usize, backward: bool) {
+    fn spectrum_products(k: &[f64], a: &[Complex<f64>], out: &mut [Complex<f64>], channels: [usize; 2], stride: usize, backward: bool) {
         products_portable(k, a, out, channels, stride, backward);
     }
 }
@@ -425,11 +464,15 @@ impl FftKernels for f32 {
     fn fft_backward(c: &FftCorrelation<f32>, grad: &[f32], shape: [usize; 3], padding: Padding) -> Vec<f32> {
         c.backward(grad, shape, padding)
     }
-    fn spectrum_products(k: &[Complex<f32>], a: &[Complex<f32>], out: &mut [Complex<f32>], channels: [usize; 2], stride: usize, backward: bool) {
+    fn spectrum_products(k: &[f32], a: &[Complex<f32>], out: &mut [Complex<f32>], channels: [usize; 2], stride: usize, backward: bool) {
         #[cfg(target_arch = "x86_64")]
-        if crate::model::simd::avx2_fma() {
+        if crate::model::simd::avx512() {
+            // SAFETY: AVX-512F, AVX2 and FMA are present; the slices hold whole blocks (checked inside).
+            unsafe { x86::spectrum_products_avx512(k, a, out, channels, stride, backward) };
+            return;
+        } else if crate::model::simd::avx2_fma() {
             // SAFETY: AVX2 and FMA are present; the slices hold whole blocks (checked inside).
-            unsafe { x86::spectrum_products(k, a, out, channels, stride, backward) };
+            unsafe { x86::spectrum_products_avx2(k, a, out, channels, stride, backward) };
             return;
         }
         products_portable(k, a, out, channels, stride, backward);
@@ -466,31 +509,24 @@ impl FftKernels for f32 {
     }
 }
 
-fn products_portable<F: FftNum>(k: &[Complex<F>], a: &[Complex<F>], out: &mut [Complex<F>], [c, m]: [usize; 2], stride: usize, backward: bool) {
+fn products_portable<F: FftNum>(k: &[F], a: &[Complex<F>], out: &mut [Complex<F>], [c, m]: [usize; 2], stride: usize, backward: bool) {
     let zero = Complex::new(F::zero(), F::zero());
+    let (n_a, n_out) = if backward { (c, m) } else { (m, c) };
     for block in 0..stride / LANES {
-        let kb = &k[block * c * m * LANES..(block + 1) * c * m * LANES];
+        let kb = &k[block * c * m * 2 * LANES..(block + 1) * c * m * 2 * LANES];
         let at = |ch: usize| block * LANES + ch * stride;
-        if backward {
-            for i in 0..m {
-                let mut acc = [zero; LANES];
-                for o in 0..c {
-                    for l in 0..LANES {
-                        acc[l] = acc[l] + a[at(o) + l] * kb[(o * m + i) * LANES + l].conj();
-                    }
+        for q in 0..n_out {
+            let mut acc = [zero; LANES];
+            for p in 0..n_a {
+                // Forward: out o = q, a channel i = p; backward: out i = q, a channel o = p.
+                let pair = if backward { p * m + q } else { q * m + p };
+                let kp = &kb[pair * 2 * LANES..(pair + 1) * 2 * LANES];
+                for (l, acc) in acc.iter_mut().enumerate() {
+                    let kv = Complex::new(kp[l], kp[LANES + l]);
+                    *acc = *acc + a[at(p) + l] * if backward { kv.conj() } else { kv };
                 }
-                out[at(i)..at(i) + LANES].copy_from_slice(&acc);
             }
-        } else {
-            for o in 0..c {
-                let mut acc = [zero; LANES];
-                for i in 0..m {
-                    for l in 0..LANES {
-                        acc[l] = acc[l] + a[at(i) + l] * kb[(o * m + i) * LANES + l];
-                    }
-                }
-                out[at(o)..at(o) + LANES].copy_from_slice(&acc);
-            }
+            out[at(q)..at(q) + LANES].copy_from_slice(&acc);
         }
     }
 }
@@ -503,37 +539,124 @@ mod x86 {
 
     use super::LANES;
 
-    /// `products_portable` with one AVX vector per block (4 complex float32, interleaved): per
-    /// product two FMAs on the real and imaginary parts of `k` duplicated, combined at the end of
-    /// the sum by one add-subtract.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn spectrum_products(k: &[Complex<f32>], a: &[Complex<f32>], out: &mut [Complex<f32>], [c, m]: [usize; 2], stride: usize, backward: bool) {
+    /// `products_portable` with AVX-512: per block of 16 bins, the spectra's real and imaginary
+    /// parts apart (two permutes per channel), then per output channel four FMAs per input channel
+    /// and no shuffles, two output channels at a time (eight independent sums).
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn spectrum_products_avx512(k: &[f32], a: &[Complex<f32>], out: &mut [Complex<f32>], [c, m]: [usize; 2], stride: usize, backward: bool) {
+        const _: () = assert!(LANES == 16);
         let blocks = stride / LANES;
         let (n_a, n_out) = if backward { (c, m) } else { (m, c) };
-        assert!(k.len() >= blocks * c * m * LANES && a.len() >= n_a * stride && out.len() >= n_out * stride);
-        let (kp, ap, op) = (k.as_ptr() as *const f32, a.as_ptr() as *const f32, out.as_mut_ptr() as *mut f32);
-        let mut values = vec![_mm256_setzero_ps(); n_a];
-        let mut swapped = vec![_mm256_setzero_ps(); n_a];
-        let sign = _mm256_set1_ps(-0.0);
+        assert!(stride.is_multiple_of(LANES) && k.len() >= blocks * c * m * 2 * LANES && a.len() >= n_a * stride && out.len() >= n_out * stride);
+        let (kp, ap, op) = (k.as_ptr(), a.as_ptr() as *const f32, out.as_mut_ptr() as *mut f32);
+        let mut re = vec![_mm512_setzero_ps(); n_a];
+        let mut im = vec![_mm512_setzero_ps(); n_a];
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         for block in 0..blocks {
             for ch in 0..n_a {
-                let v = _mm256_loadu_ps(ap.add(2 * (ch * stride + block * LANES)));
-                values[ch] = v;
-                swapped[ch] = _mm256_permute_ps(v, 0b1011_0001);
+                let src = ap.add(2 * (ch * stride + block * LANES));
+                let (v0, v1) = (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)));
+                re[ch] = _mm512_permutex2var_ps(v0, even, v1);
+                im[ch] = _mm512_permutex2var_ps(v0, odd, v1);
             }
-            let kb = kp.add(2 * block * c * m * LANES);
-            for q in 0..n_out {
-                let (mut re, mut im) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                for p in 0..n_a {
-                    // Forward: out o = q, a channel i = p; backward: out i = q, a channel o = p.
-                    let pair = if backward { p * m + q } else { q * m + p };
-                    let kv = _mm256_loadu_ps(kb.add(2 * pair * LANES));
-                    re = _mm256_fmadd_ps(values[p], _mm256_moveldup_ps(kv), re);
-                    im = _mm256_fmadd_ps(swapped[p], _mm256_movehdup_ps(kv), im);
+            let kb = kp.add(block * c * m * 2 * LANES);
+            let mut q = 0;
+            while q + 1 < n_out {
+                outputs_avx512::<2>(&re, &im, kb, [c, m], q, backward, op.add(2 * (q * stride + block * LANES)), stride);
+                q += 2;
+            }
+            if q < n_out {
+                outputs_avx512::<1>(&re, &im, kb, [c, m], q, backward, op.add(2 * (q * stride + block * LANES)), stride);
+            }
+        }
+    }
+
+    /// Output channels `q..q + U` of one block: per output the sums of a.re k.re, a.im k.im,
+    /// a.re k.im and a.im k.re (independent FMA chains), combined into `a k` or `a conj(k)` and
+    /// interleaved into `dst` (outputs `stride` complex values apart).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn outputs_avx512<const U: usize>(re: &[__m512], im: &[__m512], kb: *const f32, [_, m]: [usize; 2], q: usize, backward: bool, dst: *mut f32, stride: usize) {
+        let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        let mut s = [[_mm512_setzero_ps(); 4]; U];
+        for (p, (&ar, &ai)) in re.iter().zip(im).enumerate() {
+            for (u, s) in s.iter_mut().enumerate() {
+                // Forward: out o = q, a channel i = p; backward: out i = q, a channel o = p.
+                let pair = if backward { p * m + q + u } else { (q + u) * m + p };
+                let kq = kb.add(pair * 2 * LANES);
+                let (kr, ki) = (_mm512_loadu_ps(kq), _mm512_loadu_ps(kq.add(LANES)));
+                s[0] = _mm512_fmadd_ps(ar, kr, s[0]);
+                s[1] = _mm512_fmadd_ps(ai, ki, s[1]);
+                s[2] = _mm512_fmadd_ps(ar, ki, s[2]);
+                s[3] = _mm512_fmadd_ps(ai, kr, s[3]);
+            }
+        }
+        for (u, s) in s.iter().enumerate() {
+            let (r, i) = if backward { (_mm512_add_ps(s[0], s[1]), _mm512_sub_ps(s[3], s[2])) } else { (_mm512_sub_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3])) };
+            let d = dst.add(2 * u * stride);
+            _mm512_storeu_ps(d, _mm512_permutex2var_ps(r, low, i));
+            _mm512_storeu_ps(d.add(16), _mm512_permutex2var_ps(r, high, i));
+        }
+    }
+
+    /// The same with AVX2: each block of 16 bins as two halves of 8.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn spectrum_products_avx2(k: &[f32], a: &[Complex<f32>], out: &mut [Complex<f32>], [c, m]: [usize; 2], stride: usize, backward: bool) {
+        let blocks = stride / LANES;
+        let (n_a, n_out) = if backward { (c, m) } else { (m, c) };
+        assert!(stride.is_multiple_of(LANES) && k.len() >= blocks * c * m * 2 * LANES && a.len() >= n_a * stride && out.len() >= n_out * stride);
+        let (kp, ap, op) = (k.as_ptr(), a.as_ptr() as *const f32, out.as_mut_ptr() as *mut f32);
+        let mut re = vec![_mm256_setzero_ps(); n_a];
+        let mut im = vec![_mm256_setzero_ps(); n_a];
+        let order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+        for block in 0..blocks {
+            for half in 0..2 {
+                let bin = block * LANES + 8 * half;
+                for ch in 0..n_a {
+                    let src = ap.add(2 * (ch * stride + bin));
+                    let (v0, v1) = (_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8)));
+                    re[ch] = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(v0, v1, 0b10_00_10_00), order);
+                    im[ch] = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(v0, v1, 0b11_01_11_01), order);
                 }
-                let im = if backward { _mm256_xor_ps(im, sign) } else { im };
-                _mm256_storeu_ps(op.add(2 * (q * stride + block * LANES)), _mm256_addsub_ps(re, im));
+                let kb = kp.add(block * c * m * 2 * LANES + 8 * half);
+                let mut q = 0;
+                while q + 1 < n_out {
+                    outputs_avx2::<2>(&re, &im, kb, [c, m], q, backward, op.add(2 * (q * stride + bin)), stride);
+                    q += 2;
+                }
+                if q < n_out {
+                    outputs_avx2::<1>(&re, &im, kb, [c, m], q, backward, op.add(2 * (q * stride + bin)), stride);
+                }
             }
+        }
+    }
+
+    /// `outputs_avx512` for 8 bins.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn outputs_avx2<const U: usize>(re: &[__m256], im: &[__m256], kb: *const f32, [_, m]: [usize; 2], q: usize, backward: bool, dst: *mut f32, stride: usize) {
+        let mut s = [[_mm256_setzero_ps(); 4]; U];
+        for (p, (&ar, &ai)) in re.iter().zip(im).enumerate() {
+            for (u, s) in s.iter_mut().enumerate() {
+                let pair = if backward { p * m + q + u } else { (q + u) * m + p };
+                let kq = kb.add(pair * 2 * LANES);
+                let (kr, ki) = (_mm256_loadu_ps(kq), _mm256_loadu_ps(kq.add(LANES)));
+                s[0] = _mm256_fmadd_ps(ar, kr, s[0]);
+                s[1] = _mm256_fmadd_ps(ai, ki, s[1]);
+                s[2] = _mm256_fmadd_ps(ar, ki, s[2]);
+                s[3] = _mm256_fmadd_ps(ai, kr, s[3]);
+            }
+        }
+        for (u, s) in s.iter().enumerate() {
+            let (r, i) = if backward { (_mm256_add_ps(s[0], s[1]), _mm256_sub_ps(s[3], s[2])) } else { (_mm256_sub_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3])) };
+            let (lo, hi) = (_mm256_unpacklo_ps(r, i), _mm256_unpackhi_ps(r, i));
+            let d = dst.add(2 * u * stride);
+            _mm256_storeu_ps(d, _mm256_permute2f128_ps(lo, hi, 0x20));
+            _mm256_storeu_ps(d.add(8), _mm256_permute2f128_ps(lo, hi, 0x31));
         }
     }
 }
