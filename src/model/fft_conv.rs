@@ -19,6 +19,7 @@
 //! direct path).
 
 use std::any::Any;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
@@ -255,7 +256,7 @@ impl<F: FftNum + FftKernels> Grid<F> {
     /// The inverse transforms (unscaled) of `channels` spectra (destroyed), the values of the box
     /// `[lo, lo + shape)` of the grid written to `out` (`channels x shape`): the steps of `forward`
     /// in reverse, each keeping only the rows and columns of the box.
-    fn inverse(&self, spectra: &mut [Complex<F>], lo: [usize; 3], shape: [usize; 3], out: &mut [F], work: &mut Work<F>) {
+    fn inverse(&self, spectra: &mut [Complex<F>], lo: [usize; 3], shape: [usize; 3], out: &mut [MaybeUninit<F>], work: &mut Work<F>) {
         let [a, b, c] = self.order;
         let (nb, nc, half) = (self.n[b], self.n[c], self.half);
         let strides = [shape[1] * shape[2], shape[2], 1];
@@ -289,7 +290,7 @@ impl<F: FftNum + FftKernels> Grid<F> {
                     }
                     let base = jb * strides[b] + jc * strides[c];
                     for (ja, &v) in work.row[la..la + sa].iter().enumerate() {
-                        o[base + ja * strides[a]] = v;
+                        o[base + ja * strides[a]].write(v);
                     }
                 }
             }
@@ -411,8 +412,12 @@ impl<F: FftNum + FftKernels> FftCorrelation<F> {
         let Buffers { work, spectrum, product } = &mut buffers;
         grid.forward(data.0, data.1, data.2, &mut spectrum[..from * stride], work);
         F::spectrum_products(&ks.spectra, &spectrum[..from * stride], &mut product[..to * stride], [c, m], stride, adjoint);
-        let mut result = vec![F::zero(); to * keep.1.iter().product::<usize>()];
-        grid.inverse(&mut product[..to * stride], keep.0, keep.1, &mut result, work);
+        // Every value of the kept box is written by `inverse`: no zeroing first.
+        let len = to * keep.1.iter().product::<usize>();
+        let mut result = Vec::with_capacity(len);
+        grid.inverse(&mut product[..to * stride], keep.0, keep.1, &mut result.spare_capacity_mut()[..len], work);
+        // SAFETY: `inverse` wrote all `len` values (every channel's whole box).
+        unsafe { result.set_len(len) };
         ks.pool.lock().unwrap_or_else(|e| e.into_inner()).push(buffers);
         result
     }
