@@ -6,7 +6,7 @@
 mod common;
 
 use retina::model::fft_conv::{fft_pays, grid_size};
-use retina::model::fft_lines::LineDft;
+use retina::model::fft_lines::{LineDft, RealLineDft};
 use retina::model::layers::conv3d::{Conv3d, ConvRoute};
 use retina::model::{simd, Float};
 use rustfft::num_complex::Complex;
@@ -159,6 +159,66 @@ fn line_transforms_match_a_float64_dft() {
                     let d = common::rel_max_diff(&got, &expected);
                     assert!(d <= 1e-5, "n {n} inverse {inverse} inputs {inputs:?} outputs {outputs:?} AVX-512 {avx512}: differs by {d:e}");
                 }
+            }
+        }
+    }
+}
+
+/// The real transforms along the first axis (`RealLineDft`: realfft or, for short lines, matrix
+/// products over the non-zero inputs or the wanted outputs) against a float64 DFT, every length up to
+/// 48, with AVX-512 on and off (then realfft).
+#[test]
+fn real_line_transforms_match_a_float64_dft() {
+    let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let mut planner = realfft::RealFftPlanner::<f32>::new();
+    for n in 1..=48 {
+        let dft = RealLineDft::new(&mut planner, n);
+        let half = n / 2 + 1;
+        let mut scratch = vec![Complex::new(0.0f32, 0.0); dft.scratch_len()];
+        for (r, range) in [0..n, 0..n.div_ceil(2), n / 3..n].into_iter().enumerate() {
+            let values: Vec<f32> = common::random_stimulus([n + 2 * half, 1, 1, 1], (n * 10 + r) as u64).into_iter().map(|v| v as f32).collect();
+            let (line, spectrum) = values.split_at(n);
+            // Forward: only the values in `range` count.
+            let mut expected = Vec::new();
+            for k in 0..half {
+                let phase = |t: usize| -2.0 * std::f64::consts::PI * ((t * k) % n) as f64 / n as f64;
+                let re: f64 = range.clone().map(|t| line[t] as f64 * phase(t).cos()).sum();
+                let im: f64 = range.clone().map(|t| line[t] as f64 * phase(t).sin()).sum();
+                expected.extend([re, im]);
+            }
+            // Inverse of a spectrum (imaginary parts of the first and, even n, last bins ignored):
+            // the real line `sum_k c_k Re(X_k w^(-t k))` at the values of `range`.
+            let bins: Vec<Complex<f32>> = spectrum.chunks_exact(2).map(|v| Complex::new(v[0], v[1])).collect();
+            let inverse: Vec<f64> = range
+                .clone()
+                .map(|t| {
+                    (0..half)
+                        .map(|k| {
+                            let twice = if k == 0 || 2 * k == n { 1.0 } else { 2.0 };
+                            let im = if k == 0 || 2 * k == n { 0.0 } else { bins[k].im as f64 };
+                            let phase = 2.0 * std::f64::consts::PI * ((t * k) % n) as f64 / n as f64;
+                            twice * (bins[k].re as f64 * phase.cos() - im * phase.sin())
+                        })
+                        .sum()
+                })
+                .collect();
+            for avx512 in [true, false] {
+                simd::set_avx512_kernels(avx512);
+                let mut row = line.to_vec();
+                let mut out = vec![Complex::new(0.0f32, 0.0); half];
+                dft.forward(&mut row, range.clone(), &mut out, &mut scratch);
+                let mut back = vec![0.0f32; n];
+                let mut spectrum = bins.clone();
+                dft.inverse(&mut spectrum, range.clone(), &mut back, &mut scratch);
+                simd::set_avx512_kernels(true);
+                // Float32 sums of up to 48 terms: ~1e-7 x sqrt(n) of the largest value; 1e-5 still
+                // fails for any wrong twiddle, index, range or bin weight (errors of order 1).
+                let got: Vec<f64> = out.iter().flat_map(|v| [v.re as f64, v.im as f64]).collect();
+                let d = common::rel_max_diff(&got, &expected);
+                assert!(d <= 1e-5, "n {n} forward, inputs {range:?}, AVX-512 {avx512}: differs by {d:e}");
+                let got: Vec<f64> = back[range.clone()].iter().map(|&v| v as f64).collect();
+                let d = common::rel_max_diff(&got, &inverse);
+                assert!(d <= 1e-5, "n {n} inverse, outputs {range:?}, AVX-512 {avx512}: differs by {d:e}");
             }
         }
     }

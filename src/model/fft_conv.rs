@@ -23,12 +23,12 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
+use realfft::RealFftPlanner;
 use rustfft::num_complex::Complex;
 use rustfft::{FftNum, FftPlanner};
 
 use crate::model::config::Padding;
-use crate::model::fft_lines::LineDft;
+use crate::model::fft_lines::{LineDft, RealLineDft};
 
 /// Kernel spectra for this many grid sizes are kept per layer (MEIs of one model use a few sizes:
 /// the whole stimulus, the frames an output neuron depends on, an inner channel's receptive field).
@@ -127,8 +127,7 @@ struct Grid<F: FftNum> {
     order: [usize; 3],
     /// Complex bins along the real axis `a`: `n[a] / 2 + 1`.
     half: usize,
-    r2c: Arc<dyn RealToComplex<F>>,
-    c2r: Arc<dyn ComplexToReal<F>>,
+    real: RealLineDft<F>,
     fb: LineDft<F>,
     ib: LineDft<F>,
     fc: LineDft<F>,
@@ -165,8 +164,7 @@ impl<F: FftNum + FftKernels> Grid<F> {
             n,
             order,
             half: n[a] / 2 + 1,
-            r2c: real.plan_fft_forward(n[a]),
-            c2r: real.plan_fft_inverse(n[a]),
+            real: RealLineDft::new(&mut real, n[a]),
             fb: LineDft::new(&mut complex, n[b], false),
             ib: LineDft::new(&mut complex, n[b], true),
             fc: LineDft::new(&mut complex, n[c], false),
@@ -191,8 +189,7 @@ impl<F: FftNum + FftKernels> Grid<F> {
 
     fn work(&self) -> Work<F> {
         let scratch = [
-            self.r2c.get_scratch_len(),
-            self.c2r.get_scratch_len(),
+            self.real.scratch_len(),
             self.fb.scratch_len(),
             self.ib.scratch_len(),
             self.fc.scratch_len(),
@@ -228,13 +225,10 @@ impl<F: FftNum + FftKernels> Grid<F> {
             for jb in 0..sb {
                 for jc in 0..sc {
                     let base = jb * strides[b] + jc * strides[c];
-                    // realfft uses the row as scratch: its zeros are rewritten for every line.
-                    work.row[..oa].fill(F::zero());
-                    work.row[oa + sa..].fill(F::zero());
                     for (ja, v) in work.row[oa..oa + sa].iter_mut().enumerate() {
                         *v = x[base + ja * strides[a]];
                     }
-                    self.r2c.process_with_scratch(&mut work.row, &mut work.bins, &mut work.scratch).expect("buffer sizes match the plan");
+                    self.real.forward(&mut work.row, oa..oa + sa, &mut work.bins, &mut work.scratch);
                     for (ka, &v) in work.bins.iter().enumerate() {
                         lines[(ka * sc + jc) * nb + ob + jb] = v;
                     }
@@ -282,12 +276,7 @@ impl<F: FftNum + FftKernels> Grid<F> {
                     for (ka, v) in work.bins.iter_mut().enumerate() {
                         *v = lines[(ka * sc + jc) * nb + lb + jb];
                     }
-                    // The imaginary parts of the first and (even length) last bins are rounding
-                    // noise of a real signal's spectrum: realfft ignores them and says so.
-                    match self.c2r.process_with_scratch(&mut work.bins, &mut work.row, &mut work.scratch) {
-                        Ok(()) | Err(realfft::FftError::InputValues(..)) => {}
-                        Err(e) => panic!("buffer sizes match the plan: {e}"),
-                    }
+                    self.real.inverse(&mut work.bins, la..la + sa, &mut work.row, &mut work.scratch);
                     let base = jb * strides[b] + jc * strides[c];
                     for (ja, &v) in work.row[la..la + sa].iter().enumerate() {
                         o[base + ja * strides[a]].write(v);
@@ -406,9 +395,13 @@ impl<F: FftNum + FftKernels> FftCorrelation<F> {
         let zero = Complex::new(F::zero(), F::zero());
         let pooled = ks.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut buffers = pooled.unwrap_or_else(|| Buffers { work: grid.work(), spectrum: Vec::new(), product: Vec::new() });
-        // Every bin of a channel is written before it is read: no zeroing of reused buffers.
-        buffers.spectrum.resize(from * stride, zero);
-        buffers.product.resize(to * stride, zero);
+        // Every bin of a channel is written before it is read: no zeroing of reused buffers, which
+        // only grow (forward and input gradient use them with `m` and `c` channels in turn).
+        for (buffer, channels) in [(&mut buffers.spectrum, from), (&mut buffers.product, to)] {
+            if buffer.len() < channels * stride {
+                buffer.resize(channels * stride, zero);
+            }
+        }
         let Buffers { work, spectrum, product } = &mut buffers;
         grid.forward(data.0, data.1, data.2, &mut spectrum[..from * stride], work);
         F::spectrum_products(&ks.spectra, &spectrum[..from * stride], &mut product[..to * stride], [c, m], stride, adjoint);
@@ -446,6 +439,16 @@ pub trait FftKernels: Sized {
     /// `LineDft::process` by the matrix (`column` floats per column): only called where
     /// `matrix_lanes` is `Some`.
     fn matrix_lines(_matrix: &[f32], _column: usize, _n: usize, _lines: &mut [Complex<Self>], _inputs: Range<usize>, _outputs: Range<usize>) {
+        unreachable!("no matrix DFT for this float type")
+    }
+
+    /// `RealLineDft::forward` by the matrix (AVX-512 only).
+    fn real_matrix_forward(_matrix: &[f32], _column: usize, _row: &[Self], _inputs: Range<usize>, _bins: &mut [Complex<Self>]) {
+        unreachable!("no matrix DFT for this float type")
+    }
+
+    /// `RealLineDft::inverse` by the matrix (AVX-512 only).
+    fn real_matrix_inverse(_matrix: &[f32], _column: usize, _bins: &[Complex<Self>], _outputs: Range<usize>, _row: &mut [Self]) {
         unreachable!("no matrix DFT for this float type")
     }
 }
@@ -511,6 +514,28 @@ impl FftKernels for f32 {
         }
         let _ = (matrix, column, n, lines, inputs, outputs);
         unreachable!("matrix_lanes said no matrix DFT runs here")
+    }
+
+    fn real_matrix_forward(matrix: &[f32], column: usize, row: &[f32], inputs: Range<usize>, bins: &mut [Complex<f32>]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::model::simd::avx512() {
+            // SAFETY: the CPU has AVX-512F, AVX2 and FMA; the kernel checks the sizes.
+            unsafe { crate::model::fft_lines::x86::real_forward_avx512(matrix, column, row, inputs, bins) };
+            return;
+        }
+        let _ = (matrix, column, row, inputs, bins);
+        unreachable!("matrix_lanes said no AVX-512 matrix DFT runs here")
+    }
+
+    fn real_matrix_inverse(matrix: &[f32], column: usize, bins: &[Complex<f32>], outputs: Range<usize>, row: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::model::simd::avx512() {
+            // SAFETY: the CPU has AVX-512F, AVX2 and FMA; the kernel checks the sizes.
+            unsafe { crate::model::fft_lines::x86::real_inverse_avx512(matrix, column, bins, outputs, row) };
+            return;
+        }
+        let _ = (matrix, column, bins, outputs, row);
+        unreachable!("matrix_lanes said no AVX-512 matrix DFT runs here")
     }
 }
 

@@ -10,6 +10,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftNum, FftPlanner};
 
@@ -88,6 +89,104 @@ impl<F: FftNum + FftKernels> LineDft<F> {
         }
         self.fft.process_with_scratch(lines, scratch);
     }
+}
+
+/// The real-to-complex DFT along lines of length `n` (`n / 2 + 1` bins) and its inverse, one line
+/// at a time: `realfft`, or for short lines a matrix product over the non-zero inputs (forward) or
+/// the wanted outputs (inverse) only; `realfft` runs a complex FFT of `n / 2` values, slow for the
+/// lengths of 2 x 10, 2 x 15, 2 x 20 that grids along time take.
+pub struct RealLineDft<F: FftNum> {
+    n: usize,
+    r2c: Arc<dyn RealToComplex<F>>,
+    c2r: Arc<dyn ComplexToReal<F>>,
+    /// Per input `t`: the bins' `w^(t k)` as interleaved `(re, im)`, `column_len(n / 2 + 1)` floats.
+    forward_matrix: Vec<f32>,
+    /// Per bin `k`: `c_k cos(2 pi t k / n)` over the outputs `t`, then `-c_k sin(...)`, `n + 16`
+    /// floats each (`c_k` = 2 for the bins that stand for two, else 1).
+    inverse_matrix: Vec<f32>,
+}
+
+impl<F: FftNum + FftKernels> RealLineDft<F> {
+    pub fn new(planner: &mut RealFftPlanner<F>, n: usize) -> Self {
+        let (r2c, c2r) = (planner.plan_fft_forward(n), planner.plan_fft_inverse(n));
+        let half = n / 2 + 1;
+        let (mut forward_matrix, mut inverse_matrix) = (Vec::new(), Vec::new());
+        if F::MATRIX_DFT && n <= MATRIX_MAX {
+            let phase = |t: usize, k: usize| 2.0 * std::f64::consts::PI * ((t * k) % n) as f64 / n as f64;
+            let len = column_len(half);
+            forward_matrix = vec![0.0f32; len * n];
+            for t in 0..n {
+                for k in 0..half {
+                    forward_matrix[t * len + 2 * k] = phase(t, k).cos() as f32;
+                    forward_matrix[t * len + 2 * k + 1] = -phase(t, k).sin() as f32;
+                }
+            }
+            let len = n + 16;
+            inverse_matrix = vec![0.0f32; 2 * len * half];
+            for k in 0..half {
+                let twice = if k == 0 || 2 * k == n { 1.0 } else { 2.0 };
+                for t in 0..n {
+                    inverse_matrix[2 * k * len + t] = (twice * phase(t, k).cos()) as f32;
+                    // Zero for the first and (even length) last bins: their imaginary parts are ignored.
+                    let sin = if k == 0 || 2 * k == n { 0.0 } else { phase(t, k).sin() };
+                    inverse_matrix[(2 * k + 1) * len + t] = (-twice * sin) as f32;
+                }
+            }
+        }
+        RealLineDft { n, r2c, c2r, forward_matrix, inverse_matrix }
+    }
+
+    pub fn scratch_len(&self) -> usize {
+        self.r2c.get_scratch_len().max(self.c2r.get_scratch_len())
+    }
+
+    /// The bins of `row` (length `n`), whose values outside `inputs` are taken as zero whatever
+    /// they hold; `row` is left undefined.
+    pub fn forward(&self, row: &mut [F], inputs: Range<usize>, bins: &mut [Complex<F>], scratch: &mut [Complex<F>]) {
+        let half = self.n / 2 + 1;
+        if !self.forward_matrix.is_empty() {
+            if let Some(lanes) = F::matrix_lanes() {
+                if lanes == 8 && real_matrix_ns(inputs.len(), half) < real_fft_ns(self.n) {
+                    F::real_matrix_forward(&self.forward_matrix, column_len(half), row, inputs, bins);
+                    return;
+                }
+            }
+        }
+        row[..inputs.start].fill(F::zero());
+        row[inputs.end..].fill(F::zero());
+        self.r2c.process_with_scratch(row, bins, scratch).expect("buffer sizes match the plan");
+    }
+
+    /// The real line (unscaled inverse) of `bins` (left undefined) at `outputs`, into `row`
+    /// (length `n`; values elsewhere undefined). The imaginary parts of the first and (even
+    /// length) last bins are ignored: rounding noise of a real signal's spectrum.
+    pub fn inverse(&self, bins: &mut [Complex<F>], outputs: Range<usize>, row: &mut [F], scratch: &mut [Complex<F>]) {
+        let half = self.n / 2 + 1;
+        if !self.inverse_matrix.is_empty() {
+            if let Some(lanes) = F::matrix_lanes() {
+                if lanes == 8 && real_matrix_ns(half, outputs.len()) < real_fft_ns(self.n) {
+                    F::real_matrix_inverse(&self.inverse_matrix, self.n + 16, bins, outputs, row);
+                    return;
+                }
+            }
+        }
+        // realfft says when it ignored those imaginary parts.
+        match self.c2r.process_with_scratch(bins, row, scratch) {
+            Ok(()) | Err(realfft::FftError::InputValues(..)) => {}
+            Err(e) => panic!("buffer sizes match the plan: {e}"),
+        }
+    }
+}
+
+/// Nanoseconds per line of the real matrix products, `inputs` x `outputs` complex values (fitted as
+/// `matrix_ns`; one FMA per input and vector of 8 complex, or two per vector of 16 reals).
+fn real_matrix_ns(inputs: usize, outputs: usize) -> f64 {
+    0.3 * (inputs * outputs.div_ceil(8)) as f64 + 5.0
+}
+
+/// Nanoseconds per line of `realfft`: the complex transform of half the length and a pass over it.
+fn real_fft_ns(n: usize) -> f64 {
+    if n.is_multiple_of(2) { fft_ns(n / 2) + 0.5 * n as f64 + 5.0 } else { fft_ns(n) + 5.0 }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -213,6 +312,82 @@ pub(crate) mod x86 {
             }
             for v in 0..NV {
                 store(lp.add(2 * outputs.start), v, _mm512_add_ps(_mm512_add_ps(acc[0][v], acc[1][v]), _mm512_add_ps(acc[2][v], acc[3][v])));
+            }
+        }
+    }
+
+    /// `RealLineDft::forward` by the matrix: the inputs broadcast one at a time (read in place),
+    /// the bins in vectors of 8, two partial sums (even and odd inputs).
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn real_forward_avx512(matrix: &[f32], len: usize, row: &[f32], inputs: Range<usize>, bins: &mut [Complex<f32>]) {
+        match (2 * bins.len()).div_ceil(16) {
+            1 => real_forward_n::<1>(matrix, len, row, inputs, bins),
+            2 => real_forward_n::<2>(matrix, len, row, inputs, bins),
+            3 => real_forward_n::<3>(matrix, len, row, inputs, bins),
+            4 => real_forward_n::<4>(matrix, len, row, inputs, bins),
+            5 => real_forward_n::<5>(matrix, len, row, inputs, bins),
+            _ => panic!("lines of at most {} values", super::MATRIX_MAX),
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn real_forward_n<const NV: usize>(matrix: &[f32], len: usize, row: &[f32], inputs: Range<usize>, bins: &mut [Complex<f32>]) {
+        let values = 2 * bins.len();
+        assert!(values <= 16 * NV && len >= 16 * NV && inputs.end <= row.len() && matrix.len() >= len * row.len());
+        let tail: __mmask16 = if values.is_multiple_of(16) { 0xffff } else { (1u16 << (values % 16)) - 1 };
+        let mut acc = [[_mm512_setzero_ps(); NV]; 2];
+        for t in inputs {
+            let x = _mm512_set1_ps(*row.get_unchecked(t));
+            let column = matrix.as_ptr().add(t * len);
+            let u = t & 1;
+            for v in 0..NV {
+                acc[u][v] = _mm512_fmadd_ps(x, _mm512_loadu_ps(column.add(16 * v)), acc[u][v]);
+            }
+        }
+        let out = bins.as_mut_ptr() as *mut f32;
+        for v in 0..NV {
+            let sum = _mm512_add_ps(acc[0][v], acc[1][v]);
+            if v + 1 < NV {
+                _mm512_storeu_ps(out.add(16 * v), sum);
+            } else {
+                _mm512_mask_storeu_ps(out.add(16 * v), tail, sum);
+            }
+        }
+    }
+
+    /// `RealLineDft::inverse` by the matrix: per bin two FMAs per vector of 16 outputs.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn real_inverse_avx512(matrix: &[f32], len: usize, bins: &[Complex<f32>], outputs: Range<usize>, row: &mut [f32]) {
+        match outputs.len().div_ceil(16) {
+            1 => real_inverse_n::<1>(matrix, len, bins, outputs, row),
+            2 => real_inverse_n::<2>(matrix, len, bins, outputs, row),
+            3 => real_inverse_n::<3>(matrix, len, bins, outputs, row),
+            _ => panic!("lines of at most {} values", super::MATRIX_MAX),
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn real_inverse_n<const NV: usize>(matrix: &[f32], len: usize, bins: &[Complex<f32>], outputs: Range<usize>, row: &mut [f32]) {
+        let values = outputs.len();
+        assert!(values <= 16 * NV && len >= outputs.start + 16 * NV && outputs.end <= row.len() && matrix.len() >= 2 * len * bins.len());
+        let tail: __mmask16 = if values.is_multiple_of(16) { 0xffff } else { (1u16 << (values % 16)) - 1 };
+        let mut acc = [[_mm512_setzero_ps(); NV]; 2];
+        let m = matrix.as_ptr().add(outputs.start);
+        for (k, b) in bins.iter().enumerate() {
+            let (re, im) = (_mm512_set1_ps(b.re), _mm512_set1_ps(b.im));
+            let (cos, sin) = (m.add(2 * k * len), m.add((2 * k + 1) * len));
+            for v in 0..NV {
+                acc[0][v] = _mm512_fmadd_ps(re, _mm512_loadu_ps(cos.add(16 * v)), acc[0][v]);
+                acc[1][v] = _mm512_fmadd_ps(im, _mm512_loadu_ps(sin.add(16 * v)), acc[1][v]);
+            }
+        }
+        let out = row.as_mut_ptr().add(outputs.start);
+        for v in 0..NV {
+            let sum = _mm512_add_ps(acc[0][v], acc[1][v]);
+            if v + 1 < NV {
+                _mm512_storeu_ps(out.add(16 * v), sum);
+            } else {
+                _mm512_mask_storeu_ps(out.add(16 * v), tail, sum);
             }
         }
     }
