@@ -178,15 +178,25 @@ impl<F: FftNum + FftKernels> RealLineDft<F> {
     }
 }
 
-/// Nanoseconds per line of the real matrix products, `inputs` x `outputs` complex values (fitted as
-/// `matrix_ns`; one FMA per input and vector of 8 complex, or two per vector of 16 reals).
+/// Nanoseconds per line of the real matrix products, `inputs` x `outputs` complex values (CPU time
+/// on this machine, lines of 10-50 values, the call included).
 fn real_matrix_ns(inputs: usize, outputs: usize) -> f64 {
-    0.3 * (inputs * outputs.div_ceil(8)) as f64 + 5.0
+    0.33 * (inputs * outputs.div_ceil(8)) as f64 + 12.0
 }
 
-/// Nanoseconds per line of `realfft`: the complex transform of half the length and a pass over it.
+/// Nanoseconds per line of `realfft` (forward; its inverse costs about the same), which runs the
+/// complex transform of half the length and a pass over it (CPU time on this machine).
 fn real_fft_ns(n: usize) -> f64 {
-    if n.is_multiple_of(2) { fft_ns(n / 2) + 0.5 * n as f64 + 5.0 } else { fft_ns(n) + 5.0 }
+    match n {
+        10 => 15.0,
+        12 => 25.0,
+        16 => 20.0,
+        20 => 50.0,
+        40 => 75.0,
+        50 => 95.0,
+        _ if n.is_multiple_of(2) => fft_ns(n / 2) + 0.5 * n as f64 + 10.0,
+        _ => fft_ns(n) + 10.0,
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -336,13 +346,21 @@ pub(crate) mod x86 {
         assert!(values <= 16 * NV && len >= 16 * NV && inputs.end <= row.len() && matrix.len() >= len * row.len());
         let tail: __mmask16 = if values.is_multiple_of(16) { 0xffff } else { (1u16 << (values % 16)) - 1 };
         let mut acc = [[_mm512_setzero_ps(); NV]; 2];
-        for t in inputs {
+        let step = |acc: &mut [__m512; NV], t: usize| {
             let x = _mm512_set1_ps(*row.get_unchecked(t));
             let column = matrix.as_ptr().add(t * len);
-            let u = t & 1;
-            for v in 0..NV {
-                acc[u][v] = _mm512_fmadd_ps(x, _mm512_loadu_ps(column.add(16 * v)), acc[u][v]);
+            for (v, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(x, _mm512_loadu_ps(column.add(16 * v)), *a);
             }
+        };
+        let mut t = inputs.start;
+        while t + 1 < inputs.end {
+            step(&mut acc[0], t);
+            step(&mut acc[1], t + 1);
+            t += 2;
+        }
+        if t < inputs.end {
+            step(&mut acc[0], t);
         }
         let out = bins.as_mut_ptr() as *mut f32;
         for v in 0..NV {
@@ -371,19 +389,29 @@ pub(crate) mod x86 {
         let values = outputs.len();
         assert!(values <= 16 * NV && len >= outputs.start + 16 * NV && outputs.end <= row.len() && matrix.len() >= 2 * len * bins.len());
         let tail: __mmask16 = if values.is_multiple_of(16) { 0xffff } else { (1u16 << (values % 16)) - 1 };
-        let mut acc = [[_mm512_setzero_ps(); NV]; 2];
+        // Four partial sums (real and imaginary parts, even and odd bins): independent FMA chains.
+        let mut acc = [[_mm512_setzero_ps(); NV]; 4];
         let m = matrix.as_ptr().add(outputs.start);
-        for (k, b) in bins.iter().enumerate() {
-            let (re, im) = (_mm512_set1_ps(b.re), _mm512_set1_ps(b.im));
+        let step = |acc: &mut [[__m512; NV]; 4], u: usize, k: usize| {
+            let (re, im) = (_mm512_set1_ps(bins.get_unchecked(k).re), _mm512_set1_ps(bins.get_unchecked(k).im));
             let (cos, sin) = (m.add(2 * k * len), m.add((2 * k + 1) * len));
             for v in 0..NV {
-                acc[0][v] = _mm512_fmadd_ps(re, _mm512_loadu_ps(cos.add(16 * v)), acc[0][v]);
-                acc[1][v] = _mm512_fmadd_ps(im, _mm512_loadu_ps(sin.add(16 * v)), acc[1][v]);
+                acc[2 * u][v] = _mm512_fmadd_ps(re, _mm512_loadu_ps(cos.add(16 * v)), acc[2 * u][v]);
+                acc[2 * u + 1][v] = _mm512_fmadd_ps(im, _mm512_loadu_ps(sin.add(16 * v)), acc[2 * u + 1][v]);
             }
+        };
+        let mut k = 0;
+        while k + 1 < bins.len() {
+            step(&mut acc, 0, k);
+            step(&mut acc, 1, k + 1);
+            k += 2;
+        }
+        if k < bins.len() {
+            step(&mut acc, 0, k);
         }
         let out = row.as_mut_ptr().add(outputs.start);
         for v in 0..NV {
-            let sum = _mm512_add_ps(acc[0][v], acc[1][v]);
+            let sum = _mm512_add_ps(_mm512_add_ps(acc[0][v], acc[1][v]), _mm512_add_ps(acc[2][v], acc[3][v]));
             if v + 1 < NV {
                 _mm512_storeu_ps(out.add(16 * v), sum);
             } else {
