@@ -41,6 +41,41 @@ impl Constraints {
 
     /// Rescale to the norm, then clip each channel to its range. `x` is one stimulus `(c, t, h, w)`.
     pub fn postprocess<F: Float>(&self, x: &mut [F]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::model::simd::avx2_fma() {
+            // SAFETY: `avx2_fma` checked that the CPU has AVX2.
+            return unsafe { self.postprocess_avx2(x) };
+        }
+        self.postprocess_kernel(x)
+    }
+
+    /// The penalty (already multiplied by `penalty_factor`) and its gradient added into `grad`.
+    /// A factor of 0 turns it off (nothing is evaluated).
+    pub fn penalty<F: Float>(&self, x: &[F], grad: &mut [F]) -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        if crate::model::simd::avx2_fma() {
+            // SAFETY: `avx2_fma` checked that the CPU has AVX2.
+            return unsafe { self.penalty_avx2(x, grad) };
+        }
+        self.penalty_kernel(x, grad)
+    }
+
+    // The same code built for AVX2 (4 f64 lanes instead of SSE2's 2; no fused multiply-adds, so the
+    // same results).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn postprocess_avx2<F: Float>(&self, x: &mut [F]) {
+        self.postprocess_kernel(x)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn penalty_avx2<F: Float>(&self, x: &[F], grad: &mut [F]) -> f64 {
+        self.penalty_kernel(x, grad)
+    }
+
+    #[inline(always)]
+    fn postprocess_kernel<F: Float>(&self, x: &mut [F]) {
         if x.is_empty() || self.ranges.is_empty() {
             return;
         }
@@ -61,9 +96,8 @@ impl Constraints {
         }
     }
 
-    /// The penalty (already multiplied by `penalty_factor`) and its gradient added into `grad`.
-    /// A factor of 0 turns it off (nothing is evaluated).
-    pub fn penalty<F: Float>(&self, x: &[F], grad: &mut [F]) -> f64 {
+    #[inline(always)]
+    fn penalty_kernel<F: Float>(&self, x: &[F], grad: &mut [F]) -> f64 {
         if x.is_empty() || self.ranges.is_empty() {
             return 0.0;
         }
@@ -78,28 +112,15 @@ impl Constraints {
             let Some((lo, hi)) = *range else { continue };
             // The bounds as the post-processor clamps to them (rounded to the working precision), so
             // that a clipped pixel sits exactly on its bound and adds relu(0) = 0 with no gradient.
-            let (lo, hi) = (F::from_f64(lo).to_f64(), F::from_f64(hi).to_f64());
+            let (lo, hi) = (F::from_f64(lo), F::from_f64(hi));
+            let (lo64, hi64) = (lo.to_f64(), hi.to_f64());
             let span = c * per_channel..(c + 1) * per_channel;
-            // Branch-free, so that it runs in vector lanes: the gradient of a pixel inside the range
-            // is left as it is (not `+ 0`, which would turn -0 into +0).
-            let mut lanes = [0.0f64; LANES];
-            let (x, grad) = (&x[span.clone()], &mut grad[span]);
-            let whole = x.len() - x.len() % LANES;
-            let one = |lane: &mut f64, v: F, g: &mut F| {
-                let v64 = v.to_f64();
-                let (below, above) = (v64 < lo, v64 > hi);
-                *lane += if below { lo - v64 } else if above { v64 - hi } else { 0.0 };
-                *g = if below { *g + down } else if above { *g + up } else { *g };
-            };
-            for (xs, gs) in x[..whole].chunks_exact(LANES).zip(grad[..whole].chunks_exact_mut(LANES)) {
-                for ((lane, &v), g) in lanes.iter_mut().zip(xs).zip(gs) {
-                    one(lane, v, g);
-                }
+            // relu(lo - v) + relu(v - hi): at most one is positive, the other adds an exact 0.
+            loss += sum_lanes(&x[span.clone()], |v| (lo64 - v.to_f64()).max(0.0) + (v.to_f64() - hi64).max(0.0));
+            // A pixel inside the range keeps its gradient as it is (`+ 0` would turn -0 into +0).
+            for (&v, g) in x[span.clone()].iter().zip(&mut grad[span]) {
+                *g = if v < lo { *g + down } else if v > hi { *g + up } else { *g };
             }
-            for ((lane, &v), g) in lanes.iter_mut().zip(&x[whole..]).zip(&mut grad[whole..]) {
-                one(lane, v, g);
-            }
-            loss += combine(lanes);
         }
         if let Some(max_norm) = self.norm {
             let norm = l2_norm(x);
@@ -122,22 +143,24 @@ impl Constraints {
 /// to f64 rounding: there the decision is a coin flip in any order, as in openretina; tests/mei.rs.)
 const LANES: usize = 8;
 
-/// The lanes added pairwise.
-fn combine(lanes: [f64; LANES]) -> f64 {
+/// The sum of `f` over `x`, value `i` into lane `i % LANES`, the lanes then added pairwise.
+#[inline(always)]
+fn sum_lanes<F: Float>(x: &[F], f: impl Fn(F) -> f64) -> f64 {
+    let mut lanes = [0.0f64; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
+        }
+    }
+    for (lane, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *lane += f(v);
+    }
     ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
 }
 
 /// The L2 norm, accumulated in f64.
+#[inline(always)]
 pub fn l2_norm<F: Float>(x: &[F]) -> f64 {
-    let mut lanes = [0.0f64; LANES];
-    let mut chunks = x.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (lane, v) in lanes.iter_mut().zip(chunk) {
-            *lane += v.to_f64() * v.to_f64();
-        }
-    }
-    for (lane, v) in lanes.iter_mut().zip(chunks.remainder()) {
-        *lane += v.to_f64() * v.to_f64();
-    }
-    combine(lanes).sqrt()
+    sum_lanes(x, |v| v.to_f64() * v.to_f64()).sqrt()
 }

@@ -122,8 +122,9 @@ pub struct Mei {
 pub fn initial_stimulus<F: Float>(model: &Model<F>, target: &MeiTarget, settings: &MeiSettings) -> Tensor<F> {
     let shape = model.config.stimulus_shape(settings.time_steps, 1).to_vec();
     let n = shape.iter().product();
-    let mut rng = Rng::for_item(settings.seed, &target.id());
-    let mut data: Vec<F> = (0..n).map(|_| F::from_f64(rng.normal() * 0.1)).collect();
+    let mut noise = vec![0.0; n];
+    Rng::for_item(settings.seed, &target.id()).fill_normal(&mut noise);
+    let mut data: Vec<F> = noise.iter().map(|v| F::from_f64(v * 0.1)).collect();
     // openretina's notebooks and visualize pass the noise through the clipper only.
     settings.constraints.postprocess(&mut data);
     Tensor { shape, data }
