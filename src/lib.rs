@@ -12,6 +12,7 @@
 #[macro_use]
 pub mod error;
 
+pub mod allocator;
 pub mod bench;
 pub mod cli;
 pub mod formats;
