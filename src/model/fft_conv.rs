@@ -85,8 +85,13 @@ pub fn work_values(m: usize, c: usize, padded: [usize; 3]) -> Option<u64> {
 /// Nanoseconds per point and log2(points) of one real 3D transform, and per complex product.
 const FFT_NS_PER_POINT_LOG: f64 = 0.3;
 const PRODUCT_NS: f64 = 1.0;
-/// Nanoseconds per vector multiply-add of the direct correlation.
-const DIRECT_NS_PER_FMA: f64 = 0.46;
+/// Nanoseconds per vector multiply-add of the direct correlation. 0.46 with its AVX2 kernels; its
+/// AVX-512 channels-last kernel (output channels a multiple of 16) ran `zoo_conv_full`'s layer shapes
+/// 1.84-2.06x faster (one core, CPU time, best of 7: 21x11x11 taps 2 -> 16 channels on 40 frames of
+/// 18x16 2079 -> 1008 us; 11x5x5 taps 16 -> 16 on 20 frames of 8x6, padded 857 -> 466 us), so 0.46 /
+/// 1.9. The pixels-along-x kernel (a layer's stimulus gradient) has no AVX-512 variant and is slower
+/// than this says; its choices had FFT 4-14x ahead on those layers, which this does not reverse.
+const DIRECT_NS_PER_FMA: f64 = 0.24;
 
 /// The direct correlation's time: its register blocks (6 pixels x 8 channels, or 6 rows x 8 pixels
 /// of one channel when the output channels are not a multiple of 8) times the taps a block visits.
