@@ -1,11 +1,12 @@
-//! Float32 vectors of 8 (AVX2) or 16 (AVX-512) lanes behind one trait, so that a kernel of
-//! `simd_conv.rs`, `simd_temporal.rs` or `simd_spatial.rs` is written once and compiled for both:
+//! Float32 vectors of 8 (AVX2), 16 (AVX-512, or two AVX2 registers) lanes behind one trait, so that
+//! a kernel of `simd_conv.rs`, `simd_temporal.rs`, `simd_spatial.rs` or `simd_separable.rs` is
+//! written once and compiled for both:
 //! everything here is `inline(always)` into entry points that enable the instruction set, and each
 //! entry point picks its own register blocks (32 AVX-512 registers hold twice the accumulators of
 //! AVX2's 16). Which one runs is decided by `simd::avx512()`.
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{Vector, Ymm, Zmm};
+pub(crate) use x86::{Vector, Ymm, YmmPair, Zmm};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -25,6 +26,8 @@ mod x86 {
         /// `a * b + c`.
         unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
         unsafe fn add(a: Self, b: Self) -> Self;
+        /// The sum of all lanes.
+        unsafe fn sum(self) -> f32;
 
         /// `dst[c * dst_stride + r] = src[r * src_stride + c]` for `r < rows`, `c < cols`.
         #[inline(always)]
@@ -88,6 +91,67 @@ mod x86 {
         unsafe fn add(a: Self, b: Self) -> Self {
             Ymm(_mm256_add_ps(a.0, b.0))
         }
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            let sum4 = _mm_add_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps(self.0, 1));
+            let sum2 = _mm_add_ps(sum4, _mm_movehl_ps(sum4, sum4));
+            _mm_cvtss_f32(_mm_add_ss(sum2, _mm_shuffle_ps(sum2, sum2, 1)))
+        }
+    }
+
+    /// Sixteen lanes as two AVX2 registers: kernels written for 16-channel groups run on AVX2 too.
+    #[derive(Clone, Copy)]
+    pub struct YmmPair(Ymm, Ymm);
+
+    impl Vector for YmmPair {
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            YmmPair(Ymm::zero(), Ymm::zero())
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            YmmPair(Ymm::load(p), Ymm::load(p.add(8)))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            self.0.store(p);
+            self.1.store(p.add(8));
+        }
+        #[inline(always)]
+        unsafe fn load_first(p: *const f32, n: usize) -> Self {
+            if n >= 8 {
+                YmmPair(Ymm::load(p), Ymm::load_first(p.add(8), n - 8))
+            } else {
+                YmmPair(Ymm::load_first(p, n), Ymm::zero())
+            }
+        }
+        #[inline(always)]
+        unsafe fn store_first(self, p: *mut f32, n: usize) {
+            if n >= 8 {
+                self.0.store(p);
+                self.1.store_first(p.add(8), n - 8);
+            } else {
+                self.0.store_first(p, n);
+            }
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> Self {
+            let v = Ymm::splat(p);
+            YmmPair(v, v)
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            YmmPair(Ymm::fma(a.0, b.0, c.0), Ymm::fma(a.1, b.1, c.1))
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            YmmPair(Ymm::add(a.0, b.0), Ymm::add(a.1, b.1))
+        }
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            Ymm::add(self.0, self.1).sum()
+        }
     }
 
     /// Sixteen lanes, AVX-512F.
@@ -127,6 +191,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn add(a: Self, b: Self) -> Self {
             Zmm(_mm512_add_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            _mm512_reduce_add_ps(self.0)
         }
 
         /// Blocks of 16 x 16 values transposed in registers, the edges one value at a time (value by

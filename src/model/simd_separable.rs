@@ -133,116 +133,37 @@ impl SeparableKernels for f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use std::arch::x86_64::*;
-
     use super::{TemporalFirst, GROUP};
+    use crate::model::simd_lanes::{Vector, YmmPair, Zmm};
 
     /// Input pixels per tile of the temporal adjoint (64 pixels x 16 channels x 4 bytes = 4 KiB per
     /// group and frame).
     const ADJOINT_TILE: usize = 64;
 
-    /// 16 float32 lanes: one AVX-512 register or two AVX2 ones. The kernels below are written once
-    /// over this and compiled for each (everything is `inline(always)` into the entry points, which
-    /// enable the instruction set).
-    trait Lanes: Copy {
-        unsafe fn zero() -> Self;
-        unsafe fn load(p: *const f32) -> Self;
-        unsafe fn store(self, p: *mut f32);
-        unsafe fn splat(p: *const f32) -> Self;
-        /// `a * b + c`.
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
-        unsafe fn sum(self) -> f32;
-    }
-
-    #[derive(Clone, Copy)]
-    struct Avx512(__m512);
-
-    impl Lanes for Avx512 {
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            Avx512(_mm512_setzero_ps())
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            Avx512(_mm512_loadu_ps(p))
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            _mm512_storeu_ps(p, self.0)
-        }
-        #[inline(always)]
-        unsafe fn splat(p: *const f32) -> Self {
-            Avx512(_mm512_set1_ps(*p))
-        }
-        #[inline(always)]
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-            Avx512(_mm512_fmadd_ps(a.0, b.0, c.0))
-        }
-        #[inline(always)]
-        unsafe fn sum(self) -> f32 {
-            _mm512_reduce_add_ps(self.0)
-        }
-    }
-
-    #[derive(Clone, Copy)]
-    struct Avx2(__m256, __m256);
-
-    impl Lanes for Avx2 {
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            Avx2(_mm256_setzero_ps(), _mm256_setzero_ps())
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            Avx2(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            _mm256_storeu_ps(p, self.0);
-            _mm256_storeu_ps(p.add(8), self.1);
-        }
-        #[inline(always)]
-        unsafe fn splat(p: *const f32) -> Self {
-            let v = _mm256_broadcast_ss(&*p);
-            Avx2(v, v)
-        }
-        #[inline(always)]
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-            Avx2(_mm256_fmadd_ps(a.0, b.0, c.0), _mm256_fmadd_ps(a.1, b.1, c.1))
-        }
-        #[inline(always)]
-        unsafe fn sum(self) -> f32 {
-            let v = _mm256_add_ps(self.0, self.1);
-            let sum4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-            let sum2 = _mm_add_ps(sum4, _mm_movehl_ps(sum4, sum4));
-            _mm_cvtss_f32(_mm_add_ss(sum2, _mm_shuffle_ps(sum2, sum2, 1)))
-        }
-    }
-
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn forward_avx512(conv: &TemporalFirst<'_, f32>, x: &[f32], input: [usize; 3]) -> Vec<f32> {
-        forward::<Avx512, 12>(conv, x, input)
+        forward::<Zmm, 12>(conv, x, input)
     }
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn forward_avx2(conv: &TemporalFirst<'_, f32>, x: &[f32], input: [usize; 3]) -> Vec<f32> {
-        forward::<Avx2, 6>(conv, x, input)
+        forward::<YmmPair, 6>(conv, x, input)
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn backward_avx512(conv: &TemporalFirst<'_, f32>, grad: &[f32], input: [usize; 3]) -> Vec<f32> {
-        backward::<Avx512, 12>(conv, grad, input)
+        backward::<Zmm, 12>(conv, grad, input)
     }
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn backward_avx2(conv: &TemporalFirst<'_, f32>, grad: &[f32], input: [usize; 3]) -> Vec<f32> {
-        backward::<Avx2, 6>(conv, grad, input)
+        backward::<YmmPair, 6>(conv, grad, input)
     }
 
     /// Per output frame and group of 16 output channels: for each input channel, its temporal step
     /// into a zero-bordered padded frame `u`, then the spatial correlation of `u` added to the frame.
     #[inline(always)]
-    unsafe fn forward<V: Lanes, const B: usize>(conv: &TemporalFirst<'_, f32>, x: &[f32], input: [usize; 3]) -> Vec<f32> {
+    unsafe fn forward<V: Vector, const B: usize>(conv: &TemporalFirst<'_, f32>, x: &[f32], input: [usize; 3]) -> Vec<f32> {
         let [t_in, h, w] = input;
         let [to, ho, wo] = conv.output(input);
         let (kt, k) = (conv.kt, conv.k);
@@ -286,7 +207,7 @@ mod x86 {
     /// pixels of one row (`x_row` is the row in frame 0; frames are `pin` apart).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn temporal_row<V: Lanes>(
+    unsafe fn temporal_row<V: Vector>(
         x_row: *const f32,
         t_out: usize,
         pad_t: usize,
@@ -331,7 +252,7 @@ mod x86 {
     /// block above read, still in the L1 cache.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn correlate<V: Lanes, const B: usize>(
+    unsafe fn correlate<V: Vector, const B: usize>(
         src: *const f32,
         src_w: usize,
         (y0, x0): (usize, usize),
@@ -381,7 +302,7 @@ mod x86 {
 
     impl Strip {
         #[inline(always)]
-        unsafe fn run<V: Lanes, const N: usize>(&self) {
+        unsafe fn run<V: Vector, const N: usize>(&self) {
             for y in 0..self.oh {
                 let row = self.col.add(y * self.src_w * GROUP);
                 block::<V, N>(row, self.src_w, self.sw, self.k, self.out.add(y * self.ow * GROUP), self.accumulate);
@@ -391,7 +312,7 @@ mod x86 {
 
     /// `N` neighbouring output pixels of `correlate`, accumulators in registers.
     #[inline(always)]
-    unsafe fn block<V: Lanes, const N: usize>(row: *const f32, src_w: usize, sw: *const f32, k: usize, out: *mut f32, accumulate: bool) {
+    unsafe fn block<V: Vector, const N: usize>(row: *const f32, src_w: usize, sw: *const f32, k: usize, out: *mut f32, accumulate: bool) {
         let mut acc = [V::zero(); N];
         if accumulate {
             for (j, a) in acc.iter_mut().enumerate() {
@@ -419,7 +340,7 @@ mod x86 {
     /// channel (the spatial adjoint, over input pixels); the temporal adjoint then sums over output
     /// frames and channels per input pixel.
     #[inline(always)]
-    unsafe fn backward<V: Lanes, const B: usize>(conv: &TemporalFirst<'_, f32>, grad: &[f32], input: [usize; 3]) -> Vec<f32> {
+    unsafe fn backward<V: Vector, const B: usize>(conv: &TemporalFirst<'_, f32>, grad: &[f32], input: [usize; 3]) -> Vec<f32> {
         let [t_in, h, w] = input;
         let [to, ho, wo] = conv.output(input);
         let (kt, k) = (conv.kt, conv.k);
